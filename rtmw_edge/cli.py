@@ -1,0 +1,116 @@
+"""The `rtmw-edge` command line: parse, call the API, print. No logic of its own.
+
+Every `RtmwEdgeError` becomes one line on stderr and exit code 1; usage errors exit 2 (typer).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__
+from .errors import RtmwEdgeError
+
+app = typer.Typer(help="Real-time whole-body pose estimation (RTMW / RTMW3D / RTMPose) on NVIDIA edge devices.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+models_app = typer.Typer(help="The model zoo: list, inspect and download official checkpoints.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+out = Console(width=max(Console().width, 110))  # keep tables readable when piped
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"rtmw-edge {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    pass
+
+
+_AP_LABEL = {"wholebody_ap": "whole-body", "coco_ap": "COCO body", "person_ap": "person"}
+
+
+def _headline_ap(spec) -> str:
+    for key in ("wholebody_ap", "coco_ap", "person_ap"):
+        if key in spec.metrics:
+            return f"{spec.metrics[key]:.3f} {_AP_LABEL[key]}"
+    return "-"
+
+
+@models_app.command("list")
+def models_list(task: Optional[str] = typer.Option(None, help="Only pose2d, pose3d, detector or pose."),
+                as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+    """Table of registered models: task, keypoints, input size, parameters, published AP."""
+    from .zoo import get_spec, list_models
+
+    specs = [get_spec(n) for n in list_models(task)]
+    if as_json:
+        out.print_json(json.dumps([{"name": s.name, "task": s.task, "keypoints": s.num_keypoints,
+                                    "input_size": list(s.input_size), "params": s.params,
+                                    "metrics": s.metrics} for s in specs]))
+        return
+    table = Table(title="rtmw-edge models (AP: published, COCO-WholeBody / COCO val)")
+    for col in ("name", "task", "keypoints", "input (w×h)", "params", "GFLOPs", "AP"):
+        table.add_column(col, justify="right" if col in ("keypoints", "params", "GFLOPs") else "left", no_wrap=True)
+    for s in specs:
+        table.add_row(s.name, s.task, str(s.num_keypoints or "-"), f"{s.input_size[0]}×{s.input_size[1]}",
+                      f"{s.params / 1e6:.2f}M", f"{s.gflops:g}" if s.gflops else "-", _headline_ap(s))
+    out.print(table)
+
+
+@models_app.command("info")
+def models_info(name: str = typer.Argument(..., help="Registered model name.")) -> None:
+    """Everything the registry knows about one model (JSON)."""
+    from .hub import checkpoints_dir
+    from .zoo import get_spec
+
+    spec = get_spec(name)
+    info = spec.as_dict()
+    info.pop("keypoint_names", None)
+    path = checkpoints_dir() / spec.checkpoint_filename
+    info["checkpoint_cached"] = str(path) if path.exists() else None
+    out.print_json(json.dumps(info))
+
+
+@models_app.command("download")
+def models_download(name: str = typer.Argument(..., help="Registered model name."),
+                    sha256: Optional[str] = typer.Option(None, help="Pin the file's full sha256."),
+                    directory: Optional[Path] = typer.Option(None, "--dir", help="Where to keep it "
+                                                             "(default: $RTMW_EDGE_HOME/checkpoints).")) -> None:
+    """Download the official checkpoint (resumable, hash-checked) into the cache."""
+    from .hub import fetch
+    from .zoo import get_spec
+
+    spec = get_spec(name)
+    path = fetch(spec.checkpoint_url, directory=directory, sha256=sha256, hash_prefix=spec.hash_prefix)
+    out.print(f"{name}: {path}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: typer app with one-line errors instead of tracebacks."""
+    err = Console(stderr=True)
+    try:
+        app(args=argv)  # standalone: usage errors print and exit 2 through SystemExit
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except RtmwEdgeError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        return 1
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        return 130
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
