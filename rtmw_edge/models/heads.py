@@ -21,6 +21,8 @@ GAU_EXPANSION = 2  # u/v width = 2 · 256 = 512 (`expansion_factor`)
 class ScaleNorm(nn.Module):
     """x / max(‖x‖₂ · dim^-½, eps) · g over the last axis (one learned gain `g`)."""
 
+    fp16_safe = False  # switched on while exporting ONNX (rtmw_edge.export.fp16_safe_scalenorm)
+
     def __init__(self, dim: int, eps: float = 1e-5) -> None:
         super().__init__()
         self.scale = dim ** -0.5
@@ -28,8 +30,21 @@ class ScaleNorm(nn.Module):
         self.g = nn.Parameter(torch.ones(1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fp16_safe:
+            return self.forward_fp16_safe(x)
         norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True) * self.scale
         return x / norm.clamp(min=self.eps) * self.g
+
+    def forward_fp16_safe(self, x: torch.Tensor) -> torch.Tensor:
+        """The same value with a sum of squares that cannot overflow FP16.
+
+        x / max(‖x‖·d^-½, eps) = (x/m) / max(‖x/m‖·d^-½, eps/m) for any m > 0. With m = max|x| every
+        square is ≤ 1, so the reduction is ≤ d; the naive form passes 65504 once |x| ≳ 16 over 256 values.
+        """
+        m = x.abs().amax(dim=-1, keepdim=True).clamp(min=self.eps)
+        xs = x / m
+        norm = torch.linalg.vector_norm(xs, dim=-1, keepdim=True) * self.scale
+        return xs / torch.maximum(norm, self.eps / m) * self.g
 
 
 class Scale(nn.Module):

@@ -1,0 +1,246 @@
+"""Every formula of the pipeline, in numpy: letterbox, box decoding, NMS, box → crop, SimCC → image.
+
+One place for each formula: the CPU pipeline calls these, the exported ONNX decode and the CUDA kernels
+are tested against them, and the tests check them against hand-computed cases and OpenCV.
+References: rtmw_facts.md §3.1 (top-down affine), §3.4/§3.6/§3.7 (SimCC decode and back-mapping),
+§3.8 (RTMDet letterbox and box decoding).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+BBOX_PADDING = 1.25  # GetBBoxCenterScale default
+
+
+# --------------------------------------------------------------------------- detector input / output
+@dataclass(frozen=True)
+class Letterbox:
+    """How a frame was put into the detector input: resized by (sx, sy), padded bottom/right."""
+
+    scale_x: float
+    scale_y: float
+    width: int       # resized content size inside the input
+    height: int
+
+    def boxes_to_image(self, boxes: np.ndarray) -> np.ndarray:
+        """Detector-input pixels → original-image pixels (mmdet divides by the per-axis scale factor)."""
+        out = np.asarray(boxes, dtype=np.float32).copy()
+        out[..., 0::2] /= self.scale_x
+        out[..., 1::2] /= self.scale_y
+        return out
+
+
+def letterbox_params(image_hw: tuple[int, int], input_wh: tuple[int, int]) -> Letterbox:
+    """mmdet `Resize(keep_ratio=True)`: fit the longer side, sizes rounded half-up, per-axis factors."""
+    h, w = image_hw
+    in_w, in_h = input_wh
+    factor = min(in_w / w, in_h / h)
+    new_w, new_h = int(w * factor + 0.5), int(h * factor + 0.5)
+    return Letterbox(new_w / w, new_h / h, new_w, new_h)
+
+
+def letterbox(image: np.ndarray, input_wh: tuple[int, int], pad_value: int = 114) -> tuple[np.ndarray, Letterbox]:
+    """uint8 HWC image → uint8 input_h×input_w×C canvas (bilinear resize, padded bottom/right)."""
+    lb = letterbox_params(image.shape[:2], input_wh)
+    resized = cv2.resize(image, (lb.width, lb.height), interpolation=cv2.INTER_LINEAR)
+    canvas = np.full((input_wh[1], input_wh[0], image.shape[2]), pad_value, dtype=np.uint8)
+    canvas[: lb.height, : lb.width] = resized
+    return canvas, lb
+
+
+def normalize_to_nchw(images: np.ndarray, mean, std, swap_rb: bool) -> np.ndarray:
+    """uint8/float N×H×W×3 (or H×W×3) BGR → float32 N×3×H×W, optionally BGR→RGB, then (x − mean)/std."""
+    batch = images[None] if images.ndim == 3 else images
+    x = batch.astype(np.float32)
+    if swap_rb:
+        x = x[..., ::-1]
+    x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+
+def grid_priors(input_hw: tuple[int, int], strides: tuple[int, ...]) -> np.ndarray:
+    """Anchor points of every level, [N, 2] as (x, y) = (col·stride, row·stride) — offset 0, row-major."""
+    points = []
+    for s in strides:
+        h, w = -(-input_hw[0] // s), -(-input_hw[1] // s)  # ceil, as the feature maps of odd sizes
+        ys, xs = np.meshgrid(np.arange(h, dtype=np.float32) * s, np.arange(w, dtype=np.float32) * s, indexing="ij")
+        points.append(np.stack([xs.ravel(), ys.ravel()], axis=1))
+    return np.concatenate(points, axis=0)
+
+
+def distance2bbox(points: np.ndarray, distances: np.ndarray) -> np.ndarray:
+    """(x, y) and (l, t, r, b) → (x − l, y − t, x + r, y + b)."""
+    return np.concatenate([points - distances[..., :2], points + distances[..., 2:]], axis=-1)
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def decode_rtmdet(cls_scores: list[np.ndarray], bbox_preds: list[np.ndarray],
+                  strides: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Raw RTMDet head outputs (lists over levels of B×1×H×W logits and B×4×H×W distances × stride)
+    → boxes [B, N, 4] in input pixels and scores [B, N] (sigmoid), levels concatenated in stride order."""
+    hw = (cls_scores[0].shape[2] * strides[0], cls_scores[0].shape[3] * strides[0])
+    points = grid_priors(hw, strides)
+    scores = np.concatenate([c.reshape(c.shape[0], -1) for c in cls_scores], axis=1)
+    dists = np.concatenate([b.reshape(b.shape[0], 4, -1).transpose(0, 2, 1) for b in bbox_preds], axis=1)
+    return distance2bbox(points[None], dists).astype(np.float32), sigmoid(scores).astype(np.float32)
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise IoU of xyxy boxes, [Na, Nb]."""
+    a, b = np.asarray(a, np.float64).reshape(-1, 4), np.asarray(b, np.float64).reshape(-1, 4)
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
+    area_a = np.prod(np.clip(a[:, 2:] - a[:, :2], 0, None), axis=1)
+    area_b = np.prod(np.clip(b[:, 2:] - b[:, :2], 0, None), axis=1)
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, max_det: int | None = None) -> np.ndarray:
+    """Greedy NMS: indices of kept boxes, highest score first (ties: lower index first)."""
+    order = np.argsort(-np.asarray(scores), kind="stable")
+    keep: list[int] = []
+    suppressed = np.zeros(len(order), dtype=bool)
+    iou = box_iou(boxes, boxes) if len(order) else np.zeros((0, 0))
+    for idx in order:
+        if suppressed[idx]:
+            continue
+        keep.append(int(idx))
+        if max_det is not None and len(keep) >= max_det:
+            break
+        suppressed |= iou[idx] > iou_threshold
+    return np.asarray(keep, dtype=np.int64)
+
+
+def filter_detections(boxes: np.ndarray, scores: np.ndarray, score_threshold: float, iou_threshold: float,
+                      max_det: int) -> tuple[np.ndarray, np.ndarray]:
+    """Threshold, then NMS, then keep at most `max_det` (one image: boxes [N,4], scores [N])."""
+    mask = scores > score_threshold
+    boxes, scores = boxes[mask], scores[mask]
+    keep = nms(boxes, scores, iou_threshold, max_det)
+    return boxes[keep], scores[keep]
+
+
+# --------------------------------------------------------------------------- top-down crops
+def box_to_center_scale(boxes: np.ndarray, input_wh: tuple[int, int],
+                        padding: float = BBOX_PADDING) -> tuple[np.ndarray, np.ndarray]:
+    """xyxy boxes [N,4] → centres [N,2] and padded, aspect-fixed scales [N,2] (w, h) in image pixels.
+
+    The box grows by `padding`, then only ever grows further to the input aspect ratio w/h.
+    """
+    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    center = (boxes[:, :2] + boxes[:, 2:]) * 0.5
+    scale = (boxes[:, 2:] - boxes[:, :2]) * padding
+    aspect = input_wh[0] / input_wh[1]
+    sw, sh = scale[:, 0], scale[:, 1]
+    wider = sw > sh * aspect
+    scale = np.stack([np.where(wider, sw, sh * aspect), np.where(wider, sw / aspect, sh)], axis=1)
+    return center, scale.astype(np.float32)
+
+
+def warp_matrix(center: np.ndarray, scale: np.ndarray, input_wh: tuple[int, int]) -> np.ndarray:
+    """2×3 affine that maps the box (centre, scale) onto the input crop: x' = s·x + (w/2 − s·cx).
+
+    With rotation 0 and an aspect-fixed scale, mmpose's 3-point construction reduces to this;
+    s = w_in / scale_w (= h_in / scale_h). float64, as cv2.getAffineTransform returns.
+    """
+    s = input_wh[0] / float(scale[0])
+    return np.array([[s, 0.0, input_wh[0] / 2 - s * float(center[0])],
+                     [0.0, s, input_wh[1] / 2 - s * float(center[1])]], dtype=np.float64)
+
+
+def invert_affine(m: np.ndarray) -> np.ndarray:
+    """Inverse of a 2×3 affine."""
+    full = np.vstack([m, [0.0, 0.0, 1.0]])
+    return np.linalg.inv(full)[:2]
+
+
+def crop_persons(image: np.ndarray, boxes: np.ndarray, input_wh: tuple[int, int], mean, std,
+                 swap_rb: bool = True, padding: float = BBOX_PADDING):
+    """BGR image + boxes → (N×3×H×W float32 normalised crops, centres, scales).
+
+    `cv2.warpAffine` bilinear with a constant-0 border (black before normalisation), then BGR→RGB and
+    (x − mean)/std — exactly the mmpose test pipeline.
+    """
+    centers, scales = box_to_center_scale(boxes, input_wh, padding)
+    crops = np.empty((len(centers), input_wh[1], input_wh[0], 3), dtype=np.uint8)
+    for i, (c, s) in enumerate(zip(centers, scales)):
+        crops[i] = cv2.warpAffine(image, warp_matrix(c, s, input_wh), input_wh, flags=cv2.INTER_LINEAR,
+                                  borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    if len(centers) == 0:
+        return np.zeros((0, 3, input_wh[1], input_wh[0]), np.float32), centers, scales
+    return normalize_to_nchw(crops, mean, std, swap_rb), centers, scales
+
+
+# --------------------------------------------------------------------------- SimCC decode
+def simcc_decode(simcc_x: np.ndarray, simcc_y: np.ndarray,
+                 split_ratio: float = 2.0) -> tuple[np.ndarray, np.ndarray]:
+    """Argmax per axis on raw logits → keypoints [N,K,2] in crop pixels and scores [N,K].
+
+    score = min(max_x, max_y); a keypoint whose score is ≤ 0 gets location (−1, −1).
+    """
+    ix, iy = simcc_x.argmax(-1), simcc_y.argmax(-1)
+    scores = np.minimum(simcc_x.max(-1), simcc_y.max(-1)).astype(np.float32)
+    locs = np.stack([ix, iy], axis=-1).astype(np.float32) / np.float32(split_ratio)
+    locs[scores <= 0] = -1.0
+    return locs, scores
+
+
+def simcc_decode_z(simcc_z: np.ndarray, split_ratio: float = 2.0) -> np.ndarray:
+    """Depth bins → crop-space z (argmax / split ratio); the score never uses z."""
+    return simcc_z.argmax(-1).astype(np.float32) / np.float32(split_ratio)
+
+
+def crop_to_image(keypoints: np.ndarray, centers: np.ndarray, scales: np.ndarray,
+                  input_wh: tuple[int, int]) -> np.ndarray:
+    """Crop pixels → image pixels: k / input_size · scale + centre − scale / 2 (per person)."""
+    size = np.asarray(input_wh, np.float32)
+    return keypoints / size * scales[:, None, :] + centers[:, None, :] - 0.5 * scales[:, None, :]
+
+
+def image_to_crop(points: np.ndarray, centers: np.ndarray, scales: np.ndarray,
+                  input_wh: tuple[int, int]) -> np.ndarray:
+    """Inverse of `crop_to_image` (used to build SimCC targets in tests and calibration)."""
+    size = np.asarray(input_wh, np.float32)
+    return (points - centers[:, None, :] + 0.5 * scales[:, None, :]) / scales[:, None, :] * size
+
+
+def flip_simcc(simcc_x: np.ndarray, simcc_y: np.ndarray, flip_indices) -> tuple[np.ndarray, np.ndarray]:
+    """Logits of a horizontally flipped crop → logits in the original frame (swap left/right, mirror x)."""
+    return simcc_x[:, flip_indices, ::-1], simcc_y[:, flip_indices]
+
+
+# --------------------------------------------------------------------------- RTMW3D
+@dataclass(frozen=True)
+class Camera:
+    """Pinhole intrinsics for RTMW3D back-projection; principal point defaults to the image centre."""
+
+    fx: float = 1145.04940459
+    fy: float = 1143.78109572
+    cx: float | None = None
+    cy: float | None = None
+
+
+def depth_to_camera(keypoints_img: np.ndarray, z_crop: np.ndarray, depth_bins_half: float, z_range: float,
+                    root_z: float, camera: Camera, image_wh: tuple[int, int]) -> np.ndarray:
+    """RTMW3D: crop-space z → root-relative depth → camera-space (X, Y, Z) per keypoint.
+
+    z_rel = (z / (D/2) − 1) · z_range with D/2 = input_w/2 (mmpose's formula); Z = z_rel + root_z;
+    X = (u − cx) / fx · Z, Y = (v − cy) / fy · Z. We use the true image centre (cx = w/2, cy = h/2);
+    mmpose's default swaps them for non-square images (rtmw_facts §0.6h), which we do not copy.
+    """
+    z_rel = (z_crop / np.float32(depth_bins_half) - 1.0) * np.float32(z_range)
+    depth = z_rel + np.float32(root_z)
+    cx = image_wh[0] / 2 if camera.cx is None else camera.cx
+    cy = image_wh[1] / 2 if camera.cy is None else camera.cy
+    x = (keypoints_img[..., 0] - cx) / camera.fx * depth
+    y = (keypoints_img[..., 1] - cy) / camera.fy * depth
+    return np.stack([x, y, depth], axis=-1).astype(np.float32)

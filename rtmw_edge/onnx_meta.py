@@ -1,0 +1,54 @@
+"""The metadata that makes an exported ONNX self-describing: one JSON value under one key.
+
+Stored in `ModelProto.metadata_props` under `rtmw_edge` (so it survives copying the file alone and is
+readable by any ONNX tool). The runtime reads preprocessing, keypoints and decode flags from here.
+Schema (version 1): name, task (pose2d | pose3d | detector), input_name, input_size [w, h], batch
+("dynamic" or an int), mean, std, color ("rgb" | "bgr": the channel order mean/std apply to), outputs
+(names), decoded (bool: keypoints/scores instead of SimCC logits; boxes/scores for detectors),
+flip_test, precision, keypoint_set, num_keypoints, keypoint_names, flip_indices, simcc_split_ratio,
+simcc_sigma, z_range, root_z, focal, strides, score_threshold, nms_iou, max_per_image, topk, nms (bool),
+pad_value, checkpoint_sha256, package_version, schema_version.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .errors import RtmwEdgeError
+
+METADATA_KEY = "rtmw_edge"
+SCHEMA_VERSION = 1
+
+
+def write_metadata(model, meta: dict) -> None:
+    """Set (or replace) the JSON metadata on an onnx.ModelProto in place."""
+    for prop in list(model.metadata_props):
+        if prop.key == METADATA_KEY:
+            model.metadata_props.remove(prop)
+    entry = model.metadata_props.add()
+    entry.key = METADATA_KEY
+    entry.value = json.dumps({"schema_version": SCHEMA_VERSION, **meta}, sort_keys=True)
+
+
+def read_metadata(model_or_path) -> dict | None:
+    """The project metadata of an ONNX model (proto or path), or None for a foreign graph."""
+    if isinstance(model_or_path, (str, Path)):
+        import onnx
+
+        path = Path(model_or_path)
+        if not path.is_file():
+            raise RtmwEdgeError(f"ONNX file not found: {path}")
+        try:
+            model = onnx.load(str(path), load_external_data=False)
+        except Exception as exc:  # protobuf raises DecodeError and friends
+            raise RtmwEdgeError(f"{path} is not a readable ONNX model ({type(exc).__name__})") from None
+    else:
+        model = model_or_path
+    for prop in model.metadata_props:
+        if prop.key == METADATA_KEY:
+            try:
+                return json.loads(prop.value)
+            except json.JSONDecodeError:
+                raise RtmwEdgeError(f"the '{METADATA_KEY}' metadata of the model is not valid JSON") from None
+    return None
