@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -48,7 +47,7 @@ def _headline_ap(spec) -> str:
 
 
 @models_app.command("list")
-def models_list(task: Optional[str] = typer.Option(None, help="Only pose2d, pose3d, detector or pose."),
+def models_list(task: str | None = typer.Option(None, help="Only pose2d, pose3d, detector or pose."),
                 as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
     """Table of registered models: task, keypoints, input size, parameters, published AP."""
     from .zoo import get_spec, list_models
@@ -84,8 +83,8 @@ def models_info(name: str = typer.Argument(..., help="Registered model name.")) 
 
 @models_app.command("download")
 def models_download(name: str = typer.Argument(..., help="Registered model name."),
-                    sha256: Optional[str] = typer.Option(None, help="Pin the file's full sha256."),
-                    directory: Optional[Path] = typer.Option(None, "--dir", help="Where to keep it "
+                    sha256: str | None = typer.Option(None, help="Pin the file's full sha256."),
+                    directory: Path | None = typer.Option(None, "--dir", help="Where to keep it "
                                                              "(default: $RTMW_EDGE_HOME/checkpoints).")) -> None:
     """Download the official checkpoint (resumable, hash-checked) into the cache."""
     from .hub import fetch
@@ -94,6 +93,34 @@ def models_download(name: str = typer.Argument(..., help="Registered model name.
     spec = get_spec(name)
     path = fetch(spec.checkpoint_url, directory=directory, sha256=sha256, hash_prefix=spec.hash_prefix)
     out.print(f"{name}: {path}")
+
+
+@app.command("export")
+def export_cmd(name: str = typer.Argument(..., help="Registered model name (see `models list`)."),
+               output: Path = typer.Option(..., "-o", "--output", help="Output .onnx file."),
+               checkpoint: Path | None = typer.Option(None, help="Official .pth checkpoint."),
+               random_init: bool = typer.Option(False, "--random-init", help="Seeded random weights (tests)."),
+               opset: int = typer.Option(17, help="ONNX opset (>= 13)."),
+               batch: str = typer.Option("dynamic", help="'dynamic' or a fixed batch size."),
+               decode: bool = typer.Option(False, "--decode", help="Pose: SimCC decode in the graph."),
+               flip_test: bool = typer.Option(False, "--flip-test", help="Pose: flip test in the graph."),
+               precision: str = typer.Option("fp32", help="fp32 or fp16 (FP16 trunk, FP32 I/O and head)."),
+               no_simplify: bool = typer.Option(False, "--no-simplify", help="Skip onnxslim."),
+               topk: int = typer.Option(1000, help="Detector: fixed number of candidate boxes."),
+               nms: bool = typer.Option(False, "--nms", help="Detector: add ONNX NonMaxSuppression (ORT use)."),
+               trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint",
+                                                     help="Allow any pickled object in it.")) -> None:
+    """Export a registered model to a self-describing ONNX graph for ONNX Runtime and TensorRT."""
+    from .export import ExportError, export_onnx
+
+    if batch != "dynamic":
+        if not batch.isdigit():
+            raise ExportError(f"--batch must be 'dynamic' or a positive integer, not {batch!r}")
+        batch = int(batch)
+    path = export_onnx(name, output, checkpoint=checkpoint, random_init=random_init, opset=opset, batch=batch,
+                       decode=decode, flip_test=flip_test, precision=precision, simplify=not no_simplify,
+                       topk=topk, nms=nms, trust_checkpoint=trust_checkpoint)
+    out.print(f"{name} → {path}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,6 +14,7 @@ import os
 import pathlib
 import pickle
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -188,13 +189,27 @@ def model(request) -> nn.Module:
     return create_model(request.param)
 
 
+@dataclass
+class SavedCheckpoint:
+    path: Path                         # mmpose layout, numpy values in meta
+    state: dict[str, torch.Tensor]     # what it holds (a copy; tests may edit it)
+    expected: tuple[torch.Tensor, ...]  # the model's outputs on x
+    x: torch.Tensor
+
+
 @pytest.fixture(scope="module")
-def rtmpose_t_ckpt(tmp_path_factory) -> tuple[Path, tuple[torch.Tensor, ...], torch.Tensor]:
-    """A randomised rtmpose-t checkpoint (mmpose layout) with the model's outputs on a fixed input."""
+def saved_t(tmp_path_factory) -> SavedCheckpoint:
+    """A randomised rtmpose-t checkpoint with the model's outputs on a fixed input."""
     ref = randomize_(create_model("rtmpose-t-256x192"), seed=1)
     x = fixed_input(ref.spec, seed=2)
     path = save_checkpoint(ref, tmp_path_factory.mktemp("ckpt") / "rtmpose-t.pth", official_meta())
-    return path, run(ref, x), x
+    return SavedCheckpoint(path, ref.state_dict(), run(ref, x), x)
+
+
+@pytest.fixture
+def ckpt(saved_t) -> SavedCheckpoint:
+    """The saved checkpoint with a fresh copy of its state dict for the test to edit."""
+    return SavedCheckpoint(saved_t.path, {k: v.clone() for k, v in saved_t.state.items()}, saved_t.expected, saved_t.x)
 
 
 # --------------------------------------------------------------------------------------------- module tree / keys
@@ -342,9 +357,8 @@ def test_checkpoint_round_trip_is_bit_exact(name, tmp_path):
     assert_outputs_equal(run(loaded, x), expected)
 
 
-def test_load_report_carries_numpy_meta(rtmpose_t_ckpt):
-    path, _, _ = rtmpose_t_ckpt
-    report = load_checkpoint(create_model("rtmpose-t-256x192"), path, model_name="rtmpose-t-256x192")
+def test_load_report_carries_numpy_meta(ckpt):
+    report = load_checkpoint(create_model("rtmpose-t-256x192"), ckpt.path, model_name="rtmpose-t-256x192")
     assert report.ok and not report.ignored
     assert report.loaded == len(create_model("rtmpose-t-256x192").state_dict())
     meta = report.meta["dataset_meta"]
@@ -352,30 +366,26 @@ def test_load_report_carries_numpy_meta(rtmpose_t_ckpt):
     assert meta["sigmas"].dtype == np.float32 and meta["num_keypoints"] == 17
 
 
-def test_bare_state_dict_loads_identically(rtmpose_t_ckpt, tmp_path):
-    path, expected, x = rtmpose_t_ckpt
-    state = torch.load(path, weights_only=True)["state_dict"]
+def test_bare_state_dict_loads_identically(ckpt, tmp_path):
     bare = tmp_path / "bare.pth"
-    torch.save(state, bare)
-    assert_outputs_equal(run(create_model("rtmpose-t-256x192", bare), x), expected)
+    torch.save(ckpt.state, bare)
+    assert_outputs_equal(run(create_model("rtmpose-t-256x192", bare), ckpt.x), ckpt.expected)
 
 
 @pytest.mark.parametrize("prefix, teacher", [("module.", False), ("student.", False), ("student.", True)])
-def test_wrapped_state_dict_loads_identically(rtmpose_t_ckpt, tmp_path, prefix, teacher):
-    path, expected, x = rtmpose_t_ckpt
-    state = torch.load(path, weights_only=True)["state_dict"]
+def test_wrapped_state_dict_loads_identically(ckpt, tmp_path, prefix, teacher):
+    state = ckpt.state
     wrapped = {prefix + k: v for k, v in state.items()}
     if teacher:  # a distillation file keeps its teacher beside the student
         wrapped.update({"teacher." + k: torch.zeros_like(v) for k, v in list(state.items())[:5]})
         wrapped["teacher.head.extra.weight"] = torch.zeros(3, 3)
     file = tmp_path / "wrapped.pth"
     torch.save({"state_dict": wrapped, "meta": official_meta()}, file)
-    assert_outputs_equal(run(create_model("rtmpose-t-256x192", file), x), expected)
+    assert_outputs_equal(run(create_model("rtmpose-t-256x192", file), ckpt.x), ckpt.expected)
 
 
-def test_distillation_extras_are_ignored_and_reported(rtmpose_t_ckpt, tmp_path):
-    path, expected, x = rtmpose_t_ckpt
-    state = torch.load(path, weights_only=True)["state_dict"]
+def test_distillation_extras_are_ignored_and_reported(ckpt, tmp_path):
+    state, expected, x = ckpt.state, ckpt.expected, ckpt.x
     state["head.down1.weight"] = torch.ones(4, 4)
     state["head.down2.bias"] = torch.ones(4)
     file = tmp_path / "extras.pth"
@@ -405,9 +415,8 @@ def test_other_architecture_names_a_mismatching_key_and_shapes(tmp_path):
     assert "backbone.stem.0.conv.weight: checkpoint [16, 3, 3, 3] vs model [12, 3, 3, 3]" in msg
 
 
-def test_missing_key_is_named(rtmpose_t_ckpt, tmp_path):
-    path, _, _ = rtmpose_t_ckpt
-    state = torch.load(path, weights_only=True)["state_dict"]
+def test_missing_key_is_named(ckpt, tmp_path):
+    state = ckpt.state
     del state["head.gau.gamma"]
     file = tmp_path / "missing.pth"
     torch.save({"state_dict": state}, file)
@@ -416,9 +425,8 @@ def test_missing_key_is_named(rtmpose_t_ckpt, tmp_path):
     assert "head.gau.gamma" in str(info.value)
 
 
-def test_unexpected_key_is_named(rtmpose_t_ckpt, tmp_path):
-    path, _, _ = rtmpose_t_ckpt
-    state = torch.load(path, weights_only=True)["state_dict"]
+def test_unexpected_key_is_named(ckpt, tmp_path):
+    state = ckpt.state
     state["head.cls_w.weight"] = torch.zeros(2, 2)
     file = tmp_path / "unexpected.pth"
     torch.save({"state_dict": state}, file)
@@ -427,25 +435,35 @@ def test_unexpected_key_is_named(rtmpose_t_ckpt, tmp_path):
     assert "head.cls_w.weight" in str(info.value)
 
 
-def test_truncated_checkpoint(rtmpose_t_ckpt, tmp_path):
-    path, _, _ = rtmpose_t_ckpt
+def test_truncated_checkpoint(ckpt, tmp_path):
     file = tmp_path / "truncated.pth"
-    file.write_bytes(path.read_bytes()[:4096])
+    file.write_bytes(ckpt.path.read_bytes()[:4096])
     with pytest.raises(CheckpointError) as info:
         create_model("rtmpose-t-256x192", file)
     assert str(file) in str(info.value)
     assert "\n" not in str(info.value)
 
 
-@pytest.mark.parametrize("text", ["hello world\n", "this is a text file\n", "not a checkpoint", '{"a": 1}\n'])
-def test_text_file_is_a_clear_error(tmp_path, text):
+TEXT_FILES = {"hello": "hello world\n", "sentence": "this is a text file\n", "words": "not a checkpoint",
+              "json": '{"a": 1}\n', "abc": "abc"}
+
+
+@pytest.mark.parametrize("text", list(TEXT_FILES.values()), ids=list(TEXT_FILES))
+def test_text_file_raises_checkpoint_error(tmp_path, text):
     file = tmp_path / "notes.pth"
     file.write_text(text)
     with pytest.raises(CheckpointError) as info:
         create_model("rtmpose-t-256x192", file)
-    msg = str(info.value)
-    assert str(file) in msg
-    assert "--trust-checkpoint" not in msg, f"a text file is no pickle to trust: {msg}"
+    assert str(file) in str(info.value)
+
+
+@pytest.mark.parametrize("text", list(TEXT_FILES.values()), ids=list(TEXT_FILES))
+def test_text_file_error_does_not_suggest_trusting_it(tmp_path, text):
+    file = tmp_path / "notes.pth"
+    file.write_text(text)
+    with pytest.raises(CheckpointError) as info:
+        create_model("rtmpose-t-256x192", file)
+    assert "--trust-checkpoint" not in str(info.value), "a text file holds no pickled object to trust"
 
 
 def test_missing_path(tmp_path):
@@ -455,13 +473,13 @@ def test_missing_path(tmp_path):
         create_model("rtmpose-t-256x192", tmp_path)  # a directory is no checkpoint either
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 @pytest.mark.parametrize("payload", ["touch", "system"])
 @pytest.mark.parametrize("writer", ["torch.save", "pickle.dump"])
-def test_malicious_pickle_is_refused_without_running(rtmpose_t_ckpt, tmp_path, payload, writer):
-    path, _, _ = rtmpose_t_ckpt
+def test_malicious_pickle_is_refused_without_running(ckpt, tmp_path, payload, writer):
     marker = tmp_path / "pwned"
     evil = (_Touch if payload == "touch" else _System)(marker)
-    obj = {"state_dict": torch.load(path, weights_only=True)["state_dict"], "meta": {"hook": evil}}
+    obj = {"state_dict": ckpt.state, "meta": {"hook": evil}}
     file = tmp_path / "evil.pth"
     if writer == "torch.save":
         torch.save(obj, file)
@@ -473,9 +491,8 @@ def test_malicious_pickle_is_refused_without_running(rtmpose_t_ckpt, tmp_path, p
     assert not marker.exists()
 
 
-def test_trusted_checkpoint_with_custom_meta_class(rtmpose_t_ckpt, tmp_path):
-    path, expected, x = rtmpose_t_ckpt
-    state = torch.load(path, weights_only=True)["state_dict"]
+def test_trusted_checkpoint_with_custom_meta_class(ckpt, tmp_path):
+    state, expected, x = ckpt.state, ckpt.expected, ckpt.x
     file = tmp_path / "custom-meta.pth"
     torch.save({"state_dict": state, "meta": {"note": BenignMeta("hello"), **official_meta()}}, file)
     with pytest.raises(CheckpointError, match="--trust-checkpoint"):
