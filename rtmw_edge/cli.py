@@ -123,6 +123,42 @@ def export_cmd(name: str = typer.Argument(..., help="Registered model name (see 
     out.print(f"{name} → {path}")
 
 
+@app.command("check")
+def check_cmd(candidate: Path = typer.Argument(..., help="The converted model (.onnx from `export`)."),
+              against: str = typer.Option(..., "--against", help="Reference: another .onnx, an official "
+                                          "checkpoint .pth, or a registered model name."),
+              images: Path = typer.Option(..., "--images", help="A photo or a folder of photos to run on."),
+              max_samples: int = typer.Option(16, help="Use at most this many photos."),
+              max_rel: float = typer.Option(1e-2, help="Max relative difference per output."),
+              max_px: float = typer.Option(1.0, help="Pose: max p95 keypoint displacement (crop pixels)."),
+              min_oks: float = typer.Option(0.95, help="Pose: min mean OKS against the reference."),
+              min_recall: float = typer.Option(1.0, help="Detector: min recall of reference detections."),
+              json_out: Path | None = typer.Option(None, "--json", help="Also write the report as JSON."),
+              trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint")) -> None:
+    """Compare a converted model with its reference on real photos; exit 1 past the tolerances."""
+    from .check import Tolerances, check_model
+
+    report = check_model(candidate, against, images, max_samples=max_samples, trust_checkpoint=trust_checkpoint,
+                         tolerances=Tolerances(max_rel, max_px, min_oks, min_recall))
+    table = Table(title=f"check {report.candidate} against {report.reference} ({report.samples} samples)")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for name, d in report.outputs.items():
+        table.add_row(f"{name} max abs / rel", f"{d['max_abs']:.3g} / {d['max_rel']:.3g}")
+    for key, value in {**report.keypoints, **report.detections}.items():
+        table.add_row(key, f"{value:.4g}")
+    for part, d in report.parts.items():
+        table.add_row(f"{part}: mean px / OKS", f"{d['mean_px']:.3g} / {d['oks']:.4f}")
+    out.print(table)
+    if json_out is not None:
+        json_out.write_text(json.dumps(report.to_dict(), indent=2))
+    if not report.passed:
+        for failure in report.failures:
+            out.print(f"[red]FAIL[/red] {failure}")
+        raise typer.Exit(1)
+    out.print("[green]PASS[/green]")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: typer app with one-line errors instead of tracebacks."""
     err = Console(stderr=True)

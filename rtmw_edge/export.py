@@ -39,15 +39,15 @@ class ExportError(RtmwEdgeError):
 
 @contextlib.contextmanager
 def fp16_safe_scalenorm():
-    """Trace ScaleNorm in its overflow-free form (see `heads.ScaleNorm.forward_fp16_safe`)."""
-    from .models.heads import ScaleNorm
+    """Trace ScaleNorm and the GAU in their FP16-friendly forms (same values, bounded intermediates)."""
+    from .models.heads import RTMCCBlock, ScaleNorm
 
-    previous = ScaleNorm.fp16_safe
-    ScaleNorm.fp16_safe = True
+    previous = ScaleNorm.fp16_safe, RTMCCBlock.fp16_safe
+    ScaleNorm.fp16_safe = RTMCCBlock.fp16_safe = True
     try:
         yield
     finally:
-        ScaleNorm.fp16_safe = previous
+        ScaleNorm.fp16_safe, RTMCCBlock.fp16_safe = previous
 
 
 def _pose_wrapper(model, spec: ModelSpec, decode: bool, flip_test: bool):

@@ -260,7 +260,7 @@ def test_module_tree_order_matches_pytorch_traversal():
     assert module_tree_order(constructor_order) == state_keys
 
 
-def test_reference_key_lists_are_present():
+def test_reference_key_lists_are_present(shared):
     assert set(REF_NAMES) >= {"rtmw-m-256x192", "rtmw-l-256x192", "rtmw-x-256x192", "rtmw-l-384x288",
                               "rtmw-x-384x288", "rtmw3d-l-384x288", "rtmw3d-x-384x288"}, KEY_DIR
     assert set(REF_NAMES) <= set(ALL)
@@ -314,8 +314,10 @@ def test_registry_params_equal_built_model(model):
 
 
 @pytest.mark.parametrize("model", ALL, indirect=True)
-def test_create_model_returns_eval_mode_with_spec(model):
-    assert model.spec is get_spec(model.spec.name)
+def test_create_model_returns_eval_mode_with_spec(model, request):
+    name = request.node.callspec.params["model"]
+    assert model.spec.name == name
+    assert model.spec is get_spec(name)
     assert not any(m.training for m in model.modules())
 
 
@@ -514,6 +516,9 @@ def test_scale_norm_by_hand():
     torch.testing.assert_close(out, torch.tensor([[0.6 * math.sqrt(2) * 2, 0.8 * math.sqrt(2) * 2]]))
     zero = norm(torch.zeros(1, 3, 2))  # the eps clamp keeps 0/0 away
     assert torch.equal(zero, torch.zeros(1, 3, 2))
+    # below the clamp: ‖x‖·2^-½ = 3.5e-6 < eps = 1e-5, so the divisor is eps itself
+    tiny = norm(torch.tensor([3e-6, 4e-6], dtype=torch.float64))
+    torch.testing.assert_close(tiny, torch.tensor([0.3, 0.4], dtype=torch.float64) * 2.0)
 
 
 def gau_reference(x, w_uv, w_o, gamma, beta, g, res_scale, s, e, attention="relu2", eps=1e-5):

@@ -65,6 +65,8 @@ class RTMCCBlock(nn.Module):
     kernel is relu(q·kᵀ/√s)² — squared ReLU, no softmax, no 1/K normalisation.
     """
 
+    fp16_safe = False  # switched on while exporting ONNX, like ScaleNorm.fp16_safe
+
     def __init__(self, dims: int = GAU_HIDDEN, s: int = GAU_S, expansion: int = GAU_EXPANSION) -> None:
         super().__init__()
         self.s = s
@@ -82,8 +84,13 @@ class RTMCCBlock(nn.Module):
         u, v, base = torch.split(self.act(self.uv(x)), [self.e, self.e, self.s], dim=-1)
         base = base.unsqueeze(2) * self.gamma + self.beta        # B×K×2×s
         q, k = base[:, :, 0], base[:, :, 1]
-        qk = torch.bmm(q, k.transpose(1, 2))                      # B×K×K
-        kernel = torch.square(torch.relu(qk / math.sqrt(self.s)))
+        if self.fp16_safe:
+            # same value, smaller intermediate: scale q and k by s^-1/4 before the s-term dot product
+            q, k = q * self.s ** -0.25, k * self.s ** -0.25
+            qk = torch.bmm(q, k.transpose(1, 2))
+        else:
+            qk = torch.bmm(q, k.transpose(1, 2)) / math.sqrt(self.s)  # B×K×K
+        kernel = torch.square(torch.relu(qk))
         y = self.o(u * torch.bmm(kernel, v))
         return self.res_scale(x_in) + y
 
