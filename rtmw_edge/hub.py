@@ -150,6 +150,7 @@ def _make_progress() -> Progress:
         TransferSpeedColumn(),
         TimeRemainingColumn(),
         console=Console(stderr=True),
+        transient=True,  # the bar disappears when done: a failure leaves only its one error line
     )
 
 

@@ -58,6 +58,11 @@ def create_model(name: str, checkpoint: str | Path | None = None, *, trust_check
     if checkpoint is not None:
         from .checkpoint import load_checkpoint
 
-        load_checkpoint(model, checkpoint, model_name=name, trust=trust_checkpoint)
+        report = load_checkpoint(model, checkpoint, model_name=name, trust=trust_checkpoint)
+        if report.ignored:
+            import logging
+
+            logging.getLogger("rtmw_edge").warning("%s: ignored %d distillation keys not used at inference (%s)",
+                                                   checkpoint, len(report.ignored), ", ".join(report.ignored[:3]))
     model.spec = spec
     return model.eval()

@@ -8,7 +8,6 @@ file (`trust=True`, the CLI's `--trust-checkpoint`), because unpickling arbitrar
 
 from __future__ import annotations
 
-import io
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,8 +15,6 @@ from typing import Any
 
 from ..errors import CheckpointError
 
-# Prefixes added by wrappers: DataParallel/DistributedDataParallel, and the distillation student.
-STRIP_PREFIXES = ("module.", "student.")
 # Keys the distillation transfer may copy into the head (`distill_losses.loss_mgd.down*` → `head.down*`):
 # they have no module at inference time, so they are dropped and reported.
 TOLERATED_EXTRA = ("head.down",)
@@ -69,6 +66,10 @@ def read_checkpoint(path: str | Path, *, trust: bool = False) -> tuple[dict, dic
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if not (magic.startswith(b"PK\x03\x04") or magic.startswith(b"\x80")):  # torch zip archive / legacy pickle
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint (neither a zip archive nor a pickle)")
     try:
         if trust:
             obj = torch.load(path, map_location="cpu", weights_only=False)
@@ -83,7 +84,7 @@ def read_checkpoint(path: str | Path, *, trust: bool = False) -> tuple[dict, dic
                 f"{path} holds pickled objects outside the safe allow-list ({reason[:160]}); if you trust where "
                 "it came from, pass --trust-checkpoint (trust=True)") from None
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({reason[:160]})") from None
-    except (RuntimeError, EOFError, OSError, ValueError, io.UnsupportedOperation) as exc:
+    except Exception as exc:  # zip/pickle internals: truncated or corrupt files surface as many types
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt: {reason[:160]})") \
             from None
@@ -102,12 +103,11 @@ def split_checkpoint(obj: Any, path: str | Path = "<checkpoint>") -> tuple[dict,
         state = obj
     else:
         raise CheckpointError(f"{path} is not an mmpose/mmdet checkpoint: no 'state_dict' and not a state dict")
-    # Distillation files may carry the teacher beside the student: only the student is the model.
+    # DataParallel wrapper first, then distillation: only the student is the model, the teacher is dropped.
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
     if any(k.startswith("student.") for k in state):
-        state = {k: v for k, v in state.items() if not k.startswith("teacher.")}
-    for prefix in STRIP_PREFIXES:
-        if state and all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
+        state = {k[len("student."):]: v for k, v in state.items() if k.startswith("student.")}
     return dict(state), meta if isinstance(meta, dict) else {}
 
 
