@@ -159,6 +159,41 @@ def check_cmd(candidate: Path = typer.Argument(..., help="The converted model (.
     out.print("[green]PASS[/green]")
 
 
+@app.command("run")
+def run_cmd(source: str = typer.Argument(..., help="Image, folder, video, camera index, RTSP/HTTP URL or image URL."),
+            det: str = typer.Option("rtmdet-nano-person", "--det", help="Detector: .onnx or registered name."),
+            pose: str = typer.Option("rtmw-m-256x192", "--pose", help="Pose model: .onnx or registered name."),
+            backend: str = typer.Option("auto", help="auto, onnxruntime or tensorrt."),
+            out_jsonl: Path | None = typer.Option(None, "--out", help="JSON lines, one object per frame."),
+            coco: Path | None = typer.Option(None, "--coco", help="COCO keypoint results JSON."),
+            save: Path | None = typer.Option(None, "--save", help="Annotated output: .jpg/.png (one image), "
+                                             ".mp4/.avi (video) or a folder (one image per frame)."),
+            plot_3d: Path | None = typer.Option(None, "--plot-3d", help="RTMW3D: 3D skeleton PNG of the last frame."),
+            show: bool = typer.Option(False, "--show", help="Show frames in a window (needs a GUI OpenCV)."),
+            flip_test: bool = typer.Option(False, "--flip-test", help="Average with the mirrored crop."),
+            track: bool = typer.Option(False, "--track", help="Stable track ids across frames."),
+            smooth: bool = typer.Option(False, "--smooth", help="One-Euro keypoint smoothing (implies --track)."),
+            smooth_min_cutoff: float | None = typer.Option(None, help="One-Euro min cutoff."),
+            smooth_beta: float | None = typer.Option(None, help="One-Euro speed coefficient."),
+            max_persons: int = typer.Option(32, "--max-persons", help="Keep at most this many (highest scores)."),
+            det_threshold: float = typer.Option(0.3, "--det-threshold", help="Detector score threshold."),
+            kpt_threshold: float = typer.Option(0.3, "--kpt-threshold", help="Keypoint score threshold for drawing."),
+            focal: str | None = typer.Option(None, help="RTMW3D camera focal length 'fx,fy' in pixels."),
+            principal: str | None = typer.Option(None, help="RTMW3D principal point 'cx,cy' (default: centre)."),
+            threads: int | None = typer.Option(None, help="ONNX Runtime intra-op threads (default: all cores)."),
+            loop: bool = typer.Option(False, "--loop", help="Restart a video file at its end.")) -> None:
+    """Detect people and estimate their keypoints (2D, or 3D with RTMW3D) on images, videos and cameras."""
+    from .run import RunOptions, run_source
+
+    opts = RunOptions(source=source, det=det, pose=pose, backend=backend, out_jsonl=out_jsonl, coco=coco, save=save,
+                      plot_3d=plot_3d, show=show, flip_test=flip_test, track=track, smooth=smooth,
+                      smooth_min_cutoff=smooth_min_cutoff, smooth_beta=smooth_beta, max_persons=max_persons,
+                      det_threshold=det_threshold, kpt_threshold=kpt_threshold, focal=focal, principal=principal,
+                      threads=threads, loop=loop)
+    summary = run_source(opts, console=out)
+    out.print(summary)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: typer app with one-line errors instead of tracebacks."""
     err = Console(stderr=True)
