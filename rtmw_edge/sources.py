@@ -322,12 +322,15 @@ class CaptureSource(Source):
         self._saw(first)
 
     # -- reader thread
-    @staticmethod
-    def _read_image(cap: cv2.VideoCapture) -> np.ndarray | None:
+    def _read_image(self, cap: cv2.VideoCapture) -> np.ndarray | None:
+        """The next frame as uint8 BGR, None at the end; an empty (0×0) or odd frame raises RtmwEdgeError."""
         ok, image = cap.read()
-        if not ok or image is None or image.size == 0:
+        if not ok or image is None:
             return None
-        return as_bgr_uint8(image)
+        try:
+            return as_bgr_uint8(image)
+        except RtmwEdgeError as exc:
+            raise RtmwEdgeError(f"{self.description}: bad frame: {exc}") from None
 
     @staticmethod
     def _position_s(cap: cv2.VideoCapture) -> float | None:
@@ -465,6 +468,8 @@ def _mask_url(url: str) -> str:
     if parts.password is None:
         return url
     host = parts.hostname or ""
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
     if parts.port is not None:
         host = f"{host}:{parts.port}"
     return urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))

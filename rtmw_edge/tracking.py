@@ -55,7 +55,7 @@ class OneEuroFilter:
     [K] keypoint scores > 0 for [K, 2] keypoints) to leave invalid elements unfiltered: they are returned
     as given and their state (estimate, speed, last timestamp) is kept for when they come back.
     A timestamp that does not advance (dt ≤ 0) returns the previous estimate and changes nothing.
-    Outputs are float64 copies; the input is never modified.
+    Outputs are float64 copies; the input is never modified. An input of a new shape restarts the filter.
     """
 
     def __init__(self, min_cutoff: float = DEFAULT_MIN_CUTOFF, beta: float = DEFAULT_BETA,
@@ -237,20 +237,30 @@ class PoseTracker:
         if not persons or not self.tracks:
             return sim
         iou = box_iou(np.stack([p.bbox for p in persons]), np.stack([t.person.bbox for t in self.tracks]))
-        for j, track in enumerate(self.tracks):
-            ref = track.person
-            x1, y1, x2, y2 = (float(v) for v in ref.bbox)
-            area = max(x2 - x1, 0.0) * max(y2 - y1, 0.0)
-            for i, p in enumerate(persons):
-                oks = keypoint_oks(p.keypoints, p.keypoint_scores, ref.keypoints, ref.keypoint_scores, area,
-                                   self.keypoint_threshold)
-                if oks is None:
-                    sim[i, j] = iou[i, j]
-                elif self.combine == "mean":
-                    sim[i, j] = 0.5 * (iou[i, j] + oks)
-                else:
-                    sim[i, j] = max(iou[i, j], oks)
-        return sim
+        oks = np.full(sim.shape, np.nan)  # NaN: undefined
+        by_count: dict[int, list[int]] = {}
+        for i, p in enumerate(persons):
+            by_count.setdefault(len(p.keypoints), []).append(i)
+        for k, rows in by_count.items():
+            kpts = np.stack([np.asarray(persons[i].keypoints, np.float64) for i in rows])      # [n, K, 2]
+            vis = np.stack([np.asarray(persons[i].keypoint_scores) > self.keypoint_threshold for i in rows])
+            k2 = (2.0 * _sigmas_for(k)) ** 2
+            for j, track in enumerate(self.tracks):
+                ref = track.person
+                x1, y1, x2, y2 = (float(v) for v in ref.bbox)
+                area = max(x2 - x1, 0.0) * max(y2 - y1, 0.0)
+                if len(ref.keypoints) != k or area <= 0:
+                    continue
+                both = vis & (np.asarray(ref.keypoint_scores) > self.keypoint_threshold)[None]
+                d2 = np.sum((kpts - np.asarray(ref.keypoints, np.float64)[None]) ** 2, axis=2)
+                e = np.exp(-d2 / (2.0 * area * k2)) * both
+                count = both.sum(axis=1)
+                oks[rows, j] = np.where(count > 0, e.sum(axis=1) / np.maximum(count, 1), np.nan)
+        if self.combine == "mean":
+            combined = 0.5 * (iou + oks)
+        else:
+            combined = np.maximum(iou, oks)
+        return np.where(np.isnan(oks), iou, combined)
 
     def update(self, persons: list[Person], timestamp: float) -> list[Person]:
         """Match `persons` (one frame) to the tracks; returns copies with `track_id` set (and smoothed)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from rtmw_edge.geometry import box_iou
 from rtmw_edge.results import Person
 from rtmw_edge.tracking import KeypointSmoother, OneEuroFilter, PoseTracker, keypoint_oks
 
@@ -99,6 +100,21 @@ def test_oks_similarity():
     none = np.zeros(17)
     assert keypoint_oks(p.keypoints, none, p.keypoints, p.keypoint_scores, area) is None
     assert keypoint_oks(p.keypoints[:5], p.keypoint_scores[:5], p.keypoints, p.keypoint_scores, area) is None
+
+
+def test_tracker_similarity_matrix():
+    tracks = [make_person(0, 0, POSES[0]), make_person(40, 10, POSES[1], num_keypoints=133)]
+    tracker = PoseTracker()
+    tracker.update(tracks, 0.0)
+    persons = [make_person(5, 3, POSES[0]), make_person(30, 0, POSES[3]),
+               make_person(42, 12, POSES[1], num_keypoints=133)]
+    persons[1].keypoint_scores[:] = 0.0  # no visible keypoint: IoU only
+    sim = tracker.similarity(persons)
+    for i, p in enumerate(persons):
+        for j, t in enumerate(tracks):
+            iou = box_iou(p.bbox, t.bbox)[0, 0]
+            oks = keypoint_oks(p.keypoints, p.keypoint_scores, t.keypoints, t.keypoint_scores, 100.0 * 200.0)
+            assert sim[i, j] == pytest.approx(iou if oks is None else (iou + oks) / 2)
 
 
 def test_update_does_not_mutate_inputs_and_smooths():
