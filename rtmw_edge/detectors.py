@@ -195,13 +195,15 @@ def _stem(model, input_name: str, channels: int) -> str:
     return "other"
 
 
-def inspect_detector(path_or_model, input_size: tuple[int, int] | None = None) -> DetectorSignature:
+def inspect_detector(path_or_model, input_size: tuple[int, int] | None = None, *,
+                     name: str | None = None) -> DetectorSignature:
     """Recognise a detector ONNX (path or onnx.ModelProto) from its inputs, outputs and stem; no inference.
 
     `input_size` (w, h) sets the letterbox size of a graph with dynamic H/W (default 320×320); for a static
     graph it must equal the graph's size.
     """
     model, where = _load(path_or_model)
+    where = name or where
     initializers = {i.name for i in model.graph.initializer}
     inputs = _value_infos(model.graph.input, exclude=initializers)
     outputs = _value_infos(model.graph.output)
@@ -305,7 +307,7 @@ class OnnxDetector:
         import onnxruntime as ort
 
         model, self.name = _load(path)  # a path, or an onnx.ModelProto
-        self.signature = inspect_detector(model, input_size)
+        self.signature = inspect_detector(model, input_size, name=self.name)
         source = self.name if isinstance(path, (str, Path)) else model.SerializeToString()  # path: external data ok
         self.score_threshold = float(score_threshold)
         self.nms_iou = float(nms_iou)
