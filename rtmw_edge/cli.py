@@ -194,6 +194,110 @@ def run_cmd(source: str = typer.Argument(..., help="Image, folder, video, camera
     out.print(summary)
 
 
+@app.command("eval")
+def eval_cmd(ann: Path = typer.Option(..., "--ann", help="COCO / COCO-WholeBody keypoint annotation JSON."),
+             images: Path | None = typer.Option(None, "--images", help="Folder with the annotation's images."),
+             pose: str | None = typer.Option(None, "--pose", help="Pose model: .onnx or registered name."),
+             det: str | None = typer.Option(None, "--det", help="Detector: .onnx or registered name."),
+             gt_boxes: bool = typer.Option(False, "--gt-boxes", help="Ground-truth person boxes, no detector."),
+             backend: str = typer.Option("auto", help="auto, onnxruntime or tensorrt."),
+             flip_test: bool = typer.Option(False, "--flip-test", help="Average with the mirrored crop."),
+             predictions: Path | None = typer.Option(None, "--predictions", help="Score this COCO keypoint results "
+                                                     "JSON instead of running models."),
+             out_json: Path | None = typer.Option(None, "--out", help="Write the metrics as JSON.")) -> None:
+    """Keypoint AP/AR (pycocotools) per body part and whole body on COCO-WholeBody (or body on COCO)."""
+    from .evaluate import METRICS, evaluate_predictions, run_eval
+    from .results import AtomicWriter
+
+    if predictions is not None:
+        extra = [flag for flag, given in (("--pose", pose), ("--det", det), ("--gt-boxes", gt_boxes),
+                                          ("--images", images), ("--flip-test", flip_test)) if given]
+        if extra:
+            raise RtmwEdgeError(f"--predictions scores an existing results file; drop {', '.join(extra)}")
+        metrics = evaluate_predictions(ann, predictions)
+        title = f"{predictions.name} on {ann.name}"
+    else:
+        if pose is None or images is None:
+            raise RtmwEdgeError("eval needs --pose and --images to run models (or --predictions to score a file)")
+        if gt_boxes == (det is not None):
+            raise RtmwEdgeError("eval needs exactly one of --det DETECTOR or --gt-boxes")
+        metrics, _ = run_eval(ann, images, pose, det=det, gt_boxes=gt_boxes, backend=backend, flip_test=flip_test)
+        title = f"{Path(pose).name} ({'GT boxes' if gt_boxes else Path(det).name}) on {ann.name}"
+    table = Table(title=title)
+    table.add_column("part")
+    for metric in METRICS:
+        table.add_column(metric, justify="right")
+    for part, values in metrics.items():
+        table.add_row(part, *("-" if values[m] is None else f"{values[m]:.4f}" for m in METRICS))
+    out.print(table)
+    if out_json is not None:
+        with AtomicWriter(out_json) as f:
+            json.dump(metrics, f, indent=2)
+        out.print(f"metrics → {out_json}")
+
+
+@app.command("bench")
+def bench_cmd(det: str = typer.Option("rtmdet-nano-person", "--det", help="Detector: .onnx or registered name."),
+              pose: list[str] = typer.Option(..., "--pose", help="Pose model(s): repeat to compare (e.g. FP32 "
+                                             "and FP16 exports) side by side."),
+              backend: list[str] = typer.Option(["auto"], "--backend", help="Backend(s): repeat to compare."),
+              persons: str = typer.Option("1,2,4,8,16,32", help="People per synthetic frame, comma-separated."),
+              frames: int = typer.Option(20, help="Timed frames per point (after 2 warm-up frames)."),
+              ann: Path | None = typer.Option(None, help="COCO annotation file whose people are tiled "
+                                              "(default: ../shared/images/test_coco.json next to the repo)."),
+              images: Path | None = typer.Option(None, help="Folder of the annotation file's photos."),
+              threads: int | None = typer.Option(None, help="ONNX Runtime intra-op threads."),
+              json_out: Path | None = typer.Option(None, "--out", help="Write the report as JSON."),
+              plot_out: Path | None = typer.Option(None, "--plot", help="Write the stage/person plot as PNG.")) -> None:
+    """Per-stage latency (p50/p90/p99), end-to-end FPS and the cost of each extra person."""
+    from .bench import Config, benchmark, person_tiles, plot
+    from .errors import RtmwEdgeError
+    from .results import AtomicWriter
+
+    try:
+        counts = sorted({int(v) for v in persons.split(",")})
+    except ValueError:
+        raise RtmwEdgeError(f"--persons must be comma-separated integers, not {persons!r}") from None
+    if not counts or counts[0] < 1 or frames < 1:
+        raise RtmwEdgeError("--persons values and --frames must be at least 1")
+    shared = Path(__file__).resolve().parents[2] / "shared" / "images"
+    ann = ann or shared / "test_coco.json"
+    images = images or ann.parent
+    if not ann.is_file():
+        raise RtmwEdgeError(f"annotation file not found: {ann} (give --ann and --images)")
+    configs = []
+    for b in backend:
+        for p in pose:
+            label = Path(p).stem if len(backend) == 1 else f"{Path(p).stem}/{b}"
+            while label in (c.name for c in configs):
+                label += "'"
+            configs.append(Config(label, det, p, b))
+    report = benchmark(configs, person_tiles(ann, images), counts, frames=frames, threads=threads)
+    table = Table(title=f"bench: ms per frame (mean), {frames} frames per point")
+    table.add_column("config")
+    table.add_column("persons", justify="right")
+    for stage in ("det_inference", "pose_inference", "other"):
+        table.add_column(stage, justify="right")
+    table.add_column("end-to-end p50/p90/p99", justify="right")
+    table.add_column("FPS", justify="right")
+    for cfg in report["configs"]:
+        for point in cfg["curve"]:
+            st = point["stages_ms"]
+            other = point["stage_sum_ms"] - st["det_inference"]["mean"] - st["pose_inference"]["mean"]
+            e2e = point["end_to_end_ms"]
+            table.add_row(cfg["name"], str(point["persons_detected"]), f"{st['det_inference']['mean']:.1f}",
+                          f"{st['pose_inference']['mean']:.1f}", f"{other:.1f}",
+                          f"{e2e['p50']:.1f} / {e2e['p90']:.1f} / {e2e['p99']:.1f}", f"{point['fps']:.2f}")
+        if "ms_per_extra_person" in cfg:
+            out.print(f"{cfg['name']}: {cfg['ms_per_extra_person']:.1f} ms per extra person")
+    out.print(table)
+    if json_out is not None:
+        with AtomicWriter(json_out) as f:
+            json.dump(report, f, indent=2)
+    if plot_out is not None:
+        plot(report, plot_out)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: typer app with one-line errors instead of tracebacks."""
     err = Console(stderr=True)

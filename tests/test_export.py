@@ -1,12 +1,12 @@
 """ONNX export against independent truth: the PyTorch models, the numpy formulas of `rtmw_edge.geometry`,
 real RTMDet-nano weights with the COCO photos, file hashes, and FP16 numerics.
 
-Random weights are seeded and made "live": every BatchNorm gets a random affine (weight U(0.5, 1.5), bias
-N(0, 0.3)) and running statistics measured on a random batch (train-mode pass with momentum 1). Without this the
-default init makes the activations vanish (RTMDet-nano's P5 is ~1e-12) and every comparison would be trivial;
-with it, the folded BatchNorm of the exported graph has non-trivial mean/var and activations stay O(1).
-The detectors' 1×1 output convs are scaled by 0.1 so that the scores do not saturate at 1.0 and RTMDet-m's
-exp(reg) stays finite.
+Random weights are seeded and made "live" (`randomise`): every BatchNorm gets a random affine and running
+statistics measured on a random batch (train-mode pass with momentum 1), plus a variance floor. With the default
+init the activations vanish (RTMDet-nano's P5 is ~1e-12) and every comparison would be trivial; without the
+floor a few near-constant channels make the random network so ill-conditioned that PyTorch FP32 itself is 5e-4
+(of the max) away from PyTorch float64, more than the 1e-4 the export is held to. With both, the folded
+BatchNorm of the exported graph has non-trivial mean/var, activations stay O(1), and FP32 noise is ~1e-5.
 
 Every export is made once: the module-scoped `store` keeps the ONNX files that later tests reuse (rtmw-m,
 rtmw3d-l, rtmdet-nano) and deletes the others as soon as their test is done.
@@ -56,24 +56,29 @@ COCO = SHARED / "images" / "test_coco.json"
 
 
 # --------------------------------------------------------------------------------------------- helpers
-def randomise(model: nn.Module, seed: int = SEED) -> nn.Module:
-    """Random BatchNorm affine + running stats measured on a random batch; detector output convs × 0.1."""
+def randomise(model: nn.Module, seed: int = SEED, calibration_batch: int = 4) -> nn.Module:
+    """Live random weights: BatchNorm affine U(0.3, 1) / N(0, 0.3), running stats measured on a random batch plus
+    a variance floor; detector classifiers rescaled so that the scores spread over (0, 1)."""
     g = torch.Generator().manual_seed(seed)
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     w, h = model.spec.input_size
     with torch.no_grad():
         for bn in bns:
-            bn.weight.copy_(torch.rand(bn.weight.shape, generator=g) + 0.5)
+            bn.weight.copy_(torch.rand(bn.weight.shape, generator=g) * 0.7 + 0.3)
             bn.bias.copy_(torch.randn(bn.bias.shape, generator=g) * 0.3)
-            bn.momentum = 1.0
+            bn.momentum = 1.0  # the train-mode pass below sets running_mean/var to the batch statistics
         model.train()
-        model(torch.randn(2, 3, h, w, generator=g))
+        model(torch.randn(calibration_batch, 3, h, w, generator=g))
         model.eval()
         for bn in bns:
             bn.momentum = 0.1
+            # a near-constant channel would otherwise be divided by a tiny std and amplify FP32 rounding
+            # (float64 vs float32 PyTorch then differ by ~5e-4 of the max on rtmw-m, with the floor by ~1e-5)
+            bn.running_var.add_(0.25 * bn.running_var.mean())
         if not model.spec.is_pose:
-            for conv in [*model.bbox_head.rtm_cls, *model.bbox_head.rtm_reg]:
-                conv.weight.mul_(0.1)
+            for conv in model.bbox_head.rtm_cls:
+                conv.weight.mul_(5.0)
+                conv.bias.copy_(torch.randn(conv.bias.shape, generator=g) * 0.5)
     return model
 
 
@@ -181,15 +186,11 @@ def store(tmp_path_factory) -> Store:
 
 
 # ------------------------------------------------------------------ 1. every model: ORT == PyTorch
-def _model_params():
-    for name in list_models():
-        if name in COVERED_BY_L:
-            yield pytest.param(name, marks=pytest.mark.slow, id=name)
-        else:
-            yield pytest.param(name, id=name)
+MODEL_PARAMS = [pytest.param(name, marks=pytest.mark.slow, id=name) if name in COVERED_BY_L else name
+                for name in list_models()]
 
 
-@pytest.mark.parametrize("name", _model_params())
+@pytest.mark.parametrize("name", MODEL_PARAMS)
 def test_export_matches_pytorch(name: str, store: Store) -> None:
     """Dynamic-batch export of every registered model; ORT at batch 1 and 5 equals PyTorch within 1e-4 of the
     output's max-abs (pose: raw SimCC logits; detectors: top-k of the numpy box decoding of the raw head).

@@ -1,0 +1,56 @@
+"""`rtmw-edge bench`: complete per-stage report and plot on CPU with the real detector and a random RTMW."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import pytest
+from conftest import SHARED
+
+from rtmw_edge.bench import STAGES, Config, benchmark, person_tiles, plot, tiled_frame
+from rtmw_edge.cli import main
+from rtmw_edge.export import export_onnx
+
+DET = SHARED / "models" / "rtmdet-nano_person_320_rawhead.onnx"
+
+
+@pytest.fixture(scope="module")
+def pose(tmp_path_factory):
+    return export_onnx("rtmw-m-256x192", tmp_path_factory.mktemp("bench") / "rtmw-m.onnx", random_init=True,
+                       progress=False)
+
+
+def test_tiled_frames_hold_the_requested_people():
+    tiles = person_tiles(SHARED / "images" / "test_coco.json", SHARED / "images")
+    assert len(tiles) >= 4 and all(t.shape == (192, 96, 3) for t in tiles)
+    frame = tiled_frame(tiles, 5)
+    assert frame.shape[0] % 192 == 0 and frame.shape[1] % 96 == 0
+    assert frame.shape[0] // 192 * (frame.shape[1] // 96) >= 5
+
+
+def test_bench_report_is_complete_and_stages_add_up(pose, tmp_path):
+    tiles = person_tiles(SHARED / "images" / "test_coco.json", SHARED / "images")
+    report = benchmark([Config("fp32", str(DET), str(pose))], tiles, persons=[1, 3], frames=4, progress=False)
+    cfg = report["configs"][0]
+    assert [c["persons_detected"] for c in cfg["curve"]] == [1, 3]
+    for point in cfg["curve"]:
+        assert set(point["stages_ms"]) == set(STAGES)
+        for stage in point["stages_ms"].values():
+            assert 0 <= stage["p50"] <= stage["p90"] <= stage["p99"]
+        # the instrumented stages and the real pipeline, timed separately, agree within 10 %
+        assert point["stage_sum_ms"] == pytest.approx(point["end_to_end_ms"]["mean"], rel=0.10)
+        assert point["fps"] == pytest.approx(1000 / point["end_to_end_ms"]["mean"])
+    assert cfg["ms_per_extra_person"] > 0
+    png = plot(report, tmp_path / "bench.png")
+    assert cv2.imread(str(png)) is not None
+
+
+def test_cli_bench_writes_json_and_png_side_by_side(pose, tmp_path):
+    out, png = tmp_path / "bench.json", tmp_path / "bench.png"
+    assert main(["bench", "--det", str(DET), "--pose", str(pose), "--pose", str(pose), "--persons", "1,2",
+                 "--frames", "2", "--out", str(out), "--plot", str(png)]) == 0
+    report = json.loads(out.read_text())
+    assert len(report["configs"]) == 2 and report["configs"][0]["name"] != report["configs"][1]["name"]
+    assert cv2.imread(str(png)) is not None
+    assert main(["bench", "--det", str(DET), "--pose", str(pose), "--persons", "0,x"]) == 1
