@@ -298,6 +298,22 @@ def bench_cmd(det: str = typer.Option("rtmdet-nano-person", "--det", help="Detec
         plot(report, plot_out)
 
 
+# Command groups that live in their own modules (each defines `register(app)`), keeping this file small.
+COMMAND_MODULES = ("cli_calibrate", "cli_engines", "cli_serve")
+
+
+def _register_command_modules() -> None:
+    import importlib
+    import importlib.util
+
+    for name in COMMAND_MODULES:
+        if importlib.util.find_spec(f"{__package__}.{name}") is not None:
+            importlib.import_module(f"{__package__}.{name}").register(app)
+
+
+_register_command_modules()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: typer app with one-line errors instead of tracebacks."""
     err = Console(stderr=True)
