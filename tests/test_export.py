@@ -125,6 +125,20 @@ def dims(value_info) -> list:
     return [d.dim_param or d.dim_value for d in value_info.type.tensor_type.shape.dim]
 
 
+def detector_session(path) -> ort.InferenceSession:
+    """Session over the exported detector with two more outputs, the tensors the TopK reads: `all_scores` [B,N]
+    and `all_boxes` [B,N,4] (every anchor, in anchor order), so they can be compared without any ordering."""
+    proto = onnx.load(str(path))
+    topk = next(n for n in proto.graph.node if n.op_type == "TopK")
+    gather = next(n for n in proto.graph.node if n.op_type == "GatherElements")
+    for name, new in ((topk.input[0], "all_scores"), (gather.input[0], "all_boxes")):
+        proto.graph.node.append(helper.make_node("Identity", [name], [new]))
+        proto.graph.output.append(helper.make_tensor_value_info(new, TensorProto.FLOAT, None))
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    return ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
 def decode_reference(model: nn.Module, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """All boxes [B,N,4] and scores [B,N] of the PyTorch detector, by the numpy formula."""
     cls_scores, bbox_preds = torch_run(model, x)
@@ -199,7 +213,8 @@ MODEL_PARAMS = [pytest.param(name, marks=pytest.mark.slow, id=name) if name in C
 @pytest.mark.parametrize("name", MODEL_PARAMS)
 def test_export_matches_pytorch(name: str, store: Store) -> None:
     """Dynamic-batch export of every registered model; ORT at batch 1 and 5 equals PyTorch within 1e-4 of the
-    output's max-abs (pose: raw SimCC logits; detectors: top-k of the numpy box decoding of the raw head).
+    output's max-abs (pose: raw SimCC logits; detectors: boxes/scores of every anchor, read at the TopK input,
+    equal `geometry.decode_rtmdet` of the raw PyTorch head, and the top-k outputs take them in score order).
     The x-size models are marked slow: the l-size model of the same architecture covers the same code path."""
     spec = get_spec(name)
     model = store.model(name)
@@ -216,7 +231,7 @@ def test_export_matches_pytorch(name: str, store: Store) -> None:
         assert isinstance(dims(image)[0], str) and dims(image)[1:] == [3, h, w]  # dynamic batch
         assert all(isinstance(dims(o)[0], str) for o in outputs.values())
         del proto
-        sess = session(path)
+        sess = session(path) if spec.is_pose else detector_session(path)
         for batch in (1, 5):
             x = random_input(name, batch, seed=batch)
             got = run(sess, x)
@@ -227,6 +242,8 @@ def test_export_matches_pytorch(name: str, store: Store) -> None:
                     assert_rel_close(got[out_name], r.numpy(), REL, f"{name} b{batch} {out_name}")
             else:
                 ref_boxes, ref_scores = decode_reference(model, x)
+                assert_rel_close(got["all_scores"], ref_scores, REL, f"{name} b{batch} all scores")
+                assert_rel_close(got["all_boxes"], ref_boxes, REL, f"{name} b{batch} all boxes")
                 k = min(1000, ref_scores.shape[1])
                 assert got["boxes"].shape == (batch, k, 4) and got["scores"].shape == (batch, k)
                 for i in range(batch):
@@ -414,7 +431,7 @@ def test_scalenorm_fp16_overflow_and_safe_form() -> None:
     """256 channels with |x| in [20, 200]: every x² ≤ 40 000 fits FP16, Σx² ≈ 3–4·10⁶ ≫ 65 504 does not.
 
     Truly FP16 (graph entirely FP16, node by node, ReduceL2 split as TensorRT does): the naive ScaleNorm's sum of
-    squares is inf, so its norm is inf and the output collapses to 0 (relative error 1); the safe form's sum of
+    squares is inf, so its norm saturates and the output collapses to ~0 (relative error 1); the safe form's sum of
     squares is ≤ 256 and its output is finite and within 1e-2 of float64.
     """
     rng = np.random.default_rng(0)
@@ -428,7 +445,8 @@ def test_scalenorm_fp16_overflow_and_safe_form() -> None:
     assert naive["sum_of_squares"].dtype == np.float16 and np.isinf(naive["sum_of_squares"]).all()
     y = naive["y"].astype(np.float64)
     assert not np.isfinite(y).all() or np.abs(y - ref).max() > 0.5 * np.abs(ref).max()  # inf/nan or collapsed
-    assert np.abs(y).max() == 0.0  # what it does: x / inf = 0 for every element
+    # what it does: sqrt(inf)·d^-½ = inf, Clip's FP16 upper bound makes it 65504, y = x/65504 ≈ 0 (ref max ≈ 1.8)
+    assert np.abs(y).max() <= 200 / 65504 + 1e-6 and np.abs(ref).max() > 1
 
     safe = run_node_by_node(_scalenorm_fp16_graph(safe=True), {"x": x})
     assert safe["sum_of_squares"].dtype == np.float16 and np.isfinite(safe["sum_of_squares"]).all()
@@ -495,11 +513,13 @@ def test_fp16_export(name: str, store: Store) -> None:
         assert any(n.name.startswith("/model/head/gau") for n in g.node)
 
     x = random_input(name, 2, seed=11)
-    sess16, sess32 = session(path), session(store.export(name))
+    opener = session if spec.is_pose else detector_session  # detectors: compare every anchor, not the top-k order
+    sess16, sess32 = opener(path), opener(store.export(name))
     got, ref = run(sess16, x), run(sess32, x)
     for out in ref:
         assert got[out].dtype == np.float32
-        assert_rel_close(got[out], ref[out], 1e-2, f"{name} fp16 {out}")
+        if out != "boxes":  # top-k boxes come in score order, which FP16 may permute among near-equal scores
+            assert_rel_close(got[out], ref[out], 1e-2, f"{name} fp16 {out}")
     big = x * 50
     got_big, ref_big = run(sess16, big), run(sess32, big)
     assert all(np.isfinite(v).all() for v in got_big.values())
