@@ -1,12 +1,14 @@
 """Fidelity check of a converted model against a reference, on real images.
 
-`check_model(candidate.onnx, against=...)`: the reference is another ONNX file, an official checkpoint
-(.pth, run in PyTorch with the candidate's registered architecture) or a registered model name (its
-official checkpoint is fetched). Both run on the same inputs made from real photos — for pose models the
-whole image as one person box, cropped exactly as at run time; for detectors the letterboxed frame — and
-the report gives, per output, the max abs/rel difference; for pose, the keypoint displacement in crop
-pixels and the OKS against the reference (per body part); for detectors, the recall of the reference's
-detections at IoU ≥ 0.5 and their mean IoU. Past the tolerances the check fails (the CLI exits 1).
+`check_model(candidate, against=...)`: the candidate is an ONNX or a TensorRT engine built by
+`rtmw-edge build` (run through `load_engine`, metadata from its manifest); the reference is another
+ONNX file, an official checkpoint (.pth, run in PyTorch with the candidate's registered architecture) or
+a registered model name (its official checkpoint is fetched). Both run on the same inputs made from real
+photos — for pose models the whole image as one person box, cropped exactly as at run time; for
+detectors the letterboxed frame — and the report gives, per output, the max abs/rel difference; for
+pose, the keypoint displacement in crop pixels and the OKS against the reference (per body part); for
+detectors, the recall of the reference's detections at IoU ≥ 0.5 and their mean IoU. Past the
+tolerances the check fails (the CLI exits 1).
 """
 
 from __future__ import annotations
@@ -131,6 +133,25 @@ def _torch_runner(meta: dict, checkpoint: Path, trust: bool):
     return run
 
 
+def _candidate_runner(candidate: Path):
+    """The candidate's runner and metadata: an ONNX (ONNX Runtime, metadata inside) or a TensorRT engine
+    (`load_engine`, metadata from the manifest `rtmw-edge build` writes beside it)."""
+    from .backends import ENGINE_SUFFIXES
+
+    if candidate.suffix.lower() in ENGINE_SUFFIXES:
+        from .backends import load_engine, run_chunked
+
+        engine = load_engine(candidate, "tensorrt")
+        if engine.metadata is None:
+            raise RtmwEdgeError(f"{candidate} has no manifest with rtmw_edge metadata beside it: build it with "
+                                "`rtmw-edge build MODEL.onnx`")
+        return (lambda x: run_chunked(engine, x)), engine.metadata
+    meta = read_metadata(candidate)
+    if meta is None:
+        raise RtmwEdgeError(f"{candidate} has no rtmw_edge metadata: export it with `rtmw-edge export` first")
+    return _ort_runner(candidate), meta
+
+
 def _reference_runner(meta: dict, against: str, trust: bool):
     path = Path(against)
     if path.suffix.lower() == ".onnx":
@@ -169,13 +190,11 @@ def check_model(candidate: str | Path, against: str | Path, images: str | Path, 
                 tolerances: Tolerances | None = None, trust_checkpoint: bool = False) -> CheckReport:
     tol = tolerances or Tolerances()
     candidate = Path(candidate)
-    meta = read_metadata(candidate)
-    if meta is None:
-        raise RtmwEdgeError(f"{candidate} has no rtmw_edge metadata: export it with `rtmw-edge export` first")
+    cand_run, meta = _candidate_runner(candidate)
     files = list_images(images)
     x = make_inputs(meta, files, max_samples)
     ref_run, ref_label = _reference_runner(meta, str(against), trust_checkpoint)
-    cand = _ort_runner(candidate)(x)
+    cand = cand_run(x)
     ref = ref_run(x)
     report = CheckReport(str(candidate), ref_label, meta["task"], len(x))
 

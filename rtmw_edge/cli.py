@@ -124,7 +124,8 @@ def export_cmd(name: str = typer.Argument(..., help="Registered model name (see 
 
 
 @app.command("check")
-def check_cmd(candidate: Path = typer.Argument(..., help="The converted model (.onnx from `export`)."),
+def check_cmd(candidate: Path = typer.Argument(..., help="The converted model (.onnx from `export`, or an .engine "
+                                                "from `build`)."),
               against: str = typer.Option(..., "--against", help="Reference: another .onnx, an official "
                                           "checkpoint .pth, or a registered model name."),
               images: Path = typer.Option(..., "--images", help="A photo or a folder of photos to run on."),
@@ -322,7 +323,9 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except RtmwEdgeError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        from rich.markup import escape
+
+        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return 1
     except KeyboardInterrupt:
         err.print("interrupted")

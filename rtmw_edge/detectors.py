@@ -195,6 +195,17 @@ def _stem(model, input_name: str, channels: int) -> str:
     return "other"
 
 
+def project_signature(meta: dict, input_name: str, input_size: tuple[int, int]) -> DetectorSignature:
+    """The signature of one of our own exported detectors, from its metadata."""
+    swap = str(meta.get("color", "bgr")).lower() == "rgb"  # mean/std given in RGB order → feed RGB
+    return DetectorSignature(
+        kind="project", input_name=input_name, input_size=tuple(input_size),
+        mean=tuple(float(v) for v in meta.get("mean", DET_MEAN_BGR)),
+        std=tuple(float(v) for v in meta.get("std", DET_STD_BGR)),
+        swap_rb=swap, pad_value=int(meta.get("pad_value", 114)),
+        strides=tuple(int(s) for s in meta.get("strides", (8, 16, 32))), has_nms=bool(meta.get("nms", False)))
+
+
 def inspect_detector(path_or_model, input_size: tuple[int, int] | None = None, *,
                      name: str | None = None) -> DetectorSignature:
     """Recognise a detector ONNX (path or onnx.ModelProto) from its inputs, outputs and stem; no inference.
@@ -224,14 +235,7 @@ def inspect_detector(path_or_model, input_size: tuple[int, int] | None = None, *
 
     if meta is not None and meta.get("task") == "detector":
         meta_size = meta.get("input_size") or DEFAULT_DYNAMIC_SIZE
-        swap = str(meta.get("color", "bgr")).lower() == "rgb"  # mean/std given in RGB order → feed RGB
-        return DetectorSignature(
-            kind="project", input_name=image.name,
-            input_size=_resolve_size(image, input_size, meta_size),
-            mean=tuple(float(v) for v in meta.get("mean", DET_MEAN_BGR)),
-            std=tuple(float(v) for v in meta.get("std", DET_STD_BGR)),
-            swap_rb=swap, pad_value=int(meta.get("pad_value", 114)),
-            strides=tuple(int(s) for s in meta.get("strides", (8, 16, 32))), has_nms=bool(meta.get("nms", False)))
+        return project_signature(meta, image.name, _resolve_size(image, input_size, meta_size))
 
     shapes = [o.shape for o in outputs]
     # RTMDet raw head: three NHWC [B, H, W, 5] maps
@@ -394,3 +398,27 @@ class OnnxDetector:
         boxes = np.concatenate([center - size / 2, center + size / 2], axis=1).astype(np.float32)
         scores = (pred[:, 4] * pred[:, 5 + self.signature.person_class]).astype(np.float32)
         return boxes, scores
+
+
+class EngineDetector(OnnxDetector):
+    """One of our own exported detectors behind any `backends.Engine` (a TensorRT engine built from it):
+    the same preprocess → infer → postprocess, with the signature read from the engine's metadata."""
+
+    def __init__(self, engine, *, score_threshold: float = 0.3, nms_iou: float = 0.6,
+                 max_detections: int = 100) -> None:
+        meta = engine.metadata
+        self.name = str(engine.path)
+        if not meta or meta.get("task") != "detector":
+            task = meta.get("task") if meta else "unknown"
+            raise UnknownDetectorError(f"{self.name}: not a detector built by rtmw-edge (task {task}); foreign "
+                                       "detectors run through ONNX Runtime")
+        self.engine = engine
+        self.signature = project_signature(meta, engine.input_name, tuple(meta["input_size"]))
+        self.score_threshold, self.nms_iou, self.max_detections = float(score_threshold), float(nms_iou), \
+            int(max_detections)
+        self._input_dtype = np.float32
+        self._output_names = list(engine.output_names)
+
+    def infer(self, tensor: np.ndarray) -> list[np.ndarray]:
+        out = self.engine.run(tensor.astype(np.float32, copy=False))
+        return [out[n] for n in self._output_names]

@@ -65,6 +65,9 @@ def pose_info(engine: Engine) -> PoseModelInfo:
             z_range=meta.get("z_range"), root_z=meta.get("root_z"),
             focal=tuple(meta["focal"]) if meta.get("focal") else None)
     names = engine.output_names
+    if not hasattr(engine, "session"):
+        raise RtmwEdgeError(f"{engine.path.name} has no rtmw_edge metadata (engines built by `rtmw-edge build` "
+                            "carry it in their manifest)")
     if names[:2] != ["simcc_x", "simcc_y"] or engine.input_shape[2] is None or engine.input_shape[3] is None:
         raise RtmwEdgeError(f"{engine.path.name} is not a pose model this toolkit knows: no rtmw_edge metadata "
                             f"and outputs {names} (expected simcc_x, simcc_y with a fixed input size)")
@@ -171,16 +174,18 @@ class PoseEstimator:
                  max_persons: int = 32, det_threshold: float = 0.3, nms_iou: float = 0.3,
                  kpt_threshold: float = 0.3, track: bool = False, smooth: bool = False,
                  camera: G.Camera | None = None, threads: int | None = None, smoothing: dict | None = None) -> None:
-        from .detectors import OnnxDetector
+        from .detectors import EngineDetector, OnnxDetector
 
         if max_persons < 1:
             raise RtmwEdgeError("--max-persons must be at least 1")
         if not 0.0 <= det_threshold <= 1.0:
             raise RtmwEdgeError("--det-threshold must be in [0, 1]")
         det_path, pose_path = resolve_model(det, "det"), resolve_model(pose, "pose")
-        if backend == "tensorrt" or det_path.suffix.lower() != ".onnx":
-            load_engine(det_path, backend)  # raises the clear TensorRT message
-        self.detector = OnnxDetector(det_path, score_threshold=det_threshold, nms_iou=0.6, max_detections=1000)
+        if backend == "tensorrt" or det_path.suffix.lower() != ".onnx":  # a TensorRT engine of our detector
+            self.detector = EngineDetector(load_engine(det_path, backend), score_threshold=det_threshold,
+                                           nms_iou=0.6, max_detections=1000)
+        else:
+            self.detector = OnnxDetector(det_path, score_threshold=det_threshold, nms_iou=0.6, max_detections=1000)
         self.pose = TopDownPose(load_engine(pose_path, backend, threads=threads), flip_test)
         self.max_persons = max_persons
         self.nms_iou = nms_iou

@@ -1,7 +1,8 @@
 """Engines behind one small interface: `run(x) -> {output name: array}` on host (numpy) arrays.
 
 `load_engine(path, backend)` picks the implementation: ONNX Runtime for `.onnx` (the embedded default),
-TensorRT for `.engine`/`.plan` files (imported lazily; a later milestone). Each engine exposes its input
+TensorRT for `.engine`/`.plan` files (`backends/tensorrt.py`, imported lazily; engines come from
+`rtmw-edge build`, their metadata from the manifest beside them). Each engine exposes its input
 name and shape, the maximum batch it accepts (None = any) and the project metadata of the model.
 """
 
@@ -15,7 +16,7 @@ import numpy as np
 from ..errors import RtmwEdgeError
 
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
-BACKENDS = ("auto", "onnxruntime", "tensorrt")
+BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch-cuda")
 
 
 class Engine(Protocol):
@@ -38,12 +39,19 @@ def load_engine(path: str | Path, backend: str = "auto", **options) -> Engine:
         raise RtmwEdgeError(f"model file not found: {path}")
     is_engine = path.suffix.lower() in ENGINE_SUFFIXES
     if backend == "tensorrt" or (backend == "auto" and is_engine):
-        from ..errors import require
+        from .tensorrt import TensorRTEngine, import_tensorrt
 
-        require("tensorrt", "trt")
-        raise RtmwEdgeError("the TensorRT runtime is not part of this build yet; use an .onnx model")  # noqa
+        import_tensorrt()  # one clear line when TensorRT is missing
+        if not is_engine:
+            raise RtmwEdgeError(f"--backend tensorrt runs built engines: `rtmw-edge build {path}` first, then "
+                                f"pass engines/{path.stem}.engine")
+        return TensorRTEngine(path, **options)
     if is_engine:
         raise RtmwEdgeError(f"{path.name} is a TensorRT engine: use --backend tensorrt (or auto)")
+    if backend == "torch-cuda":  # the exported ONNX run by PyTorch on the GPU (backends/torch_cuda.py)
+        from .torch_cuda import TorchCudaEngine
+
+        return TorchCudaEngine(path, **options)
     from .onnxruntime import OrtEngine
 
     return OrtEngine(path, **options)
