@@ -302,8 +302,12 @@ def export_onnx(name: str, output: str | Path, *, checkpoint: str | Path | None 
     output = Path(output)
     if precision not in ("fp32", "fp16"):
         raise ExportError(f"precision must be fp32 or fp16, not {precision!r}")
-    if batch != "dynamic" and not (isinstance(batch, int) and batch >= 1):
-        raise ExportError(f"batch must be 'dynamic' or a positive integer, not {batch!r}")
+    if batch != "dynamic":
+        import operator
+
+        if isinstance(batch, bool) or not hasattr(batch, "__index__") or operator.index(batch) < 1:
+            raise ExportError(f"batch must be 'dynamic' or a positive integer, not {batch!r}")
+        batch = operator.index(batch)
     if opset < 13:
         raise ExportError(f"opset {opset} is too old: TensorRT 10 and Q/DQ need opset >= 13")
     if model is None and checkpoint is None and not random_init:

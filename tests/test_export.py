@@ -98,10 +98,15 @@ def random_input(name: str, batch: int, seed: int = 1) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((batch, 3, h, w)).astype(np.float32)
 
 
-def session(path) -> ort.InferenceSession:
+def session_options() -> ort.SessionOptions:
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    opts.intra_op_num_threads = 1  # lean on a shared 2-core machine (see `one_torch_thread`)
+    return opts
+
+
+def session(path) -> ort.InferenceSession:
+    return ort.InferenceSession(str(path), session_options(), providers=["CPUExecutionProvider"])
 
 
 def run(sess: ort.InferenceSession, x: np.ndarray) -> dict[str, np.ndarray]:
@@ -125,18 +130,21 @@ def dims(value_info) -> list:
     return [d.dim_param or d.dim_value for d in value_info.type.tensor_type.shape.dim]
 
 
+def anchor_tensors(proto: onnx.ModelProto) -> tuple[str, str]:
+    """Names of the detector's scores [B,N] and boxes [B,N,4] of every anchor (what TopK / GatherElements read)."""
+    topk = next(n for n in proto.graph.node if n.op_type == "TopK")
+    gather = next(n for n in proto.graph.node if n.op_type == "GatherElements")
+    return topk.input[0], gather.input[0]
+
+
 def detector_session(path) -> ort.InferenceSession:
     """Session over the exported detector with two more outputs, the tensors the TopK reads: `all_scores` [B,N]
     and `all_boxes` [B,N,4] (every anchor, in anchor order), so they can be compared without any ordering."""
     proto = onnx.load(str(path))
-    topk = next(n for n in proto.graph.node if n.op_type == "TopK")
-    gather = next(n for n in proto.graph.node if n.op_type == "GatherElements")
-    for name, new in ((topk.input[0], "all_scores"), (gather.input[0], "all_boxes")):
+    for name, new in zip(anchor_tensors(proto), ("all_scores", "all_boxes")):
         proto.graph.node.append(helper.make_node("Identity", [name], [new]))
         proto.graph.output.append(helper.make_tensor_value_info(new, TensorProto.FLOAT, None))
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    return ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(proto.SerializeToString(), session_options(), providers=["CPUExecutionProvider"])
 
 
 def decode_reference(model: nn.Module, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -198,6 +206,16 @@ class Store:
         self.models.pop(name, None)
         for key in [k for k in self.paths if k[0] == name]:
             self.paths.pop(key).unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """One PyTorch thread (and one ORT thread per session): on 2 cores shared with other jobs, OpenMP's second
+    thread mostly waits for a descheduled peer; one thread was faster and steadier here (load average ~5)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")
@@ -355,9 +373,8 @@ def run_node_by_node(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> di
     ONNX dtype between ops — ORT cannot fuse FP16 round trips away. Returns every tensor by name."""
     values = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     values.update(feeds)
-    opts = ort.SessionOptions()
+    opts = session_options()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    opts.log_severity_level = 3
     for node in model.graph.node:
         names = list(dict.fromkeys(n for n in node.input if n))
         inputs = [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(values[n].dtype), values[n].shape)
@@ -457,7 +474,8 @@ def test_scalenorm_fp16_overflow_and_safe_form() -> None:
     # the same in PyTorch half precision: the sum of squares overflows, the safe form does not
     xt = torch.from_numpy(x)
     assert torch.isinf((xt * xt).sum(-1)).all()
-    y_safe = ScaleNorm(256).half().forward_fp16_safe(xt)
+    with torch.no_grad():
+        y_safe = ScaleNorm(256).half().forward_fp16_safe(xt)
     assert y_safe.dtype == torch.float16 and torch.isfinite(y_safe).all()
     assert np.abs(y_safe.double().numpy() - ref).max() <= 1e-2 * np.abs(ref).max()
 
@@ -482,7 +500,9 @@ def test_export_traces_the_fp16_safe_scalenorm(store: Store) -> None:
 def test_fp16_export(name: str, store: Store) -> None:
     """`precision="fp16"`: FP32 I/O; the conv trunk (FP16_PREFIXES) has FLOAT16 weights, every other node runs in
     FP32 (no FLOAT16 tensor or initializer feeds it; GAU and token MLPs in particular); ORT output within 1e-2 of
-    the FP32 export; with inputs × 50 the graph stays finite in ORT and when truly run in FP16 node by node."""
+    the FP32 export (also when truly run in FP16 node by node); with inputs × 50 ORT stays finite, and truly in
+    FP16 every tensor stays finite at × 50 (detector) / × 5 (RTMW-m, whose ScaleNorm inputs then reach
+    Σx² ≫ 65504: the naive FP16 form would overflow there)."""
     spec = get_spec(name)
     path = store.export(name, precision="fp16")
     proto = onnx.shape_inference.infer_shapes(onnx.load(str(path)))
@@ -520,17 +540,26 @@ def test_fp16_export(name: str, store: Store) -> None:
         assert got[out].dtype == np.float32
         if out != "boxes":  # top-k boxes come in score order, which FP16 may permute among near-equal scores
             assert_rel_close(got[out], ref[out], 1e-2, f"{name} fp16 {out}")
-    big = x * 50
-    got_big, ref_big = run(sess16, big), run(sess32, big)
-    assert all(np.isfinite(v).all() for v in got_big.values())
-    values = run_node_by_node(proto, {"input": big})
-    halves = {k: v for k, v in values.items() if v.dtype == np.float16}
-    assert len(halves) > 100
-    assert [k for k, v in halves.items() if not np.isfinite(v).all()] == []
-    for out in ref_big:
-        assert np.isfinite(values[out]).all()
-        if spec.is_pose:
-            assert_rel_close(values[out], ref_big[out], 5e-2, f"{name} node-by-node fp16 ×50 {out}")
+    # ORT CPU at inputs × 50 (a weak check: ORT computes the FP16 ops in FP32, see the module docstring)
+    assert all(np.isfinite(v).all() for v in run(sess16, x * 50).values())
+
+    # truly FP16, node by node: at × 1 still within 1e-2 of FP32
+    outs = {o.name: o.name for o in g.output} if spec.is_pose else dict(zip(anchor_tensors(proto),
+                                                                             ("all_scores", "all_boxes")))
+    values = run_node_by_node(proto, {"input": x})
+    assert sum(v.dtype == np.float16 for v in values.values()) > 100
+    for out, key in outs.items():
+        assert_rel_close(values[out], ref[key], 1e-2, f"{name} node-by-node fp16 {out}")
+    # large activations: random RTMW-m's trunk leaves the FP16 range beyond inputs × ~10 (×50 is ~40× outside
+    # the normalised-pixel range), so it is held at × 5, where its token ScaleNorms see Σx² up to ~1e9
+    scale = 5 if spec.is_pose else 50
+    values = run_node_by_node(proto, {"input": x * scale})
+    assert [k for k, v in values.items() if v.dtype == np.float16 and not np.isfinite(v).all()] == []
+    assert all(np.isfinite(values[out]).all() for out in outs)
+    if spec.is_pose:  # an FP16 naive ScaleNorm would overflow here; the export's FP32 head does not
+        producer = {o: n for n in g.node for o in n.output}
+        norm_inputs = [producer[n.input[0]].input[0] for n in g.node if n.op_type == "ReduceL2"]
+        assert max((values[t].astype(np.float64) ** 2).sum(-1).max() for t in norm_inputs) > 100 * 65504
 
 
 # ------------------------------------------------------------------ 5. detector with real weights
@@ -674,6 +703,10 @@ def test_wrong_architecture_checkpoint_leaves_no_file(tmp_path: Path) -> None:
     assert "does not fit rtmpose-s-256x192" in _one_line_error(err)
     assert isinstance(err.value, RtmwEdgeError)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.pth"]  # no output, no temporary left
+    out.write_bytes(b"previous export")  # a failed re-export leaves an existing file as it was
+    with pytest.raises(CheckpointError):
+        export_onnx("rtmpose-s-256x192", out, checkpoint=ckpt, progress=False)
+    assert out.read_bytes() == b"previous export" and len(list(tmp_path.iterdir())) == 2
 
 
 @pytest.mark.parametrize(("name", "kwargs", "match"), [
