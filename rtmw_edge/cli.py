@@ -164,7 +164,7 @@ def check_cmd(candidate: Path = typer.Argument(..., help="The converted model (.
 def run_cmd(source: str = typer.Argument(..., help="Image, folder, video, camera index, RTSP/HTTP URL or image URL."),
             det: str = typer.Option("rtmdet-nano-person", "--det", help="Detector: .onnx or registered name."),
             pose: str = typer.Option("rtmw-m-256x192", "--pose", help="Pose model: .onnx or registered name."),
-            backend: str = typer.Option("auto", help="auto, onnxruntime or tensorrt."),
+            backend: str = typer.Option("auto", help="auto, onnxruntime, tensorrt or torch-cuda (GPU pipeline)."),
             out_jsonl: Path | None = typer.Option(None, "--out", help="JSON lines, one object per frame."),
             coco: Path | None = typer.Option(None, "--coco", help="COCO keypoint results JSON."),
             save: Path | None = typer.Option(None, "--save", help="Annotated output: .jpg/.png (one image), "
@@ -201,7 +201,7 @@ def eval_cmd(ann: Path = typer.Option(..., "--ann", help="COCO / COCO-WholeBody 
              pose: str | None = typer.Option(None, "--pose", help="Pose model: .onnx or registered name."),
              det: str | None = typer.Option(None, "--det", help="Detector: .onnx or registered name."),
              gt_boxes: bool = typer.Option(False, "--gt-boxes", help="Ground-truth person boxes, no detector."),
-             backend: str = typer.Option("auto", help="auto, onnxruntime or tensorrt."),
+             backend: str = typer.Option("auto", help="auto, onnxruntime, tensorrt or torch-cuda (GPU pipeline)."),
              flip_test: bool = typer.Option(False, "--flip-test", help="Average with the mirrored crop."),
              predictions: Path | None = typer.Option(None, "--predictions", help="Score this COCO keypoint results "
                                                      "JSON instead of running models."),

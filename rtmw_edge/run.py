@@ -142,10 +142,13 @@ def run_source(opts: RunOptions, console=None) -> str:
     camera = camera_from_options(opts.focal, opts.principal)
     smoothing = {k: v for k, v in (("min_cutoff", opts.smooth_min_cutoff), ("beta", opts.smooth_beta))
                  if v is not None}
-    estimator = PoseEstimator(opts.det, opts.pose, backend=opts.backend, flip_test=opts.flip_test,
-                              max_persons=opts.max_persons, det_threshold=opts.det_threshold,
-                              kpt_threshold=opts.kpt_threshold, track=opts.track, smooth=opts.smooth, camera=camera,
-                              threads=opts.threads, smoothing=smoothing or None)
+    estimator_class = PoseEstimator
+    if opts.backend in ("tensorrt", "torch-cuda"):  # the CUDA-stream pipeline (rtmw_edge/cuda/pipeline.py)
+        from .cuda.pipeline import GpuPoseEstimator as estimator_class
+    estimator = estimator_class(opts.det, opts.pose, backend=opts.backend, flip_test=opts.flip_test,
+                                max_persons=opts.max_persons, det_threshold=opts.det_threshold,
+                                kpt_threshold=opts.kpt_threshold, track=opts.track, smooth=opts.smooth, camera=camera,
+                                threads=opts.threads, smoothing=smoothing or None)
     if opts.plot_3d is not None and estimator.info.task != "pose3d":
         raise RtmwEdgeError("--plot-3d needs an RTMW3D pose model")
     source = open_source(opts.source, loop=opts.loop)
@@ -164,8 +167,9 @@ def run_source(opts: RunOptions, console=None) -> str:
                       TextColumn("{task.fields[fps]:.1f} FPS"), TimeElapsedColumn(), console=console,
                       transient=True, disable=not multi) as bar:
             task = bar.add_task(f"run {Path(str(opts.source)).name}", total=source.frame_count, fps=0.0)
-            for frame in source:
-                result = estimator(frame.image, frame.index, frame.timestamp)
+            results = (estimator.stream(source) if hasattr(estimator, "stream")  # GPU: two frames in flight
+                       else ((f, estimator(f.image, f.index, f.timestamp)) for f in source))
+            for frame, result in results:
                 frames += 1
                 persons += len(result.persons)
                 crowded += result.dropped_persons > 0

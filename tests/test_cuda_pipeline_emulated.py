@@ -1,0 +1,237 @@
+"""The GPU pipeline's bookkeeping on the CPU: `GpuPoseEstimator` with the CUDA runtime replaced by host memory,
+each kernel launch by its numpy reference (`cuda/kernels.py`, `geometry.py`) and the engines by the torch
+executor on the CPU. Checks what a GPU run would otherwise be the first to check: buffer plan and offsets, the
+pinned result layout, the header, pose chunking at the engine's max batch, the two-slot `stream` order, and
+results equal to the CPU pipeline's (the kernels themselves are checked on a GPU by tests/test_cuda_gpu.py)."""
+
+from __future__ import annotations
+
+import ctypes
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from conftest import SHARED
+
+from rtmw_edge import geometry as G
+from rtmw_edge.backends.torch_cuda import BatchShape, OnnxTorchGraph
+from rtmw_edge.cuda import kernels as KK
+from rtmw_edge.cuda import pipeline as P
+from rtmw_edge.cuda import runtime as R
+from rtmw_edge.export import export_onnx
+from rtmw_edge.onnx_meta import read_metadata
+from rtmw_edge.pipeline import PoseEstimator, TopDownPose
+
+RAWHEAD = SHARED / "models" / "rtmdet-nano_person_320_rawhead.onnx"
+IMAGES = sorted((SHARED / "images").glob("*.jpg"))
+pytestmark = pytest.mark.skipif(not RAWHEAD.is_file() or not IMAGES, reason="shared detector/photos not found")
+
+
+def view(ptr: int, dtype, shape) -> np.ndarray:
+    dtype = np.dtype(dtype)
+    count = int(np.prod(shape))
+    raw = (ctypes.c_uint8 * max(count * dtype.itemsize, 1)).from_address(int(ptr))
+    return np.frombuffer(raw, dtype=dtype, count=count).reshape(shape)
+
+
+class HostBuffer:
+    """Device or pinned memory, emulated by host memory (pointers are real addresses)."""
+
+    live: list = []
+
+    def __init__(self, nbytes: int) -> None:
+        self.nbytes = int(nbytes)
+        self._mem = ctypes.create_string_buffer(max(self.nbytes, 1))
+        ctypes.memset(self._mem, 0xAB, max(self.nbytes, 1))  # garbage, as cudaMalloc gives
+        self.ptr = ctypes.addressof(self._mem)
+
+    def array(self, dtype, shape, offset: int = 0):
+        return view(self.ptr + offset, dtype, shape)
+
+    def free(self) -> None:
+        pass
+
+
+class NoOp:
+    def __init__(self, *args, **kwargs) -> None:
+        self.handle = 1
+
+    def __getattr__(self, name):
+        return lambda *a, **k: self
+
+    def __int__(self) -> int:
+        return 1
+
+
+class Kernels:
+    """Each launch runs the kernel's numpy reference on the emulated memory."""
+
+    def __init__(self, device) -> None:
+        self.launches: list[tuple[str, tuple]] = []
+
+    def close(self) -> None:
+        pass
+
+    def launch(self, kernel: str, launch, args, stream) -> None:
+        a = dict(zip([n for n, _ in KK.SIGNATURES[kernel][1]], args.read_back()))
+        self.launches.append((kernel, launch.grid))
+        getattr(self, kernel)(a)
+
+    @staticmethod
+    def _frame(a):
+        rows = view(a["src"], np.uint8, (a["src_h"], a["src_pitch"]))
+        return np.ascontiguousarray(rows[:, : a["src_w"] * 3].reshape(a["src_h"], a["src_w"], 3))
+
+    def letterbox_bgr_to_nchw(self, a):
+        mean = (a["mean0"], a["mean1"], a["mean2"])
+        std = (a["std0"], a["std1"], a["std2"])
+        out = KK.reference_letterbox(self._frame(a), (a["dst_w"], a["dst_h"]), mean, std, bool(a["swap_rb"]),
+                                     int(a["pad_value"]), bool(a["quantize"]))
+        view(a["dst"], np.float32, out.shape)[...] = out
+
+    def rtmdet_rawhead_decode(self, a):
+        levels = [view(a[f"level{i}"], np.float32, (1, a[f"h{i}"], a[f"w{i}"], 5)) for i in range(3)]
+        cls = [o[..., :1].transpose(0, 3, 1, 2) for o in levels]
+        reg = [o[..., 1:].transpose(0, 3, 1, 2) for o in levels]
+        boxes, scores = G.decode_rtmdet(cls, reg, tuple(a[f"stride{i}"] for i in range(3)))
+        view(a["boxes"], np.float32, boxes[0].shape)[...] = boxes[0]
+        view(a["scores"], np.float32, scores[0].shape)[...] = scores[0]
+
+    def detector_select(self, a):
+        k = a["num_candidates"]
+        boxes, scores = view(a["boxes"], np.float32, (k, 4)), view(a["scores"], np.float32, (k,))
+        # a Letterbox whose boxes_to_image / clip reproduce the kernel's scale and clip arguments
+        sx, sy = float(a["scale_x"]), float(a["scale_y"])
+        lb = G.Letterbox(sx, sy, int(round(a["clip_w"] * sx)), int(round(a["clip_h"] * sy)))
+        assert round(lb.width / lb.scale_x) == a["clip_w"] and round(lb.height / lb.scale_y) == a["clip_h"]
+        b, s, total = KK.reference_select(boxes, scores, lb, score_threshold=a["score_threshold"], iou1=a["iou1"],
+                                          max_det1=a["max_det1"], run_nms1=bool(a["run_nms1"]), iou2=a["iou2"],
+                                          max_persons=a["max_persons"])
+        view(a["out_boxes"], np.float32, b.shape)[...] = b
+        view(a["out_scores"], np.float32, s.shape)[...] = s
+        view(a["header"], np.int32, (4,))[...] = (len(b), total, -1, -1)
+
+    def crop_persons_bgr_to_nchw(self, a):
+        n = a["num_persons"]
+        boxes = view(a["boxes"], np.float32, (n, 4)).copy()
+        mean = (a["mean0"], a["mean1"], a["mean2"])
+        std = (a["std0"], a["std1"], a["std2"])
+        crops, centers, scales = KK.reference_crops(self._frame(a), boxes, (a["dst_w"], a["dst_h"]), mean, std,
+                                                    bool(a["swap_rb"]), a["padding"], bool(a["quantize"]))
+        view(a["dst"], np.float32, crops.shape)[...] = crops
+        view(a["params"], np.float32, (n, 4))[...] = KK.person_params(centers, scales)
+
+    def simcc_decode_to_image(self, a):
+        n, k = a["num_persons"], a["num_keypoints"]
+        sx = view(a["simcc_x"], np.float32, (n, k, a["bins_x"]))
+        sy = view(a["simcc_y"], np.float32, (n, k, a["bins_y"]))
+        params = view(a["params"], np.float32, (n, 4))
+        kp, sc = G.simcc_decode(sx, sy, a["split_ratio"])
+        img = G.crop_to_image(kp, params[:, :2], params[:, 2:], (int(a["in_w"]), int(a["in_h"])))
+        img[sc <= 0] = -1
+        view(a["out"], np.float32, (n, k, 3))[...] = np.concatenate([img, sc[..., None]], -1)
+
+
+class HostEngine:
+    """DeviceEngine over emulated pointers, running the ONNX with the torch executor on the CPU."""
+
+    graph_capturable = False
+
+    def __init__(self, path, max_batch: int) -> None:
+        self.graph = OnnxTorchGraph(str(path))
+        self.metadata = read_metadata(path)
+        self.name = path.name
+        self.input_name = self.graph.input_names[0]
+        self.output_names = self.graph.output_names
+        import onnx
+
+        dims = [d.dim_value or None for d in onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim]
+        self.min_batch, self.max_batch = (dims[0], dims[0]) if dims[0] else (1, max_batch)
+        self.input_shape = BatchShape((dims[0], *dims[1:]))
+        out = self.graph.run({self.input_name: torch.zeros(self.input_shape(self.min_batch))})
+        self._per_item = {k: tuple(v.shape[1:]) for k, v in out.items()}
+        self.batches: list[int] = []
+
+    def output_shape(self, name, batch):
+        return (batch, *self._per_item[name])
+
+    def output_dtype(self, name):
+        return "float32"
+
+    def infer_async(self, inputs, outputs, stream, batch):
+        assert self.min_batch <= batch <= self.max_batch
+        self.batches.append(batch)
+        x = torch.from_numpy(view(inputs[self.input_name], np.float32, self.input_shape(batch)).copy())
+        for name, value in self.graph.run({self.input_name: x}).items():
+            view(outputs[name], np.float32, self.output_shape(name, batch))[...] = value.numpy()
+
+
+@pytest.fixture(scope="module")
+def pose_path(tmp_path_factory):
+    return export_onnx("rtmpose-t-256x192", tmp_path_factory.mktemp("emu") / "t.onnx", random_init=True,
+                       progress=False)
+
+
+@pytest.fixture
+def emulated(monkeypatch):
+    monkeypatch.setattr(R, "cuda_modules", lambda: (None, None))
+    monkeypatch.setattr(R, "device_available", lambda index=0: (True, "emulated"))
+    monkeypatch.setattr(R, "get_device", lambda index=0: R.Device(index, "emulated", (8, 7), 1 << 30))
+    for name in ("DeviceBuffer", "PinnedBuffer"):
+        monkeypatch.setattr(R, name, HostBuffer)
+    for name in ("Stream", "Event", "GraphCache"):
+        monkeypatch.setattr(R, name, NoOp)
+    monkeypatch.setattr(R, "KernelModules", Kernels)
+    for name in ("copy_htod_async", "copy_dtoh_async", "copy_dtod_async"):
+        monkeypatch.setattr(R, name, lambda dst, src, nbytes, stream: ctypes.memmove(int(dst), int(src), nbytes))
+
+
+def test_emulated_gpu_pipeline_matches_the_cpu_pipeline(emulated, pose_path):
+    pose = HostEngine(pose_path, max_batch=2)          # forces chunking: 2 persons per engine call
+    det = HostEngine(RAWHEAD, max_batch=1)
+    est = P.GpuPoseEstimator(RAWHEAD, pose_path, det_engine=det, pose_engine=pose, max_persons=3,
+                             match_cpu_rounding=True)
+    assert est.det.kind == "rtmdet-rawhead" and [s for _, s in est.det.levels] == [8, 16, 32]
+    assert est.num_candidates == 2100 and est.capacity == 3
+    cpu = PoseEstimator(RAWHEAD, pose_path, max_persons=3)
+    names = ("000000197388.jpg", "000000040083.jpg", "human-pose.jpg")   # 5 persons (capped at 3), 1-2, 1
+    images = [cv2.imread(str(SHARED / "images" / n)) for n in names]
+    streamed = list(est.stream([(im, i, 0.1 * i) for i, im in enumerate(images)]))
+    assert [r.frame for _, r in streamed] == list(range(len(images)))          # in order
+    crowded = 0
+    for image, (_, from_stream) in zip(images, streamed):
+        want, got = cpu(image), est(image)
+        assert (got.width, got.height) == (want.width, want.height)
+        assert len(got.persons) == len(want.persons) == len(from_stream.persons)
+        assert got.dropped_persons == want.dropped_persons
+        crowded += got.dropped_persons > 0
+        for p, q, r in zip(want.persons, got.persons, from_stream.persons):
+            np.testing.assert_allclose(q.bbox, p.bbox, atol=0.5)   # letterboxes differ by ≤ 1 gray level
+            assert q.score == pytest.approx(p.score, abs=5e-3)
+            np.testing.assert_array_equal(q.keypoints, r.keypoints)
+            valid = (p.keypoint_scores > 0) & (q.keypoint_scores > 0)
+            moved = np.linalg.norm(p.keypoints[valid] - q.keypoints[valid], axis=1)
+            assert np.median(moved) <= 0.5 and (moved <= 0.5).mean() >= 0.95
+            assert q.keypoints.dtype == np.float32 and q.keypoint_scores.shape == (17,)
+    assert crowded >= 1                                      # the cap is hit on the crowded photo
+    assert max(pose.batches) == 2 and 1 in pose.batches      # 3 persons → engine calls of 2 + 1
+    kernels = [k for k, _ in est.kernels.launches]
+    detect = ["letterbox_bgr_to_nchw", "rtmdet_rawhead_decode", "detector_select"]
+    # stream(): frame 1's detector is enqueued before frame 0's pose (the two-slot overlap)
+    assert kernels[:8] == detect + detect + ["crop_persons_bgr_to_nchw", "simcc_decode_to_image"]
+    est.close()
+
+
+def test_emulated_detect_and_flip_rules(emulated, pose_path):
+    pose = HostEngine(pose_path, max_batch=8)
+    det = HostEngine(RAWHEAD, max_batch=1)
+    est = P.GpuPoseEstimator(RAWHEAD, pose_path, det_engine=det, pose_engine=pose)
+    cpu = PoseEstimator(RAWHEAD, pose_path)
+    image = cv2.imread(str(IMAGES[0]))
+    boxes, scores, dropped = est.detect(image)
+    want = cpu.detect(image)
+    assert len(boxes) == len(want[0]) and dropped == want[2]
+    with pytest.raises(P.RtmwEdgeError, match="--flip-test"):
+        P.GpuPoseEstimator(RAWHEAD, pose_path, det_engine=det, pose_engine=pose, flip_test=True)
+    assert isinstance(TopDownPose, type)
