@@ -1,0 +1,401 @@
+"""Daemon configuration: a TOML file, then ``RTMW_EDGE_*`` environment variables on top, validated.
+
+Layout (configs/daemon.toml documents every key)::
+
+    [server]   host, port, token, ...        [model]  det, pose, backend, ...
+    [mqtt]     enabled, host, port, topic, ...  [log]    level, format
+    [cameras.NAME]  source, loop, max_fps, ...   (one table per camera, in file order)
+
+Environment overrides: ``RTMW_EDGE_<SECTION>_<KEY>`` (``RTMW_EDGE_SERVER_PORT=9000``,
+``RTMW_EDGE_MQTT_ENABLED=true``) and ``RTMW_EDGE_CAMERAS_<NAME>_<KEY>`` (``RTMW_EDGE_CAMERAS_FRONT_SOURCE=0``;
+NAME is the camera name upper-cased with every other character than A-Z/0-9 turned into ``_``; a NAME
+that matches no camera of the file defines a new one, named in lower case). Values are parsed by the
+key's type: booleans accept 1/0, true/false, yes/no, on/off; an empty value resets an optional key.
+Other ``RTMW_EDGE_*`` variables (``RTMW_EDGE_HOME``, ``RTMW_EDGE_CONFIG``) are not settings and are left
+alone, but an unknown key inside a known section is an error, so a typo never goes unnoticed.
+
+Every problem raises `ConfigError` with one line naming the file (or variable), the key and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import os
+import re
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import RtmwEdgeError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10: the 'serve' extra brings tomli
+    try:
+        import tomli as tomllib
+    except ImportError:
+        tomllib = None
+
+ENV_PREFIX = "RTMW_EDGE_"
+CAMERA_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+BACKENDS = ("auto", "onnxruntime", "tensorrt")
+
+
+class ConfigError(RtmwEdgeError):
+    """A configuration file or environment variable that cannot be used (one line)."""
+
+
+# --------------------------------------------------------------------------- schema helpers
+def _setting(default: Any, kind: str, check: Callable[[Any], str | None] | None = None) -> Any:
+    """A dataclass field with its value kind (str, int, float, bool, float?) and a check returning an error."""
+    return field(default=default, metadata={"kind": kind, "check": check})
+
+
+def _between(lo: float, hi: float) -> Callable[[Any], str | None]:
+    return lambda v: None if lo <= v <= hi else f"must be between {lo:g} and {hi:g}"
+
+
+def _at_least(lo: float) -> Callable[[Any], str | None]:
+    return lambda v: None if v >= lo else f"must be at least {lo:g}"
+
+
+def _positive(v: float) -> str | None:
+    return None if v > 0 else "must be greater than 0"
+
+
+def _one_of(*choices: str) -> Callable[[Any], str | None]:
+    return lambda v: None if v in choices else f"must be one of {', '.join(choices)}"
+
+
+def _pair(v: str) -> str | None:
+    if v == "":
+        return None
+    try:
+        a, b = (float(x) for x in v.split(","))
+    except ValueError:
+        return "must be two numbers 'a,b' (or empty)"
+    return None if a > 0 and b > 0 else "must be two positive numbers 'a,b'"
+
+
+def _non_empty(v: str) -> str | None:
+    return None if v.strip() else "must not be empty"
+
+
+# --------------------------------------------------------------------------- sections
+@dataclass
+class ServerConfig:
+    host: str = _setting("127.0.0.1", "str", _non_empty)
+    port: int = _setting(8765, "int", _between(0, 65535))
+    token: str = _setting("", "str")
+    token_file: str = _setting("", "str")
+    health_without_token: bool = _setting(False, "bool")
+    client_queue: int = _setting(8, "int", _between(1, 1000))
+    max_clients: int = _setting(100, "int", _between(1, 10000))
+    send_timeout_s: float = _setting(2.0, "float", _positive)
+    heartbeat_s: float = _setting(20.0, "float", _at_least(0))
+    preview: bool = _setting(True, "bool")
+    preview_fps: float = _setting(10.0, "float", _positive)
+    preview_quality: int = _setting(80, "int", _between(1, 100))
+    preview_width: int = _setting(0, "int", _at_least(0))
+    ready_when: str = _setting("all", "str", _one_of("all", "any"))
+    stale_after_s: float = _setting(5.0, "float", _positive)
+    access_log: bool = _setting(False, "bool")
+
+
+@dataclass
+class ModelConfig:
+    det: str = _setting("rtmdet-nano-person", "str", _non_empty)
+    pose: str = _setting("rtmw-m-256x192", "str", _non_empty)
+    backend: str = _setting("auto", "str", _one_of(*BACKENDS))
+    threads: int = _setting(0, "int", _at_least(0))
+    flip_test: bool = _setting(False, "bool")
+    max_persons: int = _setting(32, "int", _at_least(1))
+    det_threshold: float = _setting(0.3, "float", _between(0, 1))
+    kpt_threshold: float = _setting(0.3, "float", _between(0, 1))
+    track: bool = _setting(False, "bool")
+    smooth: bool = _setting(False, "bool")
+    smooth_min_cutoff: float | None = _setting(None, "float?", _positive)
+    smooth_beta: float | None = _setting(None, "float?", _at_least(0))
+
+
+@dataclass
+class MqttConfig:
+    enabled: bool = _setting(False, "bool")
+    host: str = _setting("127.0.0.1", "str", _non_empty)
+    port: int = _setting(1883, "int", _between(1, 65535))
+    topic: str = _setting("rtmw-edge/{camera}/frames", "str")
+    qos: int = _setting(0, "int", _between(0, 2))
+    retain: bool = _setting(False, "bool")
+    status_topic: str = _setting("rtmw-edge/status", "str")
+    client_id: str = _setting("", "str")
+    username: str = _setting("", "str")
+    password: str = _setting("", "str")
+    keepalive_s: int = _setting(30, "int", _between(5, 65535))
+    tls: bool = _setting(False, "bool")
+    ca_file: str = _setting("", "str")
+    max_queued: int = _setting(100, "int", _between(1, 100000))
+
+
+@dataclass
+class LogConfig:
+    level: str = _setting("info", "str", _one_of("debug", "info", "warning", "error"))
+    format: str = _setting("json", "str", _one_of("json", "text"))
+
+
+@dataclass
+class CameraConfig:
+    name: str = ""
+    source: str = _setting("", "str", _non_empty)
+    loop: bool = _setting(False, "bool")
+    realtime: bool = _setting(True, "bool")
+    max_fps: float = _setting(0.0, "float", _at_least(0))
+    reconnect_min_s: float = _setting(0.5, "float", _positive)
+    reconnect_max_s: float = _setting(30.0, "float", _positive)
+    focal: str = _setting("", "str", _pair)
+    principal: str = _setting("", "str", _pair)
+
+
+SECTIONS: dict[str, type] = {"server": ServerConfig, "model": ModelConfig, "mqtt": MqttConfig, "log": LogConfig}
+
+
+@dataclass
+class DaemonConfig:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    cameras: list[CameraConfig] = field(default_factory=list)
+    path: Path | None = None
+
+    def camera(self, name: str) -> CameraConfig | None:
+        return next((c for c in self.cameras if c.name == name), None)
+
+    def as_dict(self, mask_secrets: bool = True) -> dict:
+        """The effective settings (for `serve --check`); tokens and passwords shown as *** when set."""
+        d = dataclasses.asdict(self)
+        d["path"] = str(self.path) if self.path else None
+        d["cameras"] = {c.pop("name"): c for c in d["cameras"]}
+        if mask_secrets:
+            for section, key in (("server", "token"), ("mqtt", "password")):
+                if d[section][key]:
+                    d[section][key] = "***"
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.as_dict(), indent=2)
+
+
+# --------------------------------------------------------------------------- parsing
+def _settings(cls: type) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cls) if "kind" in f.metadata}
+
+
+def _suggest(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(choices)})"
+
+
+def _from_toml(value: Any, kind: str) -> tuple[Any, str | None]:
+    """A TOML value checked against the kind; (value, error)."""
+    if kind == "bool":
+        return (value, None) if isinstance(value, bool) else (None, f"expected true or false, got {value!r}")
+    if kind == "int":
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        return (value, None) if ok else (None, f"expected an integer, got {value!r}")
+    if kind in ("float", "float?"):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return (float(value), None) if ok else (None, f"expected a number, got {value!r}")
+    if isinstance(value, int) and not isinstance(value, bool) and kind == "str":
+        return str(value), None  # source = 0 (a camera index) reads naturally without quotes
+    return (value, None) if isinstance(value, str) else (None, f"expected a string, got {value!r}")
+
+
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def _from_env(text: str, kind: str) -> tuple[Any, str | None]:
+    """An environment string parsed by the kind; (value, error)."""
+    raw = text.strip()
+    if kind == "bool":
+        if raw.lower() in _TRUE:
+            return True, None
+        if raw.lower() in _FALSE:
+            return False, None
+        return None, f"expected a boolean (true/false, 1/0, yes/no, on/off), got {text!r}"
+    if kind == "int":
+        try:
+            return int(raw), None
+        except ValueError:
+            return None, f"expected an integer, got {text!r}"
+    if kind in ("float", "float?"):
+        if kind == "float?" and raw == "":
+            return None, None
+        try:
+            return float(raw), None
+        except ValueError:
+            return None, f"expected a number, got {text!r}"
+    return text, None
+
+
+def _apply(obj: Any, key: str, value: Any, where: str, table: str, from_env: bool) -> None:
+    """Set obj.key from a TOML value or an environment string; errors name WHERE and TABLE.KEY.
+
+    (Messages use dotted names, never TOML's [brackets]: the CLI prints them through rich, whose markup
+    would swallow "[server]".)"""
+    spec = _settings(type(obj))
+    if key not in spec:
+        raise ConfigError(f"{where}: unknown key {table}.{key}{_suggest(key, list(spec))}")
+    kind = spec[key].metadata["kind"]
+    parsed, error = (_from_env if from_env else _from_toml)(value, kind)
+    if error is None and parsed is not None and spec[key].metadata["check"] is not None:
+        error = spec[key].metadata["check"](parsed)
+    if error:
+        raise ConfigError(f"{where}: {table}.{key} {error}")
+    setattr(obj, key, parsed)
+
+
+def _env_key(name: str) -> str:
+    return re.sub(r"[^A-Z0-9]", "_", name.upper())
+
+
+def _apply_env(config: DaemonConfig, env: Mapping[str, str]) -> None:
+    section_names = {s.upper(): s for s in SECTIONS}
+    camera_keys = sorted((k.upper() for k in _settings(CameraConfig)), key=len, reverse=True)
+    for var in sorted(env):
+        if not var.startswith(ENV_PREFIX):
+            continue
+        rest = var[len(ENV_PREFIX):]
+        value = env[var]
+        if rest.startswith("CAMERAS_"):
+            tail = rest[len("CAMERAS_"):]
+            key = next((k for k in camera_keys if tail.endswith("_" + k) and len(tail) > len(k) + 1), None)
+            if key is None:
+                raise ConfigError(f"{var}: expected RTMW_EDGE_CAMERAS_<NAME>_<KEY> with KEY one of "
+                                  f"{', '.join(sorted(k.lower() for k in camera_keys))}")
+            env_name = tail[: -len(key) - 1]
+            camera = next((c for c in config.cameras if _env_key(c.name) == env_name), None)
+            if camera is None:
+                camera = CameraConfig(name=env_name.lower())
+                if not CAMERA_NAME.match(camera.name):
+                    raise ConfigError(f"{var}: {camera.name!r} is not a valid camera name")
+                config.cameras.append(camera)
+            _apply(camera, key.lower(), value, var, f"cameras.{camera.name}", from_env=True)
+            continue
+        section = next((s for up, s in section_names.items() if rest.startswith(up + "_")), None)
+        if section is None:
+            continue  # RTMW_EDGE_HOME, RTMW_EDGE_CONFIG, ...: not daemon settings
+        key = rest[len(section) + 1:].lower()
+        obj = getattr(config, section)
+        if key not in _settings(type(obj)):
+            raise ConfigError(f"{var}: unknown setting {section}.{key}{_suggest(key, list(_settings(type(obj))))}")
+        _apply(obj, key, value, var, section, from_env=True)
+
+
+def _apply_file(config: DaemonConfig, data: dict, where: str) -> None:
+    for section, table in data.items():
+        if section == "cameras":
+            if not isinstance(table, dict):
+                raise ConfigError(f"{where}: cameras must be tables (cameras.NAME) with a source each")
+            for name, cam in table.items():
+                if not isinstance(cam, dict):
+                    raise ConfigError(f"{where}: cameras.{name} must be a table (source = ..., loop = ...)")
+                if not CAMERA_NAME.match(name):
+                    raise ConfigError(f"{where}: camera name {name!r} must be letters, digits, '-', '_' or '.' "
+                                      "(it is used in URLs and MQTT topics)")
+                camera = CameraConfig(name=name)
+                for key, value in cam.items():
+                    _apply(camera, key, value, where, f"cameras.{name}", from_env=False)
+                config.cameras.append(camera)
+            continue
+        if section not in SECTIONS:
+            raise ConfigError(f"{where}: unknown section {section!r}{_suggest(section, [*SECTIONS, 'cameras'])}")
+        if not isinstance(table, dict):
+            raise ConfigError(f"{where}: {section} must be a table")
+        for key, value in table.items():
+            _apply(getattr(config, section), key, value, where, section, from_env=False)
+
+
+def _validate(config: DaemonConfig, where: str) -> None:
+    if not config.cameras:
+        raise ConfigError(f"{where}: no cameras: add a table cameras.NAME with a source "
+                          "(or RTMW_EDGE_CAMERAS_<NAME>_SOURCE)")
+    seen: dict[str, str] = {}
+    for cam in config.cameras:
+        if cam.source.strip() == "":
+            raise ConfigError(f"{where}: cameras.{cam.name}.source is missing (camera index, video file, URL or "
+                              "GStreamer pipeline)")
+        if cam.reconnect_max_s < cam.reconnect_min_s:
+            raise ConfigError(f"{where}: cameras.{cam.name}.reconnect_max_s must be ≥ reconnect_min_s")
+        key = _env_key(cam.name)
+        if key in seen:
+            raise ConfigError(f"{where}: cameras {seen[key]!r} and {cam.name!r} have the same environment name "
+                              f"RTMW_EDGE_CAMERAS_{key}_*: rename one")
+        seen[key] = cam.name
+    server, mqtt = config.server, config.mqtt
+    if server.token and server.token_file:
+        raise ConfigError(f"{where}: server: give token or token_file, not both")
+    if server.token_file:
+        path = Path(server.token_file).expanduser()
+        try:
+            token = path.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"{where}: server.token_file {path}: {exc.strerror or exc}") from None
+        if not token:
+            raise ConfigError(f"{where}: server.token_file {path} is empty")
+        server.token = token
+    if server.token and (len(server.token) < 8 or any(c.isspace() for c in server.token)):
+        raise ConfigError(f"{where}: server.token must be at least 8 characters without spaces")
+    if mqtt.enabled:
+        if "{camera}" not in mqtt.topic:
+            raise ConfigError(f"{where}: mqtt.topic must contain {{camera}} (one topic per camera), "
+                              f"got {mqtt.topic!r}")
+        for key in ("topic", "status_topic"):
+            if any(c in getattr(mqtt, key) for c in "+#"):
+                raise ConfigError(f"{where}: mqtt.{key} must not contain the wildcards + or #")
+        if mqtt.ca_file and not Path(mqtt.ca_file).expanduser().is_file():
+            raise ConfigError(f"{where}: mqtt.ca_file not found: {mqtt.ca_file}")
+
+
+def load_config(path: str | os.PathLike[str] | None, env: Mapping[str, str] | None = None) -> DaemonConfig:
+    """Read PATH (TOML; None: defaults only), apply the environment (default: os.environ), validate."""
+    config = DaemonConfig()
+    where = "configuration"
+    if path is not None and tomllib is None:  # pragma: no cover - Python 3.10 without the extra
+        from ..errors import require
+
+        require("tomli", "serve")
+    if path is not None:
+        file = Path(path).expanduser()
+        where = str(file)
+        config.path = file
+        try:
+            text = file.read_bytes().decode("utf-8")
+        except FileNotFoundError:
+            raise ConfigError(f"{file}: configuration file not found") from None
+        except IsADirectoryError:
+            raise ConfigError(f"{file}: is a folder, not a configuration file") from None
+        except OSError as exc:
+            raise ConfigError(f"{file}: cannot read: {exc.strerror or exc}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{file}: not a UTF-8 text file") from None
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            first = (str(exc).strip().splitlines() or ["invalid TOML"])[0]
+            raise ConfigError(f"{file}: invalid TOML: {first}") from None
+        _apply_file(config, data, where)
+    _apply_env(config, os.environ if env is None else env)
+    _validate(config, where)
+    return config
+
+
+def parse_pair(text: str) -> tuple[float, float] | None:
+    """'a,b' → (a, b); '' → None (values already validated)."""
+    if not text:
+        return None
+    a, b = (float(x) for x in text.split(","))
+    return a, b

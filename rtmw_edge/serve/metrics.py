@@ -1,0 +1,113 @@
+"""Prometheus metrics of the daemon, in a registry of its own (several daemons may live in one process).
+
+Names (all prefixed ``rtmw_edge_``; counters end in ``_total`` in the exposition):
+
+- ``frames_captured_total{camera}``, ``frames_processed_total{camera}``, ``persons_total{camera}``
+- ``frames_dropped_total{camera,reason}``: ``stale`` (a newer frame replaced one that was never processed:
+  inference is slower than the camera), ``source`` (the capture's own queue dropped it), ``rate``
+  (above the camera's ``max_fps``)
+- ``fps{camera}``: processed frames per second over the last 5 s (0 when nothing came in that time)
+- ``stage_seconds{camera,stage}`` histogram, stages: ``queue`` (capture → inference start), ``detect``,
+  ``pose``, ``inference`` (used instead of detect + pose by estimators without those methods), ``track``,
+  ``serialize`` (JSON), ``publish`` (MQTT + hand-over to the web loop), ``total`` (capture → published)
+- ``camera_up{camera}`` (1 while the source delivers), ``reconnects_total{camera}`` (attempts to re-open a
+  lost or failed source), ``inference_errors_total{camera}``
+- ``clients{kind}`` (connected now: websocket, preview), ``client_connections_total{kind}``,
+  ``clients_dropped_total{kind,reason}`` (slow: its queue filled; timeout: a send stalled),
+  ``messages_sent_total{kind}``, ``unauthorized_total``
+- ``mqtt_connected``, ``mqtt_messages_total{camera,result}`` (published / dropped)
+- ``ready`` (what /readyz answers), ``build_info`` (version, models, backend)
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+PREFIX = "rtmw_edge"
+FPS_WINDOW_S = 5.0
+STAGE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class RateMeter:
+    """Events per second over a sliding window (thread-safe; read at scrape time)."""
+
+    def __init__(self, window_s: float = FPS_WINDOW_S, maxlen: int = 1024) -> None:
+        self.window_s = window_s
+        self._times: deque[float] = deque(maxlen=maxlen)
+        self._lock = threading.Lock()
+
+    def tick(self, now: float | None = None) -> None:
+        with self._lock:
+            self._times.append(time.monotonic() if now is None else now)
+
+    def rate(self, now: float | None = None) -> float:
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            recent = [t for t in self._times if now - t <= self.window_s]
+        if len(recent) < 2:
+            return 0.0
+        span = max(now - recent[0], recent[-1] - recent[0])
+        return (len(recent) - 1) / span if span > 0 else 0.0
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry(auto_describe=True)
+        p = PREFIX
+        self.captured = Counter(f"{p}_frames_captured", "Frames read from the camera", ["camera"], registry=r)
+        self.processed = Counter(f"{p}_frames_processed", "Frames through the pose pipeline", ["camera"], registry=r)
+        self.persons = Counter(f"{p}_persons", "Persons found, summed over frames", ["camera"], registry=r)
+        self.dropped = Counter(f"{p}_frames_dropped", "Frames dropped before inference", ["camera", "reason"],
+                               registry=r)
+        self.fps = Gauge(f"{p}_fps", "Processed frames per second (last 5 s)", ["camera"], registry=r)
+        self.stage = Histogram(f"{p}_stage_seconds", "Latency of each stage of the frame loop",
+                               ["camera", "stage"], buckets=STAGE_BUCKETS, registry=r)
+        self.camera_up = Gauge(f"{p}_camera_up", "1 while the camera delivers frames", ["camera"], registry=r)
+        self.reconnects = Counter(f"{p}_reconnects", "Attempts to re-open a lost or failed source", ["camera"],
+                                  registry=r)
+        self.inference_errors = Counter(f"{p}_inference_errors", "Frames whose inference raised", ["camera"],
+                                        registry=r)
+        self.clients = Gauge(f"{p}_clients", "Connected clients", ["kind"], registry=r)
+        self.connections = Counter(f"{p}_client_connections", "Client connections accepted", ["kind"], registry=r)
+        self.clients_dropped = Counter(f"{p}_clients_dropped", "Clients disconnected for being too slow",
+                                       ["kind", "reason"], registry=r)
+        self.sent = Counter(f"{p}_messages_sent", "Messages sent to clients", ["kind"], registry=r)
+        self.unauthorized = Counter(f"{p}_unauthorized", "Requests refused for a missing or wrong token",
+                                    registry=r)
+        self.mqtt_connected = Gauge(f"{p}_mqtt_connected", "1 while connected to the MQTT broker", registry=r)
+        self.mqtt_messages = Counter(f"{p}_mqtt_messages", "MQTT messages by result", ["camera", "result"],
+                                     registry=r)
+        self.ready = Gauge(f"{p}_ready", "1 when /readyz answers 200", registry=r)
+        self.info = Info(f"{p}_build", "Version and models of this daemon", registry=r)
+        self._meters: dict[str, RateMeter] = {}
+        for kind in ("websocket", "preview"):
+            self.clients.labels(kind).set(0)
+
+    def add_camera(self, name: str) -> None:
+        """Create the per-camera series at 0, so dashboards see every camera from the start."""
+        meter = self._meters[name] = RateMeter()
+        self.fps.labels(name).set_function(meter.rate)
+        self.captured.labels(name)
+        self.processed.labels(name)
+        self.persons.labels(name)
+        self.reconnects.labels(name)
+        self.inference_errors.labels(name)
+        self.camera_up.labels(name).set(0)
+        for reason in ("stale", "source", "rate"):
+            self.dropped.labels(name, reason)
+
+    def frame_done(self, camera: str, persons: int) -> None:
+        self.processed.labels(camera).inc()
+        self.persons.labels(camera).inc(persons)
+        self._meters[camera].tick()
+
+    def fps_of(self, camera: str) -> float:
+        return self._meters[camera].rate()
+
+    def exposition(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

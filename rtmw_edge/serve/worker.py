@@ -1,0 +1,183 @@
+"""The inference worker: ONE thread that takes the cameras' latest frames in turn (round-robin) through the
+shared `PoseEstimator`, so the engines are loaded once and never called concurrently.
+
+Per frame: detect → pose (timed separately when the estimator has `detect`/`pose`, as `PoseEstimator`
+does; any other callable ``estimator(image, frame, timestamp) -> FrameResult`` is timed as one
+``inference`` stage) → the camera's own `PoseTracker` (tracking and smoothing are per camera: one
+estimator-wide tracker would mix people of different cameras) → JSON of the `run` schema plus a
+``camera`` field → `on_result` (MQTT and the web loop). A frame that raises is counted and logged (at most
+every 10 s per camera), never fatal. `stop()` lets the frame in flight finish and be published.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..results import FrameResult, Person
+from .cameras import Camera, CapturedFrame
+from .metrics import Metrics
+
+log = logging.getLogger("rtmw_edge.serve.worker")
+
+ERROR_LOG_INTERVAL_S = 10.0
+
+
+@dataclass
+class Processed:
+    camera: str
+    seq: int
+    image: np.ndarray      # the frame (for the preview)
+    result: FrameResult
+    payload: str           # the JSON message sent to clients
+    captured: float        # monotonic capture time
+
+
+class InferenceWorker:
+    def __init__(self, estimator, cameras: Sequence[Camera], metrics: Metrics,
+                 on_result: Callable[[Processed], None], *, track: bool = False, smooth: bool = False,
+                 smoothing: dict | None = None) -> None:
+        self.estimator = estimator
+        self.cameras = list(cameras)
+        self.metrics = metrics
+        self.on_result = on_result
+        self.track, self.smooth, self.smoothing = track, smooth, smoothing or {}
+        self._trackers: dict[str, tuple[int, object]] = {}
+        self._cond = threading.Condition()
+        self._pending = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._next = 0
+        self.heartbeat = time.monotonic()
+        self.busy_since: float | None = None
+        self._errors: dict[str, tuple[float, int]] = {}
+        self._split = callable(getattr(estimator, "detect", None)) and callable(getattr(estimator, "pose", None))
+
+    # -- lifecycle
+    def wake(self) -> None:
+        """Called by a grabber after it stored a frame."""
+        with self._cond:
+            self._pending = True
+            self._cond.notify()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="rtmw-edge-inference", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Ask the thread to end after the frame in flight (which is still published)."""
+        self._stop.set()
+        self.wake()
+
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def join(self, timeout: float) -> bool:
+        if self._thread is not None:
+            self._thread.join(timeout)
+        return not self.alive()
+
+    # -- loop
+    def _take_next(self) -> tuple[Camera, CapturedFrame] | None:
+        n = len(self.cameras)
+        for k in range(n):
+            cam = self.cameras[(self._next + k) % n]
+            frame = cam.take()
+            if frame is not None:
+                self._next = (self._next + k + 1) % n
+                return cam, frame
+        return None
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            with self._cond:
+                if not self._pending:
+                    self._cond.wait(0.5)
+                self._pending = False
+            self.heartbeat = time.monotonic()
+            while not self._stop.is_set():
+                item = self._take_next()
+                if item is None:
+                    break
+                self.busy_since = time.monotonic()
+                try:
+                    self._process(*item)
+                finally:
+                    self.busy_since = None
+                    self.heartbeat = time.monotonic()
+
+    def _tracker(self, cam: Camera, generation: int):
+        if not (self.track or self.smooth):
+            return None
+        current = self._trackers.get(cam.name)
+        if current is None or current[0] != generation:  # a re-opened source starts new tracks
+            from ..tracking import PoseTracker
+
+            current = (generation, PoseTracker(smooth=self.smooth, **self.smoothing))
+            self._trackers[cam.name] = current
+        return current[1]
+
+    def _infer(self, cam: Camera, frame: CapturedFrame) -> tuple[list[Person], int]:
+        est, image, stage = self.estimator, frame.image, self.metrics.stage
+        t0 = time.monotonic()
+        if not self._split:
+            result = est(image, frame.seq, frame.wall)
+            stage.labels(cam.name, "inference").observe(time.monotonic() - t0)
+            return list(result.persons), int(result.dropped_persons)
+        boxes, scores, dropped = est.detect(image)
+        t1 = time.monotonic()
+        stage.labels(cam.name, "detect").observe(t1 - t0)
+        intrinsics = cam.intrinsics if cam.intrinsics is not None else getattr(est, "camera", None)
+        kpts, kpt_scores, kpts_3d = est.pose(image, boxes, intrinsics)
+        stage.labels(cam.name, "pose").observe(time.monotonic() - t1)
+        persons = [Person(bbox=boxes[i], score=float(scores[i]), keypoints=kpts[i], keypoint_scores=kpt_scores[i],
+                          keypoints_3d=None if kpts_3d is None else kpts_3d[i]) for i in range(len(boxes))]
+        return persons, int(dropped)
+
+    def _process(self, cam: Camera, frame: CapturedFrame) -> None:
+        stage = self.metrics.stage
+        start = time.monotonic()
+        stage.labels(cam.name, "queue").observe(start - frame.mono)
+        try:
+            persons, dropped = self._infer(cam, frame)
+            tracker = self._tracker(cam, frame.generation)
+            if tracker is not None:
+                t = time.monotonic()
+                persons = tracker.update(persons, frame.mono)
+                stage.labels(cam.name, "track").observe(time.monotonic() - t)
+        except Exception as exc:  # a bad frame or a failing engine: count, log (rate-limited), go on
+            self._error(cam.name, exc)
+            return
+        t = time.monotonic()
+        h, w = frame.image.shape[:2]
+        result = FrameResult(frame=frame.seq, timestamp=frame.wall, width=w, height=h, persons=persons,
+                             dropped_persons=dropped)
+        message = result.to_dict()
+        message["camera"] = cam.name
+        payload = json.dumps(message, separators=(",", ":"))
+        t2 = time.monotonic()
+        stage.labels(cam.name, "serialize").observe(t2 - t)
+        self.metrics.frame_done(cam.name, len(persons))  # counted before any client can see it
+        self.on_result(Processed(cam.name, frame.seq, frame.image, result, payload, frame.mono))
+        end = time.monotonic()
+        stage.labels(cam.name, "publish").observe(end - t2)
+        stage.labels(cam.name, "total").observe(end - frame.mono)
+
+    def _error(self, camera: str, exc: BaseException) -> None:
+        self.metrics.inference_errors.labels(camera).inc()
+        now = time.monotonic()
+        last, count = self._errors.get(camera, (-1e9, 0))
+        if now - last >= ERROR_LOG_INTERVAL_S:
+            text = (str(exc).strip().splitlines() or [""])[0]
+            log.error("camera %s: inference failed: %s: %s%s", camera, type(exc).__name__, text,
+                      f" ({count} more since the last report)" if count else "",
+                      extra={"event": "inference_error", "camera": camera})
+            self._errors[camera] = (now, 0)
+        else:
+            self._errors[camera] = (last, count + 1)
