@@ -120,6 +120,9 @@ class ModelConfig:
     smooth: bool = _setting(False, "bool")
     smooth_min_cutoff: float | None = _setting(None, "float?", _positive)
     smooth_beta: float | None = _setting(None, "float?", _at_least(0))
+    # ONNX Runtime fallback when the backend cannot start ("" = the ONNX the engine was built from)
+    fallback_det: str = _setting("", "str")
+    fallback_pose: str = _setting("", "str")
 
 
 @dataclass

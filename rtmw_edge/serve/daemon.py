@@ -45,11 +45,45 @@ STATUS_EVERY_S = 10.0
 
 
 def build_estimator(m: ModelConfig):
-    """The shared `PoseEstimator` (tracking is per camera, in the worker)."""
+    """The shared `PoseEstimator` (tracking is per camera, in the worker).
+
+    When the configured backend cannot start (no TensorRT, an engine built for another GPU or TensorRT
+    version, a missing engine), fall back to ONNX Runtime on `fallback_det` / `fallback_pose`, or else on
+    the ONNX files the engines were built from (their manifests name them), and say so in the log.
+    """
+    from ..errors import RtmwEdgeError
     from ..pipeline import PoseEstimator
 
-    return PoseEstimator(m.det, m.pose, backend=m.backend, flip_test=m.flip_test, max_persons=m.max_persons,
-                         det_threshold=m.det_threshold, kpt_threshold=m.kpt_threshold, threads=m.threads or None)
+    options = dict(flip_test=m.flip_test, max_persons=m.max_persons, det_threshold=m.det_threshold,
+                   kpt_threshold=m.kpt_threshold, threads=m.threads or None)
+    try:
+        return PoseEstimator(m.det, m.pose, backend=m.backend, **options)
+    except RtmwEdgeError as exc:
+        det, pose = _onnx_fallback(m.det, m.fallback_det), _onnx_fallback(m.pose, m.fallback_pose)
+        if m.backend == "onnxruntime" or det is None or pose is None:
+            raise
+        log.warning("backend %s unavailable (%s): falling back to ONNX Runtime with %s and %s",
+                    m.backend, exc, det, pose)
+        return PoseEstimator(det, pose, backend="onnxruntime", **options)
+
+
+def _onnx_fallback(model: str, configured: str) -> str | None:
+    """The ONNX Runtime stand-in for `model`: the configured one, the model itself when it is already an ONNX
+    file or a registered name, or the ONNX an engine was built from (read from its manifest)."""
+    from pathlib import Path
+
+    from ..engines import read_manifest
+
+    if configured:
+        return configured
+    if Path(model).suffix.lower() not in (".engine", ".plan", ".trt"):
+        return model
+    try:
+        manifest = read_manifest(model)
+    except Exception:  # an unreadable manifest gives no fallback; the original error is reported
+        return None
+    onnx = (manifest or {}).get("onnx", {}).get("path")
+    return onnx if onnx and Path(onnx).is_file() else None
 
 
 def _in_thread(fn: Callable[[], Any], name: str) -> asyncio.Future:
