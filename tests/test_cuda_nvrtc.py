@@ -121,3 +121,12 @@ def test_missing_cuda_python_names_the_gpu_extra(monkeypatch):
         N.nvrtc_version()
     ok, why = N.nvrtc_available()
     assert not ok and "gpu" in why
+
+
+@needs_nvrtc
+def test_compiling_leaves_python_s_shared_byte_objects_alone():
+    """NVRTC writes into the buffers it is given: an empty log (size 1) written into `b" " * 1` once
+    overwrote CPython's shared b" " with a NUL and broke unrelated code (URLs, HTTP headers)."""
+    N.compile_source('extern "C" __global__ void ok(float* x) { x[0] = 1.0f; }', "ok.cu", "ptx", "sm_87")
+    # decode() reads the object's data (b" "[0] would be folded to 32 at compile time)
+    assert b" ".decode() == " " and bytes([32]).decode() == " " and repr(b" ") == "b' '"

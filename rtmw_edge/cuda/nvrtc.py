@@ -126,6 +126,13 @@ def arch_option(kind: str, arch: str) -> str:
     return f"--gpu-architecture={'sm' if kind == 'cubin' else 'compute'}_{digits}"
 
 
+def _out_buffer(size) -> bytearray:
+    """A fresh writable buffer for NVRTC to fill. Never `b" " * n`: for n ≤ 1 CPython returns its shared
+    one-byte bytes object, and NVRTC writing its terminating NUL there turns every b" " of the process into
+    b"\\x00" (seen as corrupted URLs and HTTP headers far away from this code)."""
+    return bytearray(max(int(size), 1))
+
+
 def cache_key(source: str, options: tuple[str, ...], version: tuple[int, int], kind: str) -> str:
     """Hash of everything that changes the compiled image."""
     digest = hashlib.sha256()
@@ -161,18 +168,18 @@ def compile_source(source: str, name: str, kind: str, arch: str, options: tuple[
         result = nvrtc.nvrtcCompileProgram(prog, len(opts), [o.encode() for o in opts])
         err = result[0] if isinstance(result, tuple) else result
         log_size = _check(nvrtc.nvrtcGetProgramLogSize(prog), "get log size")
-        log_buf = b" " * int(log_size)
+        log_buf = _out_buffer(log_size)
         _check(nvrtc.nvrtcGetProgramLog(prog, log_buf), "get log")
-        log = log_buf.rstrip(b"\0 ").decode(errors="replace")
+        log = bytes(log_buf).rstrip(b"\0 ").decode(errors="replace")
         if err != nvrtc.nvrtcResult.NVRTC_SUCCESS:
             raise NvrtcError(f"NVRTC cannot compile {name} for {arch}: {_first_error(log)}", log)
         if kind == "cubin":
             size = int(_check(nvrtc.nvrtcGetCUBINSize(prog), "get CUBIN size"))
-            buf = b" " * size
+            buf = _out_buffer(size)
             _check(nvrtc.nvrtcGetCUBIN(prog, buf), "get CUBIN")
         else:
             size = int(_check(nvrtc.nvrtcGetPTXSize(prog), "get PTX size"))
-            buf = b" " * size
+            buf = _out_buffer(size)
             _check(nvrtc.nvrtcGetPTX(prog, buf), "get PTX")
         return bytes(buf)
     finally:
