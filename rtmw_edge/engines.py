@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .errors import RtmwEdgeError
+from .hub import sha256_file
 
 MANIFEST_SCHEMA = 1
 BUILDER_SCHEMA = 1                 # bump when the builder's choices change: old engines become stale
@@ -266,11 +267,7 @@ def manifest_path(engine_path: str | Path) -> Path:
 
 
 def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return sha256_file(Path(path))
 
 
 def atomic_write_bytes(path: str | Path, data) -> None:

@@ -14,13 +14,13 @@ Gather/GatherElements, ArgMax, Min, Where, Cast, TopK; NonMaxSuppression and Sca
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import tempfile
 from pathlib import Path
 
 from . import __version__
 from .errors import RtmwEdgeError, require
+from .hub import sha256_file
 from .onnx_meta import write_metadata
 from .zoo import ModelSpec, get_spec
 
@@ -256,14 +256,6 @@ def _is_float_tensor(graph, name: str) -> bool:
     return True
 
 
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def build_metadata(spec: ModelSpec, *, outputs: list[str], batch, decode: bool, flip_test: bool, precision: str,
                    checkpoint_sha256: str | None, topk: int | None = None, nms: bool = False) -> dict:
     meta = {
@@ -342,7 +334,7 @@ def export_onnx(name: str, output: str | Path, *, checkpoint: str | Path | None 
             step("weights")
             if checkpoint is not None:
                 load_checkpoint(model, checkpoint, model_name=name, trust=trust_checkpoint)
-                ckpt_sha = file_sha256(checkpoint)
+                ckpt_sha = sha256_file(Path(checkpoint))
         else:
             step("weights")
         model = model.eval().float()
