@@ -21,7 +21,7 @@ from pathlib import Path
 from . import __version__
 from .errors import RtmwEdgeError, require
 from .hub import sha256_file
-from .onnx_meta import write_metadata
+from .onnx_meta import save_model_atomically, write_metadata
 from .zoo import ModelSpec, get_spec
 
 POSE_OUTPUTS = ("simcc_x", "simcc_y", "simcc_z")
@@ -380,7 +380,7 @@ def export_onnx(name: str, output: str | Path, *, checkpoint: str | Path | None 
                                              topk=k, nms=nms))
         proto.producer_name, proto.producer_version = "rtmw-edge", __version__
         onnx.checker.check_model(proto)
-        _atomic_save(proto, output)
+        save_model_atomically(proto, output)
         bar.update(task, completed=len(steps))
     return output
 
@@ -389,20 +389,6 @@ def simplify_graph(proto):
     """Constant folding and shape-op cleanup with onnxslim (pure Python wheel, no onnxruntime pin)."""
     slim = require("onnxslim", "export")
     return slim.slim(proto)
-
-
-def _atomic_save(proto, output: Path) -> None:
-    import onnx
-
-    fd, tmp = tempfile.mkstemp(prefix=output.name + ".", suffix=".tmp", dir=output.parent)
-    os.close(fd)
-    try:
-        onnx.save(proto, tmp)
-        os.replace(tmp, output)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 @contextlib.contextmanager

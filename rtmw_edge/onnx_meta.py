@@ -52,3 +52,24 @@ def read_metadata(model_or_path) -> dict | None:
             except json.JSONDecodeError:
                 raise RtmwEdgeError(f"the '{METADATA_KEY}' metadata of the model is not valid JSON") from None
     return None
+
+
+def save_model_atomically(model, output: str | Path) -> Path:
+    """Write an onnx.ModelProto under a temporary name and rename it: never a half-written model file."""
+    import contextlib
+    import os
+    import tempfile
+
+    import onnx
+
+    output = Path(output)
+    fd, tmp = tempfile.mkstemp(prefix=output.name + ".", suffix=".tmp", dir=output.parent)
+    os.close(fd)
+    try:
+        onnx.save(model, tmp)
+        os.replace(tmp, output)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return output

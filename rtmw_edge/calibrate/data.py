@@ -37,6 +37,7 @@ import numpy as np
 
 from .. import __version__
 from ..errors import RtmwEdgeError
+from ..hub import sha256_file
 from ..onnx_meta import read_metadata
 
 DATA_VERSION = 1
@@ -265,13 +266,7 @@ def _spread(count: int, num: int, seed: int) -> list[int]:
 
 
 def _file_sha256(path: Path | None) -> str:
-    if path is None:
-        return ""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return "" if path is None else sha256_file(path)
 
 
 def _hash_json(obj) -> str:

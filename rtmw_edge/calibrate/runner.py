@@ -22,7 +22,8 @@ import numpy as np
 
 from .. import __version__
 from ..errors import RtmwEdgeError
-from ..onnx_meta import METADATA_KEY, read_metadata, write_metadata
+from ..hub import sha256_file
+from ..onnx_meta import METADATA_KEY, read_metadata, save_model_atomically, write_metadata
 from .data import (
     CalibrationCache,
     DataConfig,
@@ -405,7 +406,7 @@ def _write_model(qmodel, model_path: Path, output: Path, calib_info: dict, quant
             entry.key, entry.value = prop.key, prop.value
     info = {"calibration": calib_info, "quantization": {k: v for k, v in quant_info.items() if k != "float_layers"},
             "float_layers": quant_info["float_layers"], "source_model": model_path.name,
-            "source_sha256": _file_hash(model_path)}
+            "source_sha256": sha256_file(model_path)}
     meta = read_metadata(original)
     if meta is not None:
         meta = {k: v for k, v in meta.items() if k != "schema_version"}
@@ -417,23 +418,7 @@ def _write_model(qmodel, model_path: Path, output: Path, calib_info: dict, quant
         entry.key, entry.value = CALIBRATION_KEY, json.dumps({"precision": "int8", **info}, sort_keys=True)
     qmodel.producer_name, qmodel.producer_version = "rtmw-edge", __version__
     onnx.checker.check_model(qmodel)
-    fd, tmp = tempfile.mkstemp(prefix=output.name + ".", suffix=".tmp", dir=output.parent)
-    os.close(fd)
-    try:
-        onnx.save(qmodel, tmp)
-        os.replace(tmp, output)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def _file_hash(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    save_model_atomically(qmodel, output)
 
 
 def _held_out_fidelity(model_path: Path, output: Path, inputs: ModelInputs, eval_units: list[Unit],
