@@ -31,7 +31,7 @@ def test_tiled_frames_hold_the_requested_people():
 
 def test_bench_report_is_complete_and_stages_add_up(pose, tmp_path):
     tiles = person_tiles(SHARED / "images" / "test_coco.json", SHARED / "images")
-    report = benchmark([Config("fp32", str(DET), str(pose))], tiles, persons=[1, 3], frames=4, progress=False)
+    report = benchmark([Config("fp32", str(DET), str(pose))], tiles, persons=[1, 3], frames=6, progress=False)
     cfg = report["configs"][0]
     assert [c["persons_detected"] for c in cfg["curve"]] == [1, 3]
     for point in cfg["curve"]:
