@@ -1,6 +1,7 @@
 """The `rtmw-edge` command line: parse, call the API, print. No logic of its own.
 
-Every `RtmwEdgeError` becomes one line on stderr and exit code 1; usage errors exit 2 (typer).
+Every `RtmwEdgeError` becomes one line on stderr and exit code 1; usage errors exit 2 (typer, and
+`errors.UsageError`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ models_app = typer.Typer(help="The model zoo: list, inspect and download officia
 app.add_typer(models_app, name="models")
 
 out = Console(width=max(Console().width, 110))  # keep tables readable when piped
+# a foreign pose ONNX (mmdeploy / rtmlib / mmpose export, no rtmw_edge metadata, no SDK JSON beside it)
+POSE_SPEC_OPTION = typer.Option(None, "--pose-spec", help="Foreign pose ONNX without metadata or SDK JSON: the "
+                                "registered model whose settings apply (e.g. rtmw-m-256x192).")
 
 
 def _version(value: bool) -> None:
@@ -163,7 +167,11 @@ def check_cmd(candidate: Path = typer.Argument(..., help="The converted model (.
 @app.command("run")
 def run_cmd(source: str = typer.Argument(..., help="Image, folder, video, camera index, RTSP/HTTP URL or image URL."),
             det: str = typer.Option("rtmdet-nano-person", "--det", help="Detector: .onnx or registered name."),
-            pose: str = typer.Option("rtmw-m-256x192", "--pose", help="Pose model: .onnx or registered name."),
+            pose: str = typer.Option("rtmw-m-256x192", "--pose", help="Pose model: .onnx, mmdeploy SDK folder or "
+                                     "registered name."),
+            pose_spec: str | None = POSE_SPEC_OPTION,
+            det_interval: int = typer.Option(1, "--det-interval", min=1, help="Video/camera: run the detector "
+                                             "every N-th frame; in between, boxes from the last frame's keypoints."),
             backend: str = typer.Option("auto", help="auto, onnxruntime, tensorrt or torch-cuda (GPU pipeline)."),
             out_jsonl: Path | None = typer.Option(None, "--out", help="JSON lines, one object per frame."),
             coco: Path | None = typer.Option(None, "--coco", help="COCO keypoint results JSON."),
@@ -190,7 +198,7 @@ def run_cmd(source: str = typer.Argument(..., help="Image, folder, video, camera
                       plot_3d=plot_3d, show=show, flip_test=flip_test, track=track, smooth=smooth,
                       smooth_min_cutoff=smooth_min_cutoff, smooth_beta=smooth_beta, max_persons=max_persons,
                       det_threshold=det_threshold, kpt_threshold=kpt_threshold, focal=focal, principal=principal,
-                      threads=threads, loop=loop)
+                      threads=threads, loop=loop, pose_spec=pose_spec, det_interval=det_interval)
     summary = run_source(opts, console=out)
     out.print(summary)
 
@@ -326,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
         from rich.markup import escape
 
         err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        return 1
+        return getattr(exc, "exit_code", 1)
     except KeyboardInterrupt:
         err.print("interrupted")
         return 130

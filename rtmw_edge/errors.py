@@ -1,10 +1,17 @@
-"""Typed exceptions. The CLI turns every `RtmwEdgeError` into one clear line and exit code 1."""
+"""Typed exceptions. The CLI turns every `RtmwEdgeError` into one clear line and exit code 1 (a `UsageError`:
+exit code 2, like a bad option)."""
 
 from __future__ import annotations
 
 
 class RtmwEdgeError(Exception):
     """Base class of every error the toolkit raises on purpose (bad input, missing files, ...)."""
+
+
+class UsageError(RtmwEdgeError):
+    """The command needs an option the user did not give (or gave wrongly): exit code 2 from the CLI."""
+
+    exit_code = 2
 
 
 class UnknownModelError(RtmwEdgeError, KeyError):

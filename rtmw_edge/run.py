@@ -8,6 +8,7 @@ half-written file under the requested name; Ctrl-C stops cleanly and keeps what 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ import cv2
 import numpy as np
 
 from . import geometry as G
-from .errors import RtmwEdgeError
+from .errors import RtmwEdgeError, UsageError
 from .results import CocoResultsSink, FrameResult, JsonLinesSink
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -47,6 +48,8 @@ class RunOptions:
     principal: str | None = None
     threads: int | None = None
     loop: bool = False
+    pose_spec: str | None = None   # settings of a foreign pose ONNX: a registered model name
+    det_interval: int = 1          # video: detector every N-th frame, keypoint boxes in between
 
 
 def _pair(text: str | None, what: str) -> tuple[float, float] | None:
@@ -142,17 +145,26 @@ def run_source(opts: RunOptions, console=None) -> str:
     camera = camera_from_options(opts.focal, opts.principal)
     smoothing = {k: v for k, v in (("min_cutoff", opts.smooth_min_cutoff), ("beta", opts.smooth_beta))
                  if v is not None}
-    estimator_class = PoseEstimator
+    estimator_class, extra = PoseEstimator, {"det_interval": opts.det_interval}
     if opts.backend in ("tensorrt", "torch-cuda"):  # the CUDA-stream pipeline (rtmw_edge/cuda/pipeline.py)
         from .cuda.pipeline import GpuPoseEstimator as estimator_class
+
+        if opts.det_interval != 1:
+            raise UsageError("--det-interval runs on the CPU pipeline (--backend onnxruntime); the GPU pipeline "
+                             "detects on every frame")
+        extra = {}
     estimator = estimator_class(opts.det, opts.pose, backend=opts.backend, flip_test=opts.flip_test,
                                 max_persons=opts.max_persons, det_threshold=opts.det_threshold,
                                 kpt_threshold=opts.kpt_threshold, track=opts.track, smooth=opts.smooth, camera=camera,
-                                threads=opts.threads, smoothing=smoothing or None)
+                                threads=opts.threads, smoothing=smoothing or None, pose_spec=opts.pose_spec, **extra)
     if opts.plot_3d is not None and estimator.info.task != "pose3d":
         raise RtmwEdgeError("--plot-3d needs an RTMW3D pose model")
     source = open_source(opts.source, loop=opts.loop)
     multi = source.kind not in ("image", "url-image")
+    if getattr(estimator, "skip", None) is not None and source.kind in ("image", "url-image", "folder"):
+        logging.getLogger("rtmw_edge").warning("--det-interval applies to videos and cameras: every photo of %s "
+                                               "is detected", source.kind)
+        estimator.skip = None
     sinks: list = []
     error: BaseException | None = None
     frames = persons = crowded = 0
