@@ -80,6 +80,7 @@ class Config:
     det: str
     pose: str
     backend: str = "auto"
+    pose_spec: str | None = None   # settings of a foreign pose ONNX (see rtmw_edge.pose_models)
 
 
 class StageClock:
@@ -162,7 +163,7 @@ def benchmark(configs: list[Config], tiles: list[np.ndarray], persons: list[int]
                           "python": platform.python_version()},
               "frames": frames, "persons_requested": persons, "configs": []}
     first = PoseEstimator(configs[0].det, configs[0].pose, backend=configs[0].backend, threads=threads,
-                          det_threshold=DET_THRESHOLD)
+                          det_threshold=DET_THRESHOLD, pose_spec=configs[0].pose_spec)
     # keep the tiles in which the detector sees exactly one person, alone and in a 4×4 grid of copies
     single = [t for t in tiles if len(first.detect(t)[0]) == 1 and len(first.detect(tiled_frame([t], 16))[0]) == 16]
     if not single:
@@ -174,7 +175,7 @@ def benchmark(configs: list[Config], tiles: list[np.ndarray], persons: list[int]
         task = bar.add_task("bench", total=len(configs) * len(persons) * (frames + warmup))
         for cfg in configs:
             est = PoseEstimator(cfg.det, cfg.pose, backend=cfg.backend, max_persons=max(persons), threads=threads,
-                                det_threshold=DET_THRESHOLD)
+                                det_threshold=DET_THRESHOLD, pose_spec=cfg.pose_spec)
             curve = []
             for n in persons:
                 clock = StageClock()

@@ -16,6 +16,7 @@ from rich.table import Table
 
 from . import __version__
 from .errors import RtmwEdgeError
+from .zoo import POSE_SPEC_HELP
 
 app = typer.Typer(help="Real-time whole-body pose estimation (RTMW / RTMW3D / RTMPose) on NVIDIA edge devices.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -24,8 +25,7 @@ app.add_typer(models_app, name="models")
 
 out = Console(width=max(Console().width, 110))  # keep tables readable when piped
 # a foreign pose ONNX (mmdeploy / rtmlib / mmpose export, no rtmw_edge metadata, no SDK JSON beside it)
-POSE_SPEC_OPTION = typer.Option(None, "--pose-spec", help="Foreign pose ONNX without metadata or SDK JSON: the "
-                                "registered model whose settings apply (e.g. rtmw-m-256x192).")
+POSE_SPEC_OPTION = typer.Option(None, "--pose-spec", help=POSE_SPEC_HELP)
 
 
 def _version(value: bool) -> None:
@@ -99,6 +99,26 @@ def models_download(name: str = typer.Argument(..., help="Registered model name.
     out.print(f"{name}: {path}")
 
 
+@models_app.command("import")
+def models_import(source: Path = typer.Argument(..., help="Foreign pose ONNX (mmdeploy end2end.onnx, rtmlib zoo "
+                                                "file, mmpose torch.onnx export) or an mmdeploy SDK folder."),
+                  output: Path = typer.Option(..., "-o", "--output", help="The copy to write (.onnx)."),
+                  spec: str | None = typer.Option(None, "--spec", "--pose-spec", help="The registered model whose "
+                                                  "settings apply (not needed with the SDK's pipeline.json beside "
+                                                  "the file).")) -> None:
+    """Write a copy of a foreign pose ONNX with the toolkit's metadata, so later commands need no hint.
+
+    The input is only read. Settings come from --spec or the mmdeploy SDK JSON beside the file, and are
+    checked against the graph (input size, keypoints, SimCC bins)."""
+    from .pose_models import import_pose_model
+
+    meta = import_pose_model(source, output, spec)
+    how = f"--spec {meta['name']}" if meta["imported"]["from"] == "pose-spec" else "the SDK's pipeline.json"
+    w, h = meta["input_size"]
+    out.print(f"{source} → {output}: {meta['task']}, {meta['num_keypoints']} keypoints, {w}x{h} crops, batch "
+              f"{meta['batch']}; settings from {how}", highlight=False, markup=False)
+
+
 @app.command("export")
 def export_cmd(name: str = typer.Argument(..., help="Registered model name (see `models list`)."),
                output: Path = typer.Option(..., "-o", "--output", help="Output .onnx file."),
@@ -139,12 +159,13 @@ def check_cmd(candidate: Path = typer.Argument(..., help="The converted model (.
               min_oks: float = typer.Option(0.95, help="Pose: min mean OKS against the reference."),
               min_recall: float = typer.Option(1.0, help="Detector: min recall of reference detections."),
               json_out: Path | None = typer.Option(None, "--json", help="Also write the report as JSON."),
-              trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint")) -> None:
+              trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint"),
+              pose_spec: str | None = POSE_SPEC_OPTION) -> None:
     """Compare a converted model with its reference on real photos; exit 1 past the tolerances."""
     from .check import Tolerances, check_model
 
     report = check_model(candidate, against, images, max_samples=max_samples, trust_checkpoint=trust_checkpoint,
-                         tolerances=Tolerances(max_rel, max_px, min_oks, min_recall))
+                         tolerances=Tolerances(max_rel, max_px, min_oks, min_recall), pose_spec=pose_spec)
     table = Table(title=f"check {report.candidate} against {report.reference} ({report.samples} samples)")
     table.add_column("measure")
     table.add_column("value", justify="right")
@@ -206,7 +227,8 @@ def run_cmd(source: str = typer.Argument(..., help="Image, folder, video, camera
 @app.command("eval")
 def eval_cmd(ann: Path = typer.Option(..., "--ann", help="COCO / COCO-WholeBody keypoint annotation JSON."),
              images: Path | None = typer.Option(None, "--images", help="Folder with the annotation's images."),
-             pose: str | None = typer.Option(None, "--pose", help="Pose model: .onnx or registered name."),
+             pose: str | None = typer.Option(None, "--pose", help="Pose model: .onnx, SDK folder or registered name."),
+             pose_spec: str | None = POSE_SPEC_OPTION,
              det: str | None = typer.Option(None, "--det", help="Detector: .onnx or registered name."),
              gt_boxes: bool = typer.Option(False, "--gt-boxes", help="Ground-truth person boxes, no detector."),
              backend: str = typer.Option("auto", help="auto, onnxruntime, tensorrt or torch-cuda (GPU pipeline)."),
@@ -230,7 +252,8 @@ def eval_cmd(ann: Path = typer.Option(..., "--ann", help="COCO / COCO-WholeBody 
             raise RtmwEdgeError("eval needs --pose and --images to run models (or --predictions to score a file)")
         if gt_boxes == (det is not None):
             raise RtmwEdgeError("eval needs exactly one of --det DETECTOR or --gt-boxes")
-        metrics, _ = run_eval(ann, images, pose, det=det, gt_boxes=gt_boxes, backend=backend, flip_test=flip_test)
+        metrics, _ = run_eval(ann, images, pose, det=det, gt_boxes=gt_boxes, backend=backend, flip_test=flip_test,
+                              pose_spec=pose_spec)
         title = f"{Path(pose).name} ({'GT boxes' if gt_boxes else Path(det).name}) on {ann.name}"
     table = Table(title=title)
     table.add_column("part")
@@ -249,6 +272,7 @@ def eval_cmd(ann: Path = typer.Option(..., "--ann", help="COCO / COCO-WholeBody 
 def bench_cmd(det: str = typer.Option("rtmdet-nano-person", "--det", help="Detector: .onnx or registered name."),
               pose: list[str] = typer.Option(..., "--pose", help="Pose model(s): repeat to compare (e.g. FP32 "
                                              "and FP16 exports) side by side."),
+              pose_spec: str | None = POSE_SPEC_OPTION,
               backend: list[str] = typer.Option(["auto"], "--backend", help="Backend(s): repeat to compare."),
               persons: str = typer.Option("1,2,4,8,16,32", help="People per synthetic frame, comma-separated."),
               frames: int = typer.Option(20, help="Timed frames per point (after 2 warm-up frames)."),
@@ -280,7 +304,7 @@ def bench_cmd(det: str = typer.Option("rtmdet-nano-person", "--det", help="Detec
             label = Path(p).stem if len(backend) == 1 else f"{Path(p).stem}/{b}"
             while label in (c.name for c in configs):
                 label += "'"
-            configs.append(Config(label, det, p, b))
+            configs.append(Config(label, det, p, b, pose_spec))
     report = benchmark(configs, person_tiles(ann, images), counts, frames=frames, threads=threads)
     table = Table(title=f"bench: ms per frame (mean), {frames} frames per point")
     table.add_column("config")

@@ -35,8 +35,11 @@ need no hint. The input file is never modified.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -450,3 +453,28 @@ def _rename_tensors(model, renames: dict[str, str]) -> None:
         node.output[:] = [renames.get(n, n) for n in node.output]
     for value in (*g.output, *g.value_info):
         value.name = renames.get(value.name, value.name)
+
+
+def is_foreign_pose(path: str | Path) -> bool:
+    """A pose graph without rtmw_edge metadata (mmdeploy / rtmlib / mmpose export)?"""
+    if read_metadata(path) is not None:
+        return False
+    try:
+        inspect_pose(path, resolve=False)
+    except UnknownPoseModelError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def described_model(path: str | Path, pose_spec: str | None = None) -> Iterator[Path]:
+    """`path` itself, or — for a foreign pose graph — a temporary imported copy (`import_pose_model`) for
+    the commands that read the metadata from the file (check, calibrate); removed afterwards."""
+    path = Path(path)
+    if not path.is_file() or not is_foreign_pose(path):
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="rtmw-edge-import-") as tmp:
+        copy = Path(tmp) / (path.stem + ".onnx")
+        import_pose_model(path, copy, pose_spec)
+        yield copy
