@@ -124,8 +124,8 @@ def inspect_pose(path_or_model, *, input_size: tuple[int, int] | None = None, se
                                     f"input): {described}")
     simcc = [o for o in outputs if o.elem_type in _FLOAT_TYPES and o.shape is not None and len(o.shape) == 3]
     if len(outputs) not in (2, 3) or len(simcc) != len(outputs):
-        raise UnknownPoseModelError(f"{where}: not a SimCC pose model (expected outputs simcc_x [B,K,W·r], "
-                                    f"simcc_y [B,K,H·r] and, for RTMW3D, simcc_z): {described}")
+        raise UnknownPoseModelError(f"{where}: not a pose model this toolkit runs (expected SimCC outputs simcc_x "
+                                    f"[B,K,W·r], simcc_y [B,K,H·r] and, for RTMW3D, simcc_z): {described}")
     image = images[0]
     size = (image.shape[3], image.shape[2]) if image.shape[2] and image.shape[3] else None
     batch = image.shape[0]
