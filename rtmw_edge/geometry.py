@@ -260,7 +260,9 @@ def keypoints_to_boxes(keypoints: np.ndarray, scores: np.ndarray, threshold: flo
     """Per person, the bounding box of the keypoints scoring above `threshold`, grown by `expansion` about
     its centre: [N,K,2] keypoints + [N,K] scores → [N,4] xyxy (float32). Clipped to the image when
     `image_wh` is given. A person without such a keypoint gets the empty box (0, 0, 0, 0)."""
-    kpts = np.asarray(keypoints, np.float32).reshape(len(keypoints), -1, 2)
+    kpts = np.asarray(keypoints, np.float32)
+    if len(kpts) == 0:
+        return np.zeros((0, 4), np.float32)
     valid = np.asarray(scores).reshape(kpts.shape[:2]) > threshold
     lo = np.where(valid[..., None], kpts, np.inf).min(axis=1)
     hi = np.where(valid[..., None], kpts, -np.inf).max(axis=1)
