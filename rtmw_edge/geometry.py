@@ -55,11 +55,13 @@ def letterbox(image: np.ndarray, input_wh: tuple[int, int], pad_value: int = 114
 def normalize_to_nchw(images: np.ndarray, mean, std, swap_rb: bool) -> np.ndarray:
     """uint8/float N×H×W×3 (or H×W×3) BGR → float32 N×3×H×W, optionally BGR→RGB, then (x − mean)/std."""
     batch = images[None] if images.ndim == 3 else images
-    x = batch.astype(np.float32)
-    if swap_rb:
-        x = x[..., ::-1]
-    x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+    out = np.empty((batch.shape[0], 3, *batch.shape[1:3]), np.float32)
+    for c in range(3):  # one plane at a time, straight into the NCHW buffer (no HWC float temporaries)
+        plane = out[:, c]
+        np.subtract(batch[..., 2 - c if swap_rb else c], mean[c], out=plane, dtype=np.float32)
+        np.divide(plane, std[c], out=plane)
+    return out
 
 
 def grid_priors(input_hw: tuple[int, int], strides: tuple[int, ...]) -> np.ndarray:
