@@ -14,7 +14,6 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import SHARED
 
 from rtmw_edge.cli import main
 
