@@ -136,26 +136,43 @@ class TopDownPose:
         return self.postprocess(outputs, centers, scales, (image.shape[1], image.shape[0]), camera)
 
 
-def resolve_model(spec: str | Path, role: str) -> Path:
-    """An .onnx/.engine path as given, an mmdeploy SDK folder → its ONNX, or a registered model name → its
-    cached ONNX export ($RTMW_EDGE_HOME/onnx/NAME.onnx), made on first use from the official checkpoint."""
+def _registered(spec: str | Path, role: str):
+    """The registry entry `spec` names (checked for its role), or None for a model file or an mmdeploy SDK folder
+    (checked to exist)."""
     path = Path(spec)
-    if path.is_dir():  # an mmdeploy SDK folder (end2end.onnx + pipeline.json/deploy.json/detail.json)
-        from .pose_models import sdk_model_file
+    if path.is_dir():
+        from .pose_models import sdk_files
 
-        return sdk_model_file(path)
+        if sdk_files(path):
+            return None
+        raise RtmwEdgeError(f"--{role} {path} is a folder without mmdeploy SDK JSON: give a model file "
+                            "(.onnx / .engine), an SDK folder or a registered name")
     if path.suffix.lower() in (".onnx", ".engine", ".plan", ".trt"):
         if not path.is_file():
             raise RtmwEdgeError(f"{role} model file not found: {path}")
-        return path
-    from .hub import fetch, home_dir
+        return None
     from .zoo import get_spec
 
     model = get_spec(str(spec))  # UnknownModelError lists close names
     if role == "pose" and not model.is_pose:
-        raise RtmwEdgeError(f"{model.name} is a detector, not a pose model: check --pose")
+        raise UsageError(f"{model.name} is a detector, not a pose model: check --pose")
     if role == "det" and model.is_pose:
-        raise RtmwEdgeError(f"{model.name} is a pose model, not a detector: check --det")
+        raise UsageError(f"{model.name} is a pose model, not a detector: check --det")
+    return model
+
+
+def resolve_model(spec: str | Path, role: str) -> Path:
+    """An .onnx/.engine path as given, an mmdeploy SDK folder → its ONNX, or a registered model name → its
+    cached ONNX export ($RTMW_EDGE_HOME/onnx/NAME.onnx), made on first use from the official checkpoint."""
+    model = _registered(spec, role)
+    if model is None:
+        if Path(spec).is_dir():  # an mmdeploy SDK folder (end2end.onnx + pipeline.json/deploy.json/detail.json)
+            from .pose_models import sdk_model_file
+
+            return sdk_model_file(spec)
+        return Path(spec)
+    from .hub import fetch, home_dir
+
     cached = home_dir() / "onnx" / f"{model.name}.onnx"
     if cached.is_file():
         return cached
@@ -165,6 +182,25 @@ def resolve_model(spec: str | Path, role: str) -> Path:
     cached.parent.mkdir(parents=True, exist_ok=True)
     log.info("exporting %s to %s (once)", model.name, cached)
     return export_onnx(model.name, cached, checkpoint=checkpoint)
+
+
+def resolve_models(det: str | Path, pose: str | Path) -> tuple[Path, Path]:
+    """`resolve_model` for the detector and the pose model together: both are checked before anything is
+    downloaded, and when checkpoints cannot be downloaded (offline) one error names every missing file."""
+    from .errors import DownloadError
+
+    _registered(det, "det"), _registered(pose, "pose")
+    paths, missing = [], []
+    for spec, role in ((det, "det"), (pose, "pose")):
+        try:
+            paths.append(resolve_model(spec, role))
+        except DownloadError as exc:
+            missing.append(exc)
+    if len(missing) == 1:
+        raise missing[0]
+    if missing:
+        raise DownloadError(f"{len(missing)} checkpoints are missing: " + "; ".join(str(e) for e in missing))
+    return paths[0], paths[1]
 
 
 class PoseEstimator:

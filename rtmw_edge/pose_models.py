@@ -406,19 +406,19 @@ def import_pose_model(source: str | Path, output: str | Path, pose_spec: str | N
 
     from .hub import sha256_file
     from .onnx_meta import save_model_atomically, write_metadata
+    from .outputs import check_output
 
     source, output = Path(source), Path(output)
     if source.is_dir():
+        if not sdk_files(source):
+            raise RtmwEdgeError(f"{source} is a folder without mmdeploy SDK JSON: give a pose ONNX file or an "
+                                "SDK folder")
         source = sdk_model_file(source)
     if not source.is_file():
         raise RtmwEdgeError(f"pose ONNX not found: {source}")
-    if output.exists() and (output.is_dir() or output.samefile(source)):
-        raise UsageError(f"-o {output}: {'a folder' if output.is_dir() else 'that is the input file'}; give a new "
-                         ".onnx path (the input is never modified)")
     if output.suffix.lower() != ".onnx":
         raise UsageError(f"-o {output}: the copy must be an .onnx file")
-    if not output.parent.is_dir():
-        raise UsageError(f"-o {output}: folder does not exist: {output.parent}")
+    output = check_output(output, option="-o", inputs=[source])  # before any work; never the input itself
     existing = read_metadata(source)
     if existing is not None:
         raise UsageError(f"{source.name} already carries rtmw_edge metadata ({existing.get('name')}, "

@@ -21,8 +21,12 @@ from rtmw_edge.export import export_onnx
 from rtmw_edge.hub import sha256_file
 from rtmw_edge.onnx_meta import read_metadata
 from rtmw_edge.pipeline import PoseEstimator
-from rtmw_edge.pose_models import (PoseSettingsError, UnknownPoseModelError, import_pose_model, inspect_pose,
-                                   pose_metadata)
+from rtmw_edge.pose_models import (
+    PoseSettingsError,
+    UnknownPoseModelError,
+    inspect_pose,
+    pose_metadata,
+)
 from rtmw_edge.zoo import get_spec
 
 DET = SHARED / "models" / "rtmdet-nano_person_320_rawhead.onnx"
@@ -251,8 +255,8 @@ def test_cli_run_with_pose_spec_and_without(own, tmp_path, capsys):
 
 
 def test_check_eval_and_calibrate_accept_a_foreign_graph(own, tmp_path):
-    from rtmw_edge.calibrate.runner import CalibrateOptions, calibrate
     from rtmw_edge.calibrate.data import Source
+    from rtmw_edge.calibrate.runner import CalibrateOptions, calibrate
     from rtmw_edge.check import check_model
     from rtmw_edge.evaluate import run_eval
 
