@@ -471,7 +471,7 @@ def described_model(path: str | Path, pose_spec: str | None = None) -> Iterator[
     """`path` itself, or — for a foreign pose graph — a temporary imported copy (`import_pose_model`) for
     the commands that read the metadata from the file (check, calibrate); removed afterwards."""
     path = Path(path)
-    if not path.is_file() or not is_foreign_pose(path):
+    if path.suffix.lower() != ".onnx" or not path.is_file() or not is_foreign_pose(path):  # engines: manifests
         yield path
         return
     with tempfile.TemporaryDirectory(prefix="rtmw-edge-import-") as tmp:
