@@ -226,3 +226,51 @@ def test_cli_det_interval_on_a_video_and_bad_values(pose_onnx, video, tmp_path, 
     assert [f["frame"] for f in lines] == list(range(8))
     assert main(["run", str(clip), "--det", str(DET), "--pose", str(pose_onnx), "--det-interval", "0"]) == 2
     assert "--det-interval" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------ the daemon
+class _SplitEstimator:
+    """detect/pose like `PoseEstimator` (the worker's split path), one person whose keypoints follow its box."""
+
+    kpt_threshold, nms_iou = 0.3, 0.3
+
+    def __init__(self) -> None:
+        self.script = _Script()
+        self.detected: list[tuple[str, int]] = []
+        self.camera = None
+
+    def detect(self, image):
+        self.detected.append((self.current, self.script.frame))
+        return self.script.detect(image)
+
+    def pose(self, image, boxes, camera=None):
+        return self.script.pose(image, boxes)
+
+
+def test_daemon_worker_skips_detections_per_camera(tmp_path):
+    pytest.importorskip("prometheus_client", reason="the daemon needs the 'serve' extra")
+    from types import SimpleNamespace
+
+    from test_serve_support import config_from
+
+    from rtmw_edge.serve.config import ConfigError
+    from rtmw_edge.serve.metrics import Metrics
+    from rtmw_edge.serve.worker import InferenceWorker
+
+    camera = '[cameras.a]\nsource = "0"\n'
+    cfg = config_from(tmp_path, f'[model]\ndet_interval = 5\npose_spec = "rtmw-m-256x192"\n{camera}')
+    assert (cfg.model.det_interval, cfg.model.pose_spec) == (5, "rtmw-m-256x192")
+    with pytest.raises(ConfigError, match="det_interval"):
+        config_from(tmp_path, f"[model]\ndet_interval = 0\n{camera}")
+    est = _SplitEstimator()
+    worker = InferenceWorker(est, [], Metrics(), lambda processed: None, det_interval=cfg.model.det_interval)
+    cams = {name: SimpleNamespace(name=name, intrinsics=None) for name in ("a", "b")}
+    image = np.zeros((480, 640, 3), np.uint8)
+    for t in range(7):
+        for name in ("a", "b"):
+            est.current, est.script.frame = name, t
+            generation = 1 if (name == "b" and t >= 3) else 0  # camera b's source re-opened at frame 3
+            persons, _ = worker._infer(cams[name], SimpleNamespace(image=image, seq=t, wall=0.0,
+                                                                    generation=generation))
+            assert len(persons) == 1
+    assert est.detected == [("a", 0), ("b", 0), ("b", 3), ("a", 5)]
