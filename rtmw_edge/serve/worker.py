@@ -2,12 +2,13 @@
 shared `PoseEstimator`, so the engines are loaded once and never called concurrently.
 
 Per frame: detect → pose (timed separately when the estimator has `detect`/`pose`, as `PoseEstimator`
-does; with `det_interval` N > 1 the detector runs on every N-th frame of a camera and its boxes in between
-come from that camera's last keypoints, `rtmw_edge.skipframe`; any other callable ``estimator(image, frame, timestamp) -> FrameResult`` is timed as one
-``inference`` stage) → the camera's own `PoseTracker` (tracking and smoothing are per camera: one
-estimator-wide tracker would mix people of different cameras) → JSON of the `run` schema plus a
-``camera`` field → `on_result` (MQTT and the web loop). A frame that raises is counted and logged (at most
-every 10 s per camera), never fatal. `stop()` lets the frame in flight finish and be published.
+does; any other callable ``estimator(image, frame, timestamp) -> FrameResult`` is timed as one
+``inference`` stage; with `det_interval` N > 1 the detector runs on every N-th frame of a camera, its
+boxes in between come from that camera's last keypoints, `rtmw_edge.skipframe`) → the camera's own
+`PoseTracker` (tracking and smoothing are per camera: one estimator-wide tracker would mix people of
+different cameras) → JSON of the `run` schema plus a ``camera`` field → `on_result` (MQTT and the web
+loop). A frame that raises is counted and logged (at most every 10 s per camera), never fatal. `stop()`
+lets the frame in flight finish and be published.
 """
 
 from __future__ import annotations
