@@ -226,6 +226,15 @@ def test_cli_det_interval_on_a_video_and_bad_values(pose_onnx, video, tmp_path, 
     assert [f["frame"] for f in lines] == list(range(8))
     assert main(["run", str(clip), "--det", str(DET), "--pose", str(pose_onnx), "--det-interval", "0"]) == 2
     assert "--det-interval" in capsys.readouterr().err
+    photos = tmp_path / "photos"  # unrelated photos: each one detected, with a warning
+    photos.mkdir()
+    for name in ("000000000785.jpg", "000000197388.jpg"):
+        (photos / name).write_bytes((SHARED / "images" / name).read_bytes())
+    out = tmp_path / "photos.jsonl"
+    assert main(["run", str(photos), "--det", str(DET), "--pose", str(pose_onnx), "--det-interval", "5",
+                 "--out", str(out)]) == 0
+    assert "every photo of this folder is detected" in capsys.readouterr().err
+    assert [len(json.loads(line)["persons"]) for line in out.read_text().splitlines()] == [1, 5]
 
 
 # ------------------------------------------------------------------------------------------ the daemon
