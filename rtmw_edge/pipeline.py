@@ -235,7 +235,7 @@ class PoseEstimator:
             self.detector = OnnxDetector(det_path, score_threshold=det_threshold, nms_iou=0.6, max_detections=1000,
                                          session_options=session_options(threads))
         self.pose = TopDownPose(load_engine(pose_path, backend, threads=threads), flip_test, pose_spec)
-        self.skip = SkipFrameDetection(det_interval, kpt_threshold, nms_iou=nms_iou) if det_interval > 1 else None
+        self.skip = SkipFrameDetection(det_interval, kpt_threshold) if det_interval > 1 else None
         self.max_persons = max_persons
         self.nms_iou = nms_iou
         self.kpt_threshold = kpt_threshold

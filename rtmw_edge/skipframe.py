@@ -17,11 +17,14 @@ One `SkipFrameDetection` per video stream; per frame, `step`:
    reported with a person missing or with a garbage pose.
 4. **Carry.** For each confident person: the bounding box of its confident keypoints, grown by
    `geometry.KEYPOINT_BOX_EXPANSION` (1.25) about its centre (`geometry.keypoints_to_boxes`), clipped to
-   the frame, then the pipeline's person NMS (two boxes converging on one person keep one).
+   the frame. Two carried persons whose poses have converged on one person (OKS above `pose_nms`) keep
+   the better-scored one, and the next frame is a detection frame (the other person was lost). Poses, not
+   boxes, decide: the keypoint boxes of two people side by side overlap far more than their detections.
 
 Defaults and their sources: expansion 1.25 — rtmlib ``pose_to_bbox(expansion=1.25)``, mmdeploy
-``pose_bbox_scale 1.25``; ``min_keypoints`` = ceil(K/2) — mmdeploy PoseTracker's ``pose_min_keypoints``
-(rtmw_facts.md §5); ``kpt_threshold`` — the run's ``--kpt-threshold`` (0.3, the top-down demo's kpt_thr).
+``pose_bbox_scale 1.25``; ``min_keypoints`` = ceil(K/2) and ``pose_nms`` 0.5 — mmdeploy PoseTracker's
+``pose_min_keypoints`` and ``pose_nms_thr`` (rtmw_facts.md §5); ``kpt_threshold`` — the run's
+``--kpt-threshold`` (0.3, the top-down demo's kpt_thr).
 Tracking (`tracking.PoseTracker`) runs on the result of every frame as before, so track ids carry across
 skipped detections (a carried box is the same person's box of the previous frame, moved with it).
 """
@@ -34,6 +37,7 @@ from collections.abc import Callable
 import numpy as np
 
 from . import geometry as G
+from .tracking import keypoint_oks
 
 Detect = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, int]]   # image → boxes, scores, cut
 Pose = Callable[[np.ndarray, np.ndarray], tuple]                        # image, boxes → kpts, scores, 3d
@@ -41,13 +45,13 @@ Pose = Callable[[np.ndarray, np.ndarray], tuple]                        # image,
 
 class SkipFrameDetection:
     def __init__(self, interval: int, kpt_threshold: float = 0.3, min_keypoints: int | None = None,
-                 nms_iou: float = 0.3, expansion: float = G.KEYPOINT_BOX_EXPANSION) -> None:
+                 pose_nms: float = 0.5, expansion: float = G.KEYPOINT_BOX_EXPANSION) -> None:
         if interval < 1:
             raise ValueError("the detection interval must be at least 1 frame")
         self.interval = int(interval)
         self.kpt_threshold = float(kpt_threshold)
         self.min_keypoints = min_keypoints
-        self.nms_iou = float(nms_iou)
+        self.pose_nms = float(pose_nms)
         self.expansion = float(expansion)
         self.detector_runs = 0      # frames on which the detector ran
         self.redetections = 0       # of them: frames redone because a carried person collapsed
@@ -85,7 +89,24 @@ class SkipFrameDetection:
         self.detector_runs += detected
         self._since = 1 if detected else self._since + 1
         h, w = image.shape[:2]
-        carried = G.keypoints_to_boxes(outputs[0][ok], outputs[1][ok], self.kpt_threshold, self.expansion, (w, h))
-        keep = G.nms(carried, scores[ok], self.nms_iou)
-        self._boxes, self._scores = carried[keep], np.asarray(scores[ok][keep], np.float32)
+        kpts, kpt_scores, box_scores = outputs[0][ok], outputs[1][ok], np.asarray(scores)[ok]
+        carried = G.keypoints_to_boxes(kpts, kpt_scores, self.kpt_threshold, self.expansion, (w, h))
+        keep = self._distinct(kpts, kpt_scores, carried, box_scores)
+        if len(keep) < len(carried):  # two poses on one person: the other person is lost, look again
+            self._since = self.interval
+        self._boxes, self._scores = carried[keep], np.asarray(box_scores[keep], np.float32)
         return boxes, scores, cut, outputs, detected
+
+    def _distinct(self, kpts: np.ndarray, kpt_scores: np.ndarray, boxes: np.ndarray, scores: np.ndarray) -> list:
+        """Indices of the persons to carry, best score first, without a pose that repeats a kept one
+        (OKS > `pose_nms`, area = the kept person's keypoint box before expansion)."""
+        kept: list[int] = []
+        for i in np.argsort(-scores, kind="stable"):
+            for j in kept:
+                area = float(np.prod(boxes[j, 2:] - boxes[j, :2])) / self.expansion ** 2
+                oks = keypoint_oks(kpts[i], kpt_scores[i], kpts[j], kpt_scores[j], area, self.kpt_threshold)
+                if oks is not None and oks > self.pose_nms:
+                    break
+            else:
+                kept.append(int(i))
+        return kept

@@ -95,6 +95,19 @@ def test_detector_on_key_frames_and_when_a_person_collapses():
     every = _Script()
     _run(SkipFrameDetection(1), every, 3)
     assert every.detected_on == [0, 1, 2]
+    # two people side by side: boxes overlapping at IoU 0.33 (and their keypoint boxes more), distinct poses:
+    # both carried (a box NMS at the pipeline's 0.3 would drop one)
+    pair = _Script(people=2)
+    pair.detect = lambda image, d=pair.detect: (lambda b, s, c: (b - [[0, 0, 0, 0], [120, 0, 120, 0]], s, c))(
+        *d(image))
+    skip = SkipFrameDetection(5)
+    assert _run(skip, pair, 5) == [2] * 5 and pair.detected_on == [0]
+    # two poses that converged on one person: one is carried, and the next frame looks again
+    twins = _Script(people=2)
+    pose = twins.pose
+    twins.pose = lambda image, boxes: pose(image, np.repeat(boxes[:1], len(boxes), 0))
+    skip = SkipFrameDetection(5)
+    assert _run(skip, twins, 3) == [2, 2, 2] and twins.detected_on == [0, 1, 2]
     with pytest.raises(ValueError):
         SkipFrameDetection(0)
 
@@ -241,7 +254,7 @@ def test_cli_det_interval_on_a_video_and_bad_values(pose_onnx, video, tmp_path, 
 class _SplitEstimator:
     """detect/pose like `PoseEstimator` (the worker's split path), one person whose keypoints follow its box."""
 
-    kpt_threshold, nms_iou = 0.3, 0.3
+    kpt_threshold = 0.3
 
     def __init__(self) -> None:
         self.script = _Script()

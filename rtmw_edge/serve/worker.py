@@ -166,8 +166,7 @@ class InferenceWorker:
         if current is None or current[0] != generation:
             from ..skipframe import SkipFrameDetection
 
-            current = (generation, SkipFrameDetection(self.det_interval, getattr(self.estimator, "kpt_threshold", 0.3),
-                                                      nms_iou=getattr(self.estimator, "nms_iou", 0.3)))
+            current = (generation, SkipFrameDetection(self.det_interval, getattr(self.estimator, "kpt_threshold", 0.3)))
             self._skips[cam.name] = current
         return current[1]
 
