@@ -4,8 +4,9 @@
 The same graphs go through every contender: RTMW-m 256x192 (random weights — speed does not depend on them —
 exported by this project and laid out like an official mmpose/mmdeploy export: no rtmw_edge metadata, K
 symbolic) and the real RTMDet-nano end-to-end graph of ../shared/models (an mmdeploy export with NMS inside,
-the kind rtmlib's RTMDet reads). Contenders, one frame each in turn (the order rotates every frame, so
-background load and warm caches hit all alike):
+the kind rtmlib's RTMDet reads). Contenders, one frame each in turn, in a new random order every frame, each
+frame started after a short idle gap (so no contender pays for the previous one's ONNX Runtime threads still
+spinning — a process running one pipeline has no such neighbour), background load hitting all alike:
 
 - rtmlib  — `RTMDet` + `RTMPose` (one person per pose call) on every frame; with a detection interval N > 1,
             `PoseTracker(det_frequency=N)` (rtmlib installed under $RTMW_EDGE_HOME/bench, never a dependency
@@ -188,14 +189,17 @@ def floor_worker(det: str, pose: str, folder: str, interval: str, threads: str) 
 
 
 # --------------------------------------------------------------------------- measurement
-def measure(contenders: dict, frames: list[np.ndarray], warmup: int) -> dict[str, dict]:
-    """Every contender sees every frame, in a rotating order; warm-up frames are not timed."""
+def measure(contenders: dict, frames: list[np.ndarray], warmup: int, gap: float = 0.05) -> dict[str, dict]:
+    """Every contender sees every frame, in a random order per frame, each after `gap` seconds idle; warm-up
+    frames are not timed."""
     times = {name: [] for name in contenders}
     persons = {name: [] for name in contenders}
     names = list(contenders)
+    rng = np.random.default_rng(0)
     for t, frame in enumerate(frames):
-        order = names[t % len(names):] + names[:t % len(names)]
-        for name in order:
+        for k in rng.permutation(len(names)):
+            name = names[k]
+            time.sleep(gap)
             start = time.perf_counter()
             n = contenders[name](frame, t)
             elapsed = time.perf_counter() - start
