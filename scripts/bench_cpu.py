@@ -13,12 +13,14 @@ spinning — a process running one pipeline has no such neighbour), background l
             of the toolkit; its default ONNX Runtime sessions);
 - toolkit — `PoseEstimator(..., pose_spec="rtmw-m-256x192", det_interval=N)` on the decoded frame;
   (no tracking on either side; every person is carried between detections on both sides)
+- toolkit-shared — the same, in a worker process whose sessions share ONNX Runtime's global thread pool
+            (process-wide only, so not the library's default);
 - floor   — ONNX Runtime alone: the detector on the pre-made input tensor (every N-th frame), then the pose
             model on the pre-made crops of the same persons at batch N_persons; with the best session
-            settings (`floor`: per-session pools with spinning off; `floor-shared`: one global thread pool
-            for both sessions — ONNX Runtime allows that only process-wide, so it runs in a worker process
-            driven frame by frame and timed inside it) and, for reference, ORT's defaults (`floor-spin`,
-            spinning on).
+            settings: `floor` (per-session pools, spinning off), `floor-worker` (the same in a worker
+            process: what a separate process alone changes), `floor-shared` (one global thread pool for both
+            sessions, in a worker process); and, for reference, ORT's defaults (`floor-spin`, spinning on).
+            Workers are driven frame by frame over a pipe and timed inside.
 
 Scenarios: 1 and 5 persons (a pan/zoom video over 000000000785.jpg and 000000197388.jpg, persons moving
 ≤ 20 px per frame) × detector interval 1 and 5. Prints ms/frame, FPS and the ratios (toolkit/floor frame
@@ -151,15 +153,14 @@ class Floor:
         return len(self.pose.run(None, self.pose_feed)[0])
 
 
-class SharedPoolFloor:
-    """`Floor` with one process-wide ONNX Runtime thread pool, in a worker process (a global pool forbids
-    per-session pools in the same process); each frame is timed inside the worker."""
+class Worker:
+    """A contender in its own process, driven frame by frame and timed inside it: ONNX Runtime's global
+    thread pool exists only process-wide (and then forbids per-session pools), and a per-session floor in a
+    worker shows what the separate process alone changes. Kinds: `floor` (per-session pools, spinning off),
+    `floor-shared` and `toolkit-shared` (one global pool for the detector and the pose model)."""
 
-    def __init__(self, det: Path, pose: Path, det_input: np.ndarray, crops: np.ndarray, interval: int,
-                 threads: int | None, folder: Path) -> None:
-        np.save(folder / "det_input.npy", det_input)
-        np.save(folder / "crops.npy", crops)
-        self.proc = subprocess.Popen([sys.executable, __file__, "--floor-worker", str(det), str(pose), str(folder),
+    def __init__(self, kind: str, det: Path, pose: Path, interval: int, threads: int | None, folder: Path) -> None:
+        self.proc = subprocess.Popen([sys.executable, __file__, "--worker", kind, str(det), str(pose), str(folder),
                                       str(interval), str(threads or 0)], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout.readline().strip() == "ready"
@@ -175,16 +176,34 @@ class SharedPoolFloor:
         self.proc.wait(timeout=30)
 
 
-def floor_worker(det: str, pose: str, folder: str, interval: str, threads: str) -> None:
+def worker(kind: str, det: str, pose: str, folder: str, interval: str, threads: str) -> None:
     import onnxruntime as ort
 
-    ort.set_global_thread_pool_sizes(int(threads) or os.cpu_count() or 1, 1)
-    floor = Floor(Path(det), Path(pose), np.load(Path(folder) / "det_input.npy"), np.load(Path(folder) / "crops.npy"),
-                  int(interval), None, "floor-shared")
+    folder_path, shared = Path(folder), kind.endswith("-shared")
+    if shared:
+        ort.set_global_thread_pool_sizes(int(threads) or os.cpu_count() or 1, 1)  # before any session
+        import rtmw_edge.backends.onnxruntime as backend
+
+        per_session = backend.session_options
+
+        def session_options(threads=None):  # the toolkit's settings, on the global pool
+            opts = per_session(threads)
+            opts.use_per_session_threads = False
+            return opts
+
+        backend.session_options = session_options
+    if kind.startswith("floor"):
+        run = Floor(Path(det), Path(pose), np.load(folder_path / "det_input.npy"), np.load(folder_path / "crops.npy"),
+                    int(interval), int(threads) or None, "floor-shared" if shared else "floor")
+        video = None
+    else:
+        run = Toolkit(Path(det), Path(pose), int(interval), int(threads) or None)
+        video = np.load(folder_path / "video.npy")
     print("ready", flush=True)
     for line in sys.stdin:
+        t = int(line)
         start = time.perf_counter()
-        n = floor(None, int(line))
+        n = run(None if video is None else video[t], t)
         print(n, time.perf_counter() - start, flush=True)
 
 
@@ -217,8 +236,8 @@ def measure(contenders: dict, frames: list[np.ndarray], warmup: int, gap: float 
 
 
 def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] == "--floor-worker":
-        return floor_worker(*sys.argv[2:7])
+    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
+        return worker(*sys.argv[2:8])
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--frames", type=int, default=40, help="video frames per scenario (after the warm-up)")
     ap.add_argument("--warmup", type=int, default=3)
@@ -255,19 +274,29 @@ def main() -> None:
             crops, _, _ = probe.pose.preprocess(video[0], boxes)
             det_input, _ = probe.detector.preprocess(video[0])
             for interval in (int(v) for v in args.intervals.split(",")):
-                shared = SharedPoolFloor(det, pose, det_input, crops, interval, args.threads, Path(tmp))
+                folder = Path(tmp)
+                np.save(folder / "det_input.npy", det_input)
+                np.save(folder / "crops.npy", crops)
+                np.save(folder / "video.npy", np.stack(video))
+                workers = {kind: Worker(kind, det, pose, interval, args.threads, folder)
+                           for kind in ("toolkit-shared", "floor-worker", "floor-shared")}
                 contenders = {
                     "rtmlib": Rtmlib(rtmlib, det, pose, interval),
                     "toolkit": Toolkit(det, pose, interval, args.threads),
+                    "toolkit-shared": workers["toolkit-shared"],
                     "floor": Floor(det, pose, det_input, crops, interval, args.threads, "floor"),
-                    "floor-shared": shared,
+                    "floor-worker": workers["floor-worker"],
+                    "floor-shared": workers["floor-shared"],
                     "floor-spin": Floor(det, pose, det_input, crops, interval, args.threads, "floor-spin"),
                 }
                 result = measure(contenders, video, args.warmup)
-                shared.close()
-                best_floor = min(("floor", "floor-shared"), key=lambda m: result[m]["ms_mean"])
+                for w in workers.values():
+                    w.close()
+                best_floor = min(("floor", "floor-worker", "floor-shared"), key=lambda m: result[m]["ms_mean"])
                 row = {"persons": n, "det_interval": interval, "results": result, "best_floor": best_floor,
                        "toolkit_over_floor": result["toolkit"]["ms_mean"] / result[best_floor]["ms_mean"],
+                       "toolkit_shared_over_floor": result["toolkit-shared"]["ms_mean"]
+                       / result[best_floor]["ms_mean"],
                        "toolkit_fps_over_rtmlib": result["toolkit"]["fps"] / result["rtmlib"]["fps"]}
                 report["scenarios"].append(row)
                 print(f"\n{n} person(s), detector every {interval} frame(s), {args.frames} frames "
@@ -275,7 +304,8 @@ def main() -> None:
                 for name, r in result.items():
                     print(f"  {name:13s} {r['ms_mean']:7.1f} ms/frame (median {r['ms_median']:6.1f})  "
                           f"{r['fps']:6.2f} FPS  persons {r['persons_mean']:.1f}")
-                print(f"  toolkit / {best_floor}: {row['toolkit_over_floor']:.3f} × frame time;  "
+                print(f"  toolkit / {best_floor}: {row['toolkit_over_floor']:.3f} × frame time "
+                      f"(toolkit-shared: {row['toolkit_shared_over_floor']:.3f});  "
                       f"toolkit / rtmlib: {row['toolkit_fps_over_rtmlib']:.2f} × FPS", flush=True)
     print(f"\n{report['date']}, {report['machine']['cpu']} ({report['machine']['cores']} cores), "
           f"onnxruntime {ort.__version__}, rtmlib {report['machine']['rtmlib']}")
