@@ -105,7 +105,7 @@ def _same_keypoints(a: PoseEstimator, expected: list, images) -> int:
 LAYOUTS = {
     # name: (own model, registered spec, how the foreign file is made, hint the test gives)
     "mmdeploy-sdk-rtmw": ("rtmw-m", "rtmw-m-256x192", "sdk", None),
-    "rtmlib-zoo-rtmw": ("rtmw-m", "rtmw-m-256x192", "plain", "spec"),
+    "rtmlib-zoo-dwpose133": ("dwpose-t", "dwpose-t-256x192", "plain", "spec"),
     "mmpose-export-symbolic-k": ("rtmw-m", "rtmw-m-256x192", "symbolic", "spec"),
     "mmpose-export-opaque-k-rtmpose17": ("rtmpose-t", "rtmpose-t-256x192", "opaque", "spec"),
     "static-batch-1-rtmpose17": ("rtmpose-t-b1", "rtmpose-t-256x192", "plain", "spec"),
