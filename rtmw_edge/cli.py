@@ -164,7 +164,11 @@ def check_cmd(candidate: Path = typer.Argument(..., help="The converted model (.
 def run_cmd(source: str = typer.Argument(..., help="Image, folder, video, camera index, RTSP/HTTP URL or image URL."),
             det: str = typer.Option("rtmdet-nano-person", "--det", help="Detector: .onnx or registered name."),
             pose: str = typer.Option("rtmw-m-256x192", "--pose", help="Pose model: .onnx or registered name."),
-            backend: str = typer.Option("auto", help="auto, onnxruntime, tensorrt or torch-cuda (GPU pipeline)."),
+            backend: str = typer.Option("auto", help="auto, onnxruntime, tensorrt, torch-cuda (GPU pipeline) or "
+                                        "triton (a Triton server: --triton-url)."),
+            triton_url: str | None = typer.Option(None, "--triton-url", help="Triton server HOST:PORT (gRPC; "
+                                                  "http://HOST:PORT for HTTP); implies --backend triton."),
+            triton_model: str = typer.Option("rtmw_pipeline", "--triton-model", help="The server's pipeline model."),
             out_jsonl: Path | None = typer.Option(None, "--out", help="JSON lines, one object per frame."),
             coco: Path | None = typer.Option(None, "--coco", help="COCO keypoint results JSON."),
             save: Path | None = typer.Option(None, "--save", help="Annotated output: .jpg/.png (one image), "
@@ -186,7 +190,8 @@ def run_cmd(source: str = typer.Argument(..., help="Image, folder, video, camera
     """Detect people and estimate their keypoints (2D, or 3D with RTMW3D) on images, videos and cameras."""
     from .run import RunOptions, run_source
 
-    opts = RunOptions(source=source, det=det, pose=pose, backend=backend, out_jsonl=out_jsonl, coco=coco, save=save,
+    opts = RunOptions(source=source, det=det, pose=pose, backend=backend, triton_url=triton_url,
+                      triton_model=triton_model, out_jsonl=out_jsonl, coco=coco, save=save,
                       plot_3d=plot_3d, show=show, flip_test=flip_test, track=track, smooth=smooth,
                       smooth_min_cutoff=smooth_min_cutoff, smooth_beta=smooth_beta, max_persons=max_persons,
                       det_threshold=det_threshold, kpt_threshold=kpt_threshold, focal=focal, principal=principal,
@@ -300,7 +305,7 @@ def bench_cmd(det: str = typer.Option("rtmdet-nano-person", "--det", help="Detec
 
 
 # Command groups that live in their own modules (each defines `register(app)`), keeping this file small.
-COMMAND_MODULES = ("cli_calibrate", "cli_engines", "cli_serve")
+COMMAND_MODULES = ("cli_calibrate", "cli_engines", "cli_serve", "cli_triton")
 
 
 def _register_command_modules() -> None:

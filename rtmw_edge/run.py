@@ -30,6 +30,8 @@ class RunOptions:
     det: str = "rtmdet-nano-person"
     pose: str = "rtmw-m-256x192"
     backend: str = "auto"
+    triton_url: str | None = None          # --backend triton: the server (rtmw_edge/triton/client.py)
+    triton_model: str = "rtmw_pipeline"
     out_jsonl: Path | None = None
     coco: Path | None = None
     save: Path | None = None
@@ -132,6 +134,22 @@ def _show(image: np.ndarray) -> bool:
                             "use --save instead on headless machines") from None
 
 
+def triton_estimator(opts: RunOptions, camera: G.Camera | None, smoothing: dict):
+    """--backend triton: the server's pipeline model runs the models (rtmw_edge/triton/client.py)."""
+    from .triton.client import TritonPoseEstimator
+
+    if opts.backend not in ("auto", "triton"):
+        raise RtmwEdgeError(f"--triton-url sends frames to a Triton server; it does not go with --backend {opts.backend}")
+    if not opts.triton_url:
+        raise RtmwEdgeError("--backend triton needs --triton-url HOST:PORT (gRPC; http://HOST:PORT for HTTP)")
+    if (opts.det, opts.pose) != (RunOptions.det, RunOptions.pose):
+        raise RtmwEdgeError("with --backend triton the server's repository decides the models: drop --det/--pose "
+                            "(re-export the repository to change them)")
+    return TritonPoseEstimator(opts.triton_url, model=opts.triton_model, flip_test=opts.flip_test,
+                               det_threshold=opts.det_threshold, max_persons=opts.max_persons, camera=camera,
+                               track=opts.track, smooth=opts.smooth, smoothing=smoothing or None)
+
+
 def run_source(opts: RunOptions, console=None) -> str:
     """Process the whole source; returns a one-line summary."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -145,10 +163,13 @@ def run_source(opts: RunOptions, console=None) -> str:
     estimator_class = PoseEstimator
     if opts.backend in ("tensorrt", "torch-cuda"):  # the CUDA-stream pipeline (rtmw_edge/cuda/pipeline.py)
         from .cuda.pipeline import GpuPoseEstimator as estimator_class
-    estimator = estimator_class(opts.det, opts.pose, backend=opts.backend, flip_test=opts.flip_test,
-                                max_persons=opts.max_persons, det_threshold=opts.det_threshold,
-                                kpt_threshold=opts.kpt_threshold, track=opts.track, smooth=opts.smooth, camera=camera,
-                                threads=opts.threads, smoothing=smoothing or None)
+    if opts.backend == "triton" or opts.triton_url:
+        estimator = triton_estimator(opts, camera, smoothing)
+    else:
+        estimator = estimator_class(opts.det, opts.pose, backend=opts.backend, flip_test=opts.flip_test,
+                                    max_persons=opts.max_persons, det_threshold=opts.det_threshold,
+                                    kpt_threshold=opts.kpt_threshold, track=opts.track, smooth=opts.smooth,
+                                    camera=camera, threads=opts.threads, smoothing=smoothing or None)
     if opts.plot_3d is not None and estimator.info.task != "pose3d":
         raise RtmwEdgeError("--plot-3d needs an RTMW3D pose model")
     source = open_source(opts.source, loop=opts.loop)
