@@ -5,6 +5,7 @@ Every `RtmwEdgeError` becomes one line on stderr and exit code 1; usage errors e
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -169,8 +170,12 @@ def run_cmd(source: str = typer.Argument(..., help="Image, folder, video, camera
             triton_url: str | None = typer.Option(None, "--triton-url", help="Triton server HOST:PORT (gRPC; "
                                                   "http://HOST:PORT for HTTP); implies --backend triton."),
             triton_model: str = typer.Option("rtmw_pipeline", "--triton-model", help="The server's pipeline model."),
-            out_jsonl: Path | None = typer.Option(None, "--out", help="JSON lines, one object per frame."),
-            coco: Path | None = typer.Option(None, "--coco", help="COCO keypoint results JSON."),
+            out_jsonl: str | None = typer.Option(None, "--out", help="JSON lines, one object per frame, written "
+                                                 "as they come ('-': standard output)."),
+            coco: Path | None = typer.Option(None, "--coco", help="COCO keypoint results JSON (image ids from --ann "
+                                             "or from COCO-style file names)."),
+            ann: Path | None = typer.Option(None, "--ann", help="COCO annotation whose file names give --coco its "
+                                            "image ids."),
             save: Path | None = typer.Option(None, "--save", help="Annotated output: .jpg/.png (one image), "
                                              ".mp4/.avi (video) or a folder (one image per frame)."),
             plot_3d: Path | None = typer.Option(None, "--plot-3d", help="RTMW3D: 3D skeleton PNG of the last frame."),
@@ -178,26 +183,37 @@ def run_cmd(source: str = typer.Argument(..., help="Image, folder, video, camera
             flip_test: bool = typer.Option(False, "--flip-test", help="Average with the mirrored crop."),
             track: bool = typer.Option(False, "--track", help="Stable track ids across frames."),
             smooth: bool = typer.Option(False, "--smooth", help="One-Euro keypoint smoothing (implies --track)."),
-            smooth_min_cutoff: float | None = typer.Option(None, help="One-Euro min cutoff."),
-            smooth_beta: float | None = typer.Option(None, help="One-Euro speed coefficient."),
+            smooth_min_cutoff: float | None = typer.Option(None, help="One-Euro min cutoff (Hz, > 0)."),
+            smooth_beta: float | None = typer.Option(None, help="One-Euro speed coefficient (>= 0)."),
             max_persons: int = typer.Option(32, "--max-persons", help="Keep at most this many (highest scores)."),
             det_threshold: float = typer.Option(0.3, "--det-threshold", help="Detector score threshold."),
             kpt_threshold: float = typer.Option(0.3, "--kpt-threshold", help="Keypoint score threshold for drawing."),
             focal: str | None = typer.Option(None, help="RTMW3D camera focal length 'fx,fy' in pixels."),
             principal: str | None = typer.Option(None, help="RTMW3D principal point 'cx,cy' (default: centre)."),
             threads: int | None = typer.Option(None, help="ONNX Runtime intra-op threads (default: all cores)."),
-            loop: bool = typer.Option(False, "--loop", help="Restart a video file at its end.")) -> None:
-    """Detect people and estimate their keypoints (2D, or 3D with RTMW3D) on images, videos and cameras."""
+            loop: bool = typer.Option(False, "--loop", help="Restart a video file at its end."),
+            strict: bool = typer.Option(False, "--strict", help="Stop at the first unreadable image or frame "
+                                        "(default: skip it with a warning, exit 1 at the end).")) -> None:
+    """Detect people and estimate their keypoints (2D, or 3D with RTMW3D) on images, videos and cameras.
+
+    Progress, warnings and the summary go to standard error; standard output carries only `--out -`."""
     from .run import RunOptions, run_source
 
     opts = RunOptions(source=source, det=det, pose=pose, backend=backend, triton_url=triton_url,
-                      triton_model=triton_model, out_jsonl=out_jsonl, coco=coco, save=save,
+                      triton_model=triton_model, out_jsonl=None if out_jsonl is None else Path(out_jsonl), coco=coco,
+                      ann=ann, save=save,
                       plot_3d=plot_3d, show=show, flip_test=flip_test, track=track, smooth=smooth,
                       smooth_min_cutoff=smooth_min_cutoff, smooth_beta=smooth_beta, max_persons=max_persons,
                       det_threshold=det_threshold, kpt_threshold=kpt_threshold, focal=focal, principal=principal,
-                      threads=threads, loop=loop)
-    summary = run_source(opts, console=out)
-    out.print(summary)
+                      threads=threads, loop=loop, strict=strict)
+    log = Console(stderr=True)
+    summary = run_source(opts, console=log)
+    log.print(str(summary), highlight=False, markup=False, soft_wrap=True)
+    if summary.interrupted is not None:
+        raise summary.interrupted
+    if summary.skipped:
+        raise RtmwEdgeError(f"{summary.skipped} unreadable {summary.skipped_kind}(s) skipped (warnings above); the "
+                            "outputs hold the others (--strict stops at the first one)")
 
 
 @app.command("eval")
@@ -213,7 +229,7 @@ def eval_cmd(ann: Path = typer.Option(..., "--ann", help="COCO / COCO-WholeBody 
              out_json: Path | None = typer.Option(None, "--out", help="Write the metrics as JSON.")) -> None:
     """Keypoint AP/AR (pycocotools) per body part and whole body on COCO-WholeBody (or body on COCO)."""
     from .evaluate import METRICS, evaluate_predictions, run_eval
-    from .results import AtomicWriter
+    from .outputs import atomic_output
 
     if predictions is not None:
         extra = [flag for flag, given in (("--pose", pose), ("--det", det), ("--gt-boxes", gt_boxes),
@@ -237,7 +253,7 @@ def eval_cmd(ann: Path = typer.Option(..., "--ann", help="COCO / COCO-WholeBody 
         table.add_row(part, *("-" if values[m] is None else f"{values[m]:.4f}" for m in METRICS))
     out.print(table)
     if out_json is not None:
-        with AtomicWriter(out_json) as f:
+        with atomic_output(out_json) as f:
             json.dump(metrics, f, indent=2)
         out.print(f"metrics → {out_json}")
 
@@ -258,7 +274,7 @@ def bench_cmd(det: str = typer.Option("rtmdet-nano-person", "--det", help="Detec
     """Per-stage latency (p50/p90/p99), end-to-end FPS and the cost of each extra person."""
     from .bench import Config, benchmark, person_tiles, plot
     from .errors import RtmwEdgeError
-    from .results import AtomicWriter
+    from .outputs import atomic_output
 
     try:
         counts = sorted({int(v) for v in persons.split(",")})
@@ -298,7 +314,7 @@ def bench_cmd(det: str = typer.Option("rtmdet-nano-person", "--det", help="Detec
             out.print(f"{cfg['name']}: {cfg['ms_per_extra_person']:.1f} ms per extra person")
     out.print(table)
     if json_out is not None:
-        with AtomicWriter(json_out) as f:
+        with atomic_output(json_out) as f:
             json.dump(report, f, indent=2)
     if plot_out is not None:
         plot(report, plot_out)
@@ -320,22 +336,77 @@ def _register_command_modules() -> None:
 _register_command_modules()
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Console entry point: typer app with one-line errors instead of tracebacks."""
-    err = Console(stderr=True)
-    try:
-        app(args=argv)  # standalone: usage errors print and exit 2 through SystemExit
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    except RtmwEdgeError as exc:
-        from rich.markup import escape
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
 
-        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        return 1
-    except KeyboardInterrupt:
+
+def _install_sigterm() -> object:
+    """SIGTERM raises `Terminated` in the main thread (like Ctrl-C's KeyboardInterrupt), so every command
+    finalises or removes its outputs on the way out; returns the previous handler."""
+    import signal
+    import threading
+
+    from .errors import Terminated
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def terminate(signum, frame):
+        raise Terminated()
+
+    return signal.signal(signal.SIGTERM, terminate)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: one `error:` line instead of a traceback, and exit codes scripts can rely on:
+    0 success, 1 error while working, 2 usage error (before any work), 3 a command's own verdict (calibrate's
+    target missed, build --check stale), 130 Ctrl-C, 143 SIGTERM."""
+    import os
+    import signal
+
+    import typer.core
+    from rich.markup import escape
+
+    from .errors import Terminated
+
+    click = getattr(typer.core, "_click", None) or typer.core.click  # typer ≥ 0.22 vendors click as _click
+    err = Console(stderr=True)
+
+    def error(message: str) -> None:
+        err.print(f"[red]error:[/red] {escape(_one_line(message))}", highlight=False, soft_wrap=True)
+
+    previous = _install_sigterm()
+    try:
+        code = app(args=argv, standalone_mode=False, prog_name="rtmw-edge")
+        return code if isinstance(code, int) else 0
+    except click.ClickException as exc:  # usage: unknown option, missing argument, bad value
+        command = exc.ctx.command_path if getattr(exc, "ctx", None) is not None else "rtmw-edge"
+        error(f"{exc.format_message()} (see `{command} --help`)")
+        return 2
+    except RtmwEdgeError as exc:
+        error(str(exc))
+        return exc.exit_code
+    except (KeyboardInterrupt, typer.Abort):
         err.print("interrupted")
         return 130
-    return 0
+    except Terminated:
+        err.print("terminated")
+        return 143
+    except BrokenPipeError:  # `rtmw-edge run x --out - | head`: the reader left
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except Exception as exc:  # a bug: still one line (RTMW_EDGE_DEBUG=1 shows the traceback)
+        if os.environ.get("RTMW_EDGE_DEBUG"):
+            raise
+        error(f"internal error: {type(exc).__name__}: {exc} (please report it; RTMW_EDGE_DEBUG=1 shows the "
+              "traceback)")
+        return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import RtmwEdgeError, require
+from ..errors import RtmwEdgeError, UsageError, require
 from ..results import FrameResult, Person
 from . import PIPELINE_MODEL
 
@@ -64,14 +64,14 @@ def parse_url(url: str) -> TritonUrl:
             break
     else:
         if "://" in text:
-            raise RtmwEdgeError(f"--triton-url {url!r}: use host:port, grpc://host:port or http://host:port")
+            raise UsageError(f"--triton-url {url!r}: use host:port, grpc://host:port or http://host:port")
     text = text.rstrip("/")
     host, sep, port = text.rpartition(":")
     if not sep:
         host, port = text, str(DEFAULT_PORTS[protocol])
     host = host.strip("[]")
     if not host or not port.isdigit() or not 0 < int(port) < 65536 or "/" in host:
-        raise RtmwEdgeError(f"--triton-url {url!r}: expected host:port (e.g. 127.0.0.1:8001)")
+        raise UsageError(f"--triton-url {url!r}: expected host:port (e.g. 127.0.0.1:8001)")
     return TritonUrl(protocol, host, int(port))
 
 
@@ -84,13 +84,13 @@ class TritonPoseEstimator:
                  flip_test: bool = False, track: bool = False, smooth: bool = False,
                  smoothing: dict | None = None) -> None:
         if encoding not in ENCODINGS:
-            raise RtmwEdgeError(f"encoding must be one of {', '.join(ENCODINGS)}, not {encoding!r}")
+            raise UsageError(f"encoding must be one of {', '.join(ENCODINGS)}, not {encoding!r}")
         if timeout <= 0 or retries < 0 or backoff < 0:
-            raise RtmwEdgeError("timeout must be positive, retries and backoff at least 0")
+            raise UsageError("timeout must be positive, retries and backoff at least 0")
         if det_threshold is not None and not 0.0 <= det_threshold <= 1.0:
-            raise RtmwEdgeError("--det-threshold must be in [0, 1]")
+            raise UsageError("--det-threshold must be in [0, 1]")
         if max_persons is not None and max_persons < 1:
-            raise RtmwEdgeError("--max-persons must be at least 1")
+            raise UsageError("--max-persons must be at least 1")
         self.url = parse_url(url)
         self.model = model
         self.timeout, self.retries, self.backoff = float(timeout), int(retries), float(backoff)
@@ -101,7 +101,7 @@ class TritonPoseEstimator:
         self.params = self._wait_ready(ready_timeout)
         self.info = self.params.info
         if flip_test and not self.params["flip_test"]:
-            raise RtmwEdgeError(f"the server's {model} runs without flip test: re-export the repository with "
+            raise UsageError(f"the server's {model} runs without flip test: re-export the repository with "
                                 "`rtmw-edge triton export --flip-test`, or drop --flip-test")
         self.tracker = None
         if track or smooth:

@@ -24,18 +24,16 @@ beside the target and renamed into place at the end.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 
 from .. import __version__
 from ..backends import ENGINE_SUFFIXES
-from ..errors import RtmwEdgeError
+from ..errors import OutputPathError, RtmwEdgeError, UsageError
+from ..outputs import atomic_dir, check_output
 from . import DET_MODEL, PIPELINE_MODEL, POSE_MODEL
 
 REPOSITORY_SCHEMA = 1
@@ -245,7 +243,8 @@ def _tensor_line(t: Tensor, batched: bool, optional: bool = False) -> str:
     if not dims:
         raise TritonExportError(f"tensor {t.name!r} has no dimensions besides the batch")
     extra = " optional: true" if optional else ""
-    return f"  {{ name: {_q(t.name)} data_type: {_TRITON_TYPES[t.dtype]} dims: [ {', '.join(map(str, dims))} ]{extra} }}"
+    shape = ", ".join(map(str, dims))
+    return f"  {{ name: {_q(t.name)} data_type: {_TRITON_TYPES[t.dtype]} dims: [ {shape} ]{extra} }}"
 
 
 def _io_block(key: str, tensors: list[tuple[Tensor, bool]], batched: bool) -> str:
@@ -375,12 +374,6 @@ class ExportResult:
     pose: ModelFile
 
 
-def _umask_mode(base: int = 0o777) -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return base & ~mask
-
-
 def _copy(src: Path, dst: Path, progress=None) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(src, dst)
@@ -393,110 +386,64 @@ def export_repository(det: str | Path, pose: str | Path, output: str | Path, *, 
                       nms_iou: float = 0.3, max_persons: int = 32, pipeline_name: str = PIPELINE_MODEL,
                       instances: int = DEFAULT_PIPELINE_INSTANCES, queue_delay_us: int = DEFAULT_QUEUE_DELAY_US,
                       threads: int = 0, force: bool = False, progress: bool = True, console=None) -> ExportResult:
-    """Write the repository (see the module doc). Checks everything first; writes atomically (temp folder beside
-    `output`, renamed at the end); `force` replaces an existing repository."""
-    from ..engines import parse_batch
+    """Write the repository (see the module doc). Checks `output` (rtmw_edge.outputs: never over an input; an
+    existing non-empty folder only with `force`) and every input first; writes atomically (`atomic_dir`: a
+    temporary folder beside `output`, renamed into place at the end)."""
+    from ..engines import EngineError, parse_batch
     from ..pipeline import TopDownPose
 
-    output = Path(output)
-    batch = parse_batch(pose_batch) if pose_batch is not None else None
     if instances < 1 or max_persons < 1 or queue_delay_us < 0 or threads < 0:
-        raise TritonExportError("--instances and --max-persons must be at least 1; --queue-delay-us and --threads "
-                                "at least 0")
-    if not 0.0 <= det_threshold <= 1.0:
-        raise TritonExportError("--det-threshold must be in [0, 1]")
-    for name in (pipeline_name,):
-        if not name or "/" in name or name in (DET_MODEL, POSE_MODEL) or name.startswith("."):
-            raise TritonExportError(f"--name {name!r}: needs a plain model name other than {DET_MODEL}/{POSE_MODEL}")
+        raise UsageError("--instances and --max-persons must be at least 1; --queue-delay-us and --threads at least 0")
+    if not 0.0 <= det_threshold <= 1.0 or not 0.0 < nms_iou <= 1.0:
+        raise UsageError("--det-threshold must be in [0, 1] and --nms-iou in (0, 1]")
+    if not pipeline_name or not pipeline_name.replace("_", "").replace("-", "").isalnum() or \
+            pipeline_name in (DET_MODEL, POSE_MODEL):
+        raise UsageError(f"--name {pipeline_name!r}: a plain model name (letters, digits, _ and -) other than "
+                         f"{DET_MODEL} and {POSE_MODEL}")
+    try:
+        batch = parse_batch(pose_batch) if pose_batch is not None else None
+    except EngineError as exc:
+        raise UsageError(str(exc).replace("--batch", "--pose-batch")) from None
+    target = check_output(output, option="-o", inputs=[det, pose], kind="dir")
+    if target.is_dir() and any(target.iterdir()) and not force:
+        raise OutputPathError(f"-o {output} exists and is not empty: pass --force to replace it")
     det_file, pose_file = read_model_file(det, "det"), read_model_file(pose, "pose", batch)
     if cpu and "engine" in (det_file.kind, pose_file.kind):
         raise TritonExportError("--cpu serves ONNX files with ONNX Runtime in the Python backend; TensorRT engines "
                                 "need a GPU server (drop --cpu, or pass the .onnx files)")
     TopDownPose(SimpleNamespace(path=pose_file.path), flip_test, info=pose_file.info)  # --flip-test fits the model?
-    _check_output(output, [det_file.path, pose_file.path], force)
 
     params = pipeline_parameters(det_file, pose_file, flip_test=flip_test, det_threshold=det_threshold,
                                  nms_iou=nms_iou, max_persons=max_persons)
-    files = [f for f in (det_file, pose_file)]
-    steps = 2 + sum(1 + len(f.extra_files) for f in files)
+    steps = 2 + sum(1 + len(f.extra_files) for f in (det_file, pose_file))
     from rich.progress import Progress
 
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".partial", dir=output.parent))
-    try:
-        with Progress(console=console, transient=True, disable=not progress) as bar:
-            task = bar.add_task(f"triton export → {output}", total=steps)
+    with atomic_dir(target) as tmp, Progress(console=console, transient=True, disable=not progress) as bar:
+        task = bar.add_task(f"triton export → {output}", total=steps)
 
-            def advance() -> None:
-                bar.advance(task)
+        def advance() -> None:
+            bar.advance(task)
 
-            models = {}
-            for mf, name in ((det_file, DET_MODEL), (pose_file, POSE_MODEL)):
-                folder = tmp / name
-                if mf.kind == "engine":
-                    _copy(mf.path, folder / "1" / "model.plan", advance)
-                    models[name] = "tensorrt_plan"
-                else:
-                    _copy(mf.path, folder / "1" / "model.onnx", advance)
-                    for extra in mf.extra_files:
-                        _copy(mf.path.parent / extra, folder / "1" / extra, advance)
-                    if cpu:
-                        (folder / "1" / "model.py").write_text(
-                            SHIM.format(module="rtmw_edge/triton/models.py", cls="OnnxRuntimeModel"))
-                    models[name] = "python (ONNX Runtime)" if cpu else "onnxruntime_onnx"
-                (folder / "config.pbtxt").write_text(model_config(mf, name, cpu=cpu, queue_delay_us=queue_delay_us,
-                                                                  threads=threads))
-            folder = tmp / pipeline_name
-            (folder / "1").mkdir(parents=True)
-            (folder / "1" / "model.py").write_text(SHIM.format(module="rtmw_edge/triton/models.py",
-                                                               cls="PipelineModel"))
-            (folder / "config.pbtxt").write_text(pipeline_config(params, pipeline_name, instances))
-            models[pipeline_name] = "python (BLS pipeline)"
-            bar.advance(task, 2)
-        _set_modes(tmp)
-        _replace(tmp, output)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return ExportResult(output, models, det_file, pose_file)
-
-
-def _check_output(output: Path, inputs: list[Path], force: bool) -> None:
-    """Validate -o before any work: a folder we may (re)place, never one holding an input."""
-    if not output.parent.is_dir():
-        raise TritonExportError(f"-o {output}: folder {output.parent} does not exist")
-    if not os.access(output.parent, os.W_OK):
-        raise TritonExportError(f"-o {output}: folder {output.parent} is not writable")
-    if output.exists() and not output.is_dir():
-        raise TritonExportError(f"-o {output} exists and is not a folder")
-    target = output.resolve()
-    for path in inputs:
-        if target == path.resolve().parent or target in path.resolve().parents:
-            raise TritonExportError(f"-o {output} contains the input {path}: write the repository elsewhere")
-    if output.is_dir() and any(output.iterdir()) and not force:
-        raise TritonExportError(f"-o {output} exists and is not empty: pass --force to replace it")
-
-
-def _set_modes(root: Path) -> None:
-    """mkdtemp makes 0700: give the tree the umask's modes, as any folder the user makes."""
-    dir_mode = _umask_mode()
-    os.chmod(root, dir_mode)
-    for path in root.rglob("*"):
-        if path.is_dir():
-            os.chmod(path, dir_mode)
-
-
-def _replace(tmp: Path, output: Path) -> None:
-    """Rename the finished repository into place (an existing one is moved aside first, then removed)."""
-    old = None
-    if output.exists():
-        old = output.with_name(f".{output.name}.old-{os.getpid()}")
-        os.replace(output, old)
-    try:
-        os.replace(tmp, output)
-    except BaseException:
-        if old is not None:
-            os.replace(old, output)
-        raise
-    if old is not None:
-        with contextlib.suppress(OSError):
-            shutil.rmtree(old)
+        models = {}
+        for mf, name in ((det_file, DET_MODEL), (pose_file, POSE_MODEL)):
+            folder = tmp / name
+            if mf.kind == "engine":
+                _copy(mf.path, folder / "1" / "model.plan", advance)
+                models[name] = "tensorrt_plan"
+            else:
+                _copy(mf.path, folder / "1" / "model.onnx", advance)
+                for extra in mf.extra_files:
+                    _copy(mf.path.parent / extra, folder / "1" / extra, advance)
+                if cpu:
+                    (folder / "1" / "model.py").write_text(
+                        SHIM.format(module="rtmw_edge/triton/models.py", cls="OnnxRuntimeModel"))
+                models[name] = "python (ONNX Runtime)" if cpu else "onnxruntime_onnx"
+            (folder / "config.pbtxt").write_text(model_config(mf, name, cpu=cpu, queue_delay_us=queue_delay_us,
+                                                              threads=threads))
+        folder = tmp / pipeline_name
+        (folder / "1").mkdir(parents=True)
+        (folder / "1" / "model.py").write_text(SHIM.format(module="rtmw_edge/triton/models.py", cls="PipelineModel"))
+        (folder / "config.pbtxt").write_text(pipeline_config(params, pipeline_name, instances))
+        models[pipeline_name] = "python (BLS pipeline)"
+        bar.advance(task, 2)
+    return ExportResult(Path(output), models, det_file, pose_file)
