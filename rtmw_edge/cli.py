@@ -260,9 +260,12 @@ def eval_cmd(ann: Path = typer.Option(..., "--ann", help="COCO / COCO-WholeBody 
 
 @app.command("bench")
 def bench_cmd(det: str = typer.Option("rtmdet-nano-person", "--det", help="Detector: .onnx or registered name."),
-              pose: list[str] = typer.Option(..., "--pose", help="Pose model(s): repeat to compare (e.g. FP32 "
+              pose: list[str] = typer.Option([], "--pose", help="Pose model(s): repeat to compare (e.g. FP32 "
                                              "and FP16 exports) side by side."),
-              backend: list[str] = typer.Option(["auto"], "--backend", help="Backend(s): repeat to compare."),
+              backend: list[str] = typer.Option(["auto"], "--backend", help="Backend(s): repeat to compare "
+                                                "(triton: the server at --triton-url, end-to-end time only)."),
+              triton_url: str | None = typer.Option(None, "--triton-url", help="Triton server HOST:PORT for "
+                                                    "--backend triton."),
               persons: str = typer.Option("1,2,4,8,16,32", help="People per synthetic frame, comma-separated."),
               frames: int = typer.Option(20, help="Timed frames per point (after 2 warm-up frames)."),
               ann: Path | None = typer.Option(None, help="COCO annotation file whose people are tiled "
@@ -273,7 +276,7 @@ def bench_cmd(det: str = typer.Option("rtmdet-nano-person", "--det", help="Detec
               plot_out: Path | None = typer.Option(None, "--plot", help="Write the stage/person plot as PNG.")) -> None:
     """Per-stage latency (p50/p90/p99), end-to-end FPS and the cost of each extra person."""
     from .bench import Config, benchmark, person_tiles, plot
-    from .errors import RtmwEdgeError
+    from .errors import RtmwEdgeError, UsageError
     from .outputs import atomic_output
 
     try:
@@ -288,7 +291,14 @@ def bench_cmd(det: str = typer.Option("rtmdet-nano-person", "--det", help="Detec
     if not ann.is_file():
         raise RtmwEdgeError(f"annotation file not found: {ann} (give --ann and --images)")
     configs = []
+    if "triton" in backend and not triton_url:
+        raise UsageError("--backend triton needs --triton-url HOST:PORT")
+    if any(b != "triton" for b in backend) and not pose:
+        raise UsageError("bench needs --pose for the local backends")
     for b in backend:
+        if b == "triton":  # the server's pipeline model: one configuration whatever --pose says
+            configs.append(Config("triton", det, "", b, triton_url))
+            continue
         for p in pose:
             label = Path(p).stem if len(backend) == 1 else f"{Path(p).stem}/{b}"
             while label in (c.name for c in configs):
@@ -305,10 +315,13 @@ def bench_cmd(det: str = typer.Option("rtmdet-nano-person", "--det", help="Detec
     for cfg in report["configs"]:
         for point in cfg["curve"]:
             st = point["stages_ms"]
-            other = point["stage_sum_ms"] - st["det_inference"]["mean"] - st["pose_inference"]["mean"]
             e2e = point["end_to_end_ms"]
-            table.add_row(cfg["name"], str(point["persons_detected"]), f"{st['det_inference']['mean']:.1f}",
-                          f"{st['pose_inference']['mean']:.1f}", f"{other:.1f}",
+            if st:
+                other = point["stage_sum_ms"] - st["det_inference"]["mean"] - st["pose_inference"]["mean"]
+                stages = (f"{st['det_inference']['mean']:.1f}", f"{st['pose_inference']['mean']:.1f}", f"{other:.1f}")
+            else:  # triton: the stages run on the server
+                stages = ("-", "-", "-")
+            table.add_row(cfg["name"], str(point["persons_detected"]), *stages,
                           f"{e2e['p50']:.1f} / {e2e['p90']:.1f} / {e2e['p99']:.1f}", f"{point['fps']:.2f}")
         if "ms_per_extra_person" in cfg:
             out.print(f"{cfg['name']}: {cfg['ms_per_extra_person']:.1f} ms per extra person")

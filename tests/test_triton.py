@@ -143,10 +143,10 @@ def test_missing_or_mismatched_inputs_write_nothing(engines, models, tmp_path, c
     (tmp_path / "bad-repo").mkdir()
     (tmp_path / "bad-repo" / "keep.txt").write_text("mine")
     code = main(["triton", "export", "--det", det, "--pose", pose, "-o", str(tmp_path / "bad-repo")])
-    assert code != 0 and "--force" in capsys.readouterr().err
+    assert code == 2 and "--force" in capsys.readouterr().err
     assert tree(tmp_path / "bad-repo") == {"keep.txt"}
     code = main(["triton", "export", "--det", det, "--pose", pose, "-o", str(engines["det"].parent), "--force"])
-    assert code != 0 and "contains the input" in capsys.readouterr().err
+    assert code == 2 and "holds the input" in capsys.readouterr().err
     assert engines["det"].is_file() and engines["pose"].is_file()
 
 
@@ -236,9 +236,8 @@ def local(models):
 
 
 def test_remote_run_equals_local_cpu_pipeline(server, local, tmp_path):
-    out, coco = tmp_path / "remote.jsonl", tmp_path / "remote.coco.json"
-    assert main(["run", str(IMAGES), "--backend", "triton", "--triton-url", server.grpc_url, "--out", str(out),
-                 "--coco", str(coco)]) == 0
+    out = tmp_path / "remote.jsonl"
+    assert main(["run", str(IMAGES), "--backend", "triton", "--triton-url", server.grpc_url, "--out", str(out)]) == 0
     frames = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(frames) == len(PHOTOS)
     for photo, frame in zip(PHOTOS, frames):
@@ -249,7 +248,6 @@ def test_remote_run_equals_local_cpu_pipeline(server, local, tmp_path):
         for got, want in zip(frame["persons"], ref.persons):
             assert np.abs(np.array(got["bbox"]) - want.bbox).max() <= 0.01  # JSON rounds to 0.01 px
             assert np.abs(np.array(got["keypoints"]) - want.keypoints).max() <= 0.005 + 1e-6
-    assert len(json.loads(coco.read_text())) == sum(len(r.persons) for r in local.values())
 
     # unrounded, through the API: keypoints within 1e-3 px, scores equal; HTTP and JPEG-free raw frames
     for protocol, url in (("grpc", server.grpc_url), ("http", server.http_url)):
@@ -360,3 +358,16 @@ def test_server_killed_mid_run_keeps_frames_and_exits_with_one_line(cpu_reposito
         assert len(frame["persons"]) == len(ref.persons)
         for got, want in zip(frame["persons"], ref.persons):
             assert np.abs(np.array(got["keypoints"]) - want.keypoints).max() <= 0.005 + 1e-6
+
+
+def test_bench_times_the_remote_path_beside_the_local_one(server, models, tmp_path):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--det", str(RAWHEAD), "--pose", str(models["pose"]), "--backend", "auto", "--backend",
+                 "triton", "--triton-url", server.grpc_url, "--persons", "1,2", "--frames", "2", "--out",
+                 str(out)]) == 0
+    local_cfg, remote_cfg = json.loads(out.read_text())["configs"]
+    assert remote_cfg["backend"] == "triton" and remote_cfg["pose_model"] == local_cfg["pose_model"]
+    assert [p["persons_detected"] for p in remote_cfg["curve"]] == [p["persons_detected"] for p in
+                                                                    local_cfg["curve"]] == [1, 2]
+    assert all(p["stages_ms"] == {} and p["end_to_end_ms"]["p50"] > 0 for p in remote_cfg["curve"])
+    assert main(["bench", "--backend", "triton"]) == 2  # no server given
