@@ -37,6 +37,7 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
     pass
 
 
+TASKS = ("pose2d", "pose3d", "detector", "pose")
 _AP_LABEL = {"wholebody_ap": "whole-body", "coco_ap": "COCO body", "person_ap": "person"}
 
 
@@ -51,8 +52,11 @@ def _headline_ap(spec) -> str:
 def models_list(task: str | None = typer.Option(None, help="Only pose2d, pose3d, detector or pose."),
                 as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
     """Table of registered models: task, keypoints, input size, parameters, published AP."""
+    from .errors import UsageError
     from .zoo import get_spec, list_models
 
+    if task is not None and task not in TASKS:
+        raise UsageError(f"--task must be one of {', '.join(TASKS)}, not {task!r}")
     specs = [get_spec(n) for n in list_models(task)]
     if as_json:
         out.print_json(json.dumps([{"name": s.name, "task": s.task, "keypoints": s.num_keypoints,
@@ -88,11 +92,13 @@ def models_download(name: str = typer.Argument(..., help="Registered model name.
                     directory: Path | None = typer.Option(None, "--dir", help="Where to keep it "
                                                              "(default: $RTMW_EDGE_HOME/checkpoints).")) -> None:
     """Download the official checkpoint (resumable, hash-checked) into the cache."""
-    from .hub import fetch
+    from .hub import checkpoints_dir, fetch
+    from .outputs import check_output
     from .zoo import get_spec
 
     spec = get_spec(name)
-    path = fetch(spec.checkpoint_url, directory=directory, sha256=sha256, hash_prefix=spec.hash_prefix)
+    folder = check_output(directory or checkpoints_dir(), option="--dir", kind="dir")
+    path = fetch(spec.checkpoint_url, directory=folder, sha256=sha256, hash_prefix=spec.hash_prefix)
     out.print(f"{name}: {path}")
 
 
@@ -112,11 +118,12 @@ def export_cmd(name: str = typer.Argument(..., help="Registered model name (see 
                trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint",
                                                      help="Allow any pickled object in it.")) -> None:
     """Export a registered model to a self-describing ONNX graph for ONNX Runtime and TensorRT."""
-    from .export import ExportError, export_onnx
+    from .errors import UsageError
+    from .export import export_onnx
 
     if batch != "dynamic":
         if not batch.isdigit():
-            raise ExportError(f"--batch must be 'dynamic' or a positive integer, not {batch!r}")
+            raise UsageError(f"--batch must be 'dynamic' or a positive integer, not {batch!r}")
         batch = int(batch)
     path = export_onnx(name, output, checkpoint=checkpoint, random_init=random_init, opset=opset, batch=batch,
                        decode=decode, flip_test=flip_test, precision=precision, simplify=not no_simplify,
@@ -135,13 +142,21 @@ def check_cmd(candidate: Path = typer.Argument(..., help="The converted model (.
               max_px: float = typer.Option(1.0, help="Pose: max p95 keypoint displacement (crop pixels)."),
               min_oks: float = typer.Option(0.95, help="Pose: min mean OKS against the reference."),
               min_recall: float = typer.Option(1.0, help="Detector: min recall of reference detections."),
+              min_iou: float = typer.Option(0.85, help="Detector: min mean IoU of the recovered detections."),
               json_out: Path | None = typer.Option(None, "--json", help="Also write the report as JSON."),
               trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint")) -> None:
     """Compare a converted model with its reference on real photos; exit 1 past the tolerances."""
     from .check import Tolerances, check_model
+    from .errors import UsageError
+    from .outputs import atomic_output, check_output
 
+    if max_samples < 1:
+        raise UsageError(f"--max-samples must be at least 1, not {max_samples}")
+    if not all(0.0 <= v <= 1.0 for v in (min_oks, min_recall, min_iou)) or max_rel < 0 or max_px < 0:
+        raise UsageError("--min-oks/--min-recall/--min-iou must be in [0, 1], --max-rel/--max-px >= 0")
+    json_out = check_output(json_out, option="--json", inputs=[candidate, against, images])
     report = check_model(candidate, against, images, max_samples=max_samples, trust_checkpoint=trust_checkpoint,
-                         tolerances=Tolerances(max_rel, max_px, min_oks, min_recall))
+                         tolerances=Tolerances(max_rel, max_px, min_oks, min_recall, min_iou))
     table = Table(title=f"check {report.candidate} against {report.reference} ({report.samples} samples)")
     table.add_column("measure")
     table.add_column("value", justify="right")
@@ -153,7 +168,8 @@ def check_cmd(candidate: Path = typer.Argument(..., help="The converted model (.
         table.add_row(f"{part}: mean px / OKS", f"{d['mean_px']:.3g} / {d['oks']:.4f}")
     out.print(table)
     if json_out is not None:
-        json_out.write_text(json.dumps(report.to_dict(), indent=2))
+        with atomic_output(json_out) as f:
+            json.dump(report.to_dict(), f, indent=2)
     if not report.passed:
         for failure in report.failures:
             out.print(f"[red]FAIL[/red] {failure}")
@@ -228,21 +244,23 @@ def eval_cmd(ann: Path = typer.Option(..., "--ann", help="COCO / COCO-WholeBody 
                                                      "JSON instead of running models."),
              out_json: Path | None = typer.Option(None, "--out", help="Write the metrics as JSON.")) -> None:
     """Keypoint AP/AR (pycocotools) per body part and whole body on COCO-WholeBody (or body on COCO)."""
+    from .errors import UsageError
     from .evaluate import METRICS, evaluate_predictions, run_eval
-    from .outputs import atomic_output
+    from .outputs import atomic_output, check_output
 
+    out_json = check_output(out_json, option="--out", inputs=[ann, images, pose, det, predictions])
     if predictions is not None:
         extra = [flag for flag, given in (("--pose", pose), ("--det", det), ("--gt-boxes", gt_boxes),
                                           ("--images", images), ("--flip-test", flip_test)) if given]
         if extra:
-            raise RtmwEdgeError(f"--predictions scores an existing results file; drop {', '.join(extra)}")
+            raise UsageError(f"--predictions scores an existing results file; drop {', '.join(extra)}")
         metrics = evaluate_predictions(ann, predictions)
         title = f"{predictions.name} on {ann.name}"
     else:
         if pose is None or images is None:
-            raise RtmwEdgeError("eval needs --pose and --images to run models (or --predictions to score a file)")
+            raise UsageError("eval needs --pose and --images to run models (or --predictions to score a file)")
         if gt_boxes == (det is not None):
-            raise RtmwEdgeError("eval needs exactly one of --det DETECTOR or --gt-boxes")
+            raise UsageError("eval needs exactly one of --det DETECTOR or --gt-boxes")
         metrics, _ = run_eval(ann, images, pose, det=det, gt_boxes=gt_boxes, backend=backend, flip_test=flip_test)
         title = f"{Path(pose).name} ({'GT boxes' if gt_boxes else Path(det).name}) on {ann.name}"
     table = Table(title=title)
@@ -276,15 +294,22 @@ def bench_cmd(det: str = typer.Option("rtmdet-nano-person", "--det", help="Detec
               plot_out: Path | None = typer.Option(None, "--plot", help="Write the stage/person plot as PNG.")) -> None:
     """Per-stage latency (p50/p90/p99), end-to-end FPS and the cost of each extra person."""
     from .bench import Config, benchmark, person_tiles, plot
-    from .errors import RtmwEdgeError, UsageError
-    from .outputs import atomic_output
+    from .errors import UsageError
+    from .outputs import atomic_output, check_output
 
     try:
         counts = sorted({int(v) for v in persons.split(",")})
     except ValueError:
-        raise RtmwEdgeError(f"--persons must be comma-separated integers, not {persons!r}") from None
+        raise UsageError(f"--persons must be comma-separated integers, not {persons!r}") from None
     if not counts or counts[0] < 1 or frames < 1:
-        raise RtmwEdgeError("--persons values and --frames must be at least 1")
+        raise UsageError("--persons values and --frames must be at least 1")
+    if threads is not None and threads < 1:
+        raise UsageError(f"--threads must be at least 1, not {threads}")
+    if plot_out is not None and plot_out.suffix.lower() != ".png":
+        raise UsageError("--plot writes a PNG picture: give a .png file name")
+    inputs = [det, *pose, ann, images]
+    json_out = check_output(json_out, option="--out", inputs=inputs, others=[plot_out])
+    plot_out = check_output(plot_out, option="--plot", inputs=inputs, others=[json_out])
     shared = Path(__file__).resolve().parents[2] / "shared" / "images"
     ann = ann or shared / "test_coco.json"
     images = images or ann.parent

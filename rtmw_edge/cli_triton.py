@@ -41,11 +41,9 @@ def export_cmd(det: str = typer.Option(..., "--det", help="Detector: .onnx, .eng
                threads: int = typer.Option(0, "--threads", help="--cpu: ONNX Runtime threads per model (0: all)."),
                force: bool = typer.Option(False, "--force", help="Replace an existing repository.")) -> None:
     """Write a Triton model repository: detector + pose models and the BLS pipeline model."""
-    from .pipeline import resolve_model
     from .triton.repository import export_repository, preferred_batch_sizes
 
-    det_path, pose_path = resolve_model(det, "det"), resolve_model(pose, "pose")
-    result = export_repository(det_path, pose_path, output, cpu=cpu, pose_batch=pose_batch, flip_test=flip_test,
+    result = export_repository(det, pose, output, cpu=cpu, pose_batch=pose_batch, flip_test=flip_test,
                                det_threshold=det_threshold, nms_iou=nms_iou, max_persons=max_persons,
                                pipeline_name=name, instances=instances, queue_delay_us=queue_delay_us,
                                threads=threads, force=force, console=out)
@@ -88,17 +86,23 @@ def serve_cmd(repository: Path = typer.Option(..., "--repository", help="Model r
               log: Path | None = typer.Option(None, "--log", help="Server log file (default: a temporary file)."),
               check_every: float = typer.Option(5.0, "--check-every", help="Seconds between health checks.")) -> None:
     """Run tritonserver (from the nvidia-pytriton wheel) on a repository, with health checks; stop: Ctrl-C/SIGTERM."""
-    from .errors import RtmwEdgeError
+    from .errors import RtmwEdgeError, UsageError
+    from .outputs import check_output
     from .triton.server import TritonServer, TritonServerError, ensure_server_env
 
+    ports = (grpc_port, http_port, metrics_port)
+    if min(ports) < 0 or max(ports) > 65535:
+        raise UsageError(f"ports must be in 0..65535 (0: a free one), not {', '.join(map(str, ports))}")
+    if timeout <= 0 or check_every <= 0:
+        raise UsageError("--timeout and --check-every must be positive")
+    log = check_output(log, option="--log", inputs=[repository])
     if not repository.is_dir():
-        raise RtmwEdgeError(f"--repository {repository}: folder not found")
+        raise RtmwEdgeError(f"--repository {repository}: " + ("not a folder" if repository.exists() else
+                                                              "folder not found"))
     models = sorted(p.parent.name for p in repository.glob("*/config.pbtxt"))
     if not models:
         raise RtmwEdgeError(f"--repository {repository} has no model folders with a config.pbtxt: make one with "
                             "`rtmw-edge triton export --cpu`")
-    if min(grpc_port, http_port, metrics_port) < 0 or max(grpc_port, http_port, metrics_port) > 65535:
-        raise RtmwEdgeError("ports must be in 0..65535")
     env = ensure_server_env(python, log=lambda text: out.print(text, highlight=False, markup=False))
     server = TritonServer(repository, host=host, grpc_port=grpc_port, http_port=http_port,
                           metrics_port=metrics_port, env=env, log_path=log)

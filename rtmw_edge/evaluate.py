@@ -40,6 +40,8 @@ _STATS_INDEX = {"AP": 0, "AP50": 1, "AP75": 2, "AR": 5, "AR50": 6}
 # --------------------------------------------------------------------------- loading and checking
 def _load_json(path: str | os.PathLike[str], what: str):
     path = Path(path)
+    if path.is_dir():
+        raise RtmwEdgeError(f"{path} is a folder: give the {what} file")
     if not path.is_file():
         raise RtmwEdgeError(f"{what} file not found: {path}")
     try:

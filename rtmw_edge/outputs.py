@@ -209,19 +209,21 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 class Stream:
     """A text stream written line by line under its final name (or to standard output for ``-``): every line
-    is flushed as it is written, so ``tail -f`` and pipes see it live and an interrupted run leaves a valid
-    prefix. Counts the lines it holds."""
+    is flushed as it is written, so ``tail -f`` and pipes see it live, and the file always ends with a
+    whole line — a write that fails half-way (disk full) is cut back to the last complete line, so what is
+    left is a valid prefix. Counts the lines it holds."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.lines = 0
         self.to_stdout = os.fspath(path) == STDOUT
+        self._good = 0  # bytes of complete lines
         if self.to_stdout:
-            self._file: IO[str] = sys.stdout
+            self._file: IO[bytes] = sys.stdout.buffer if hasattr(sys.stdout, "buffer") else sys.stdout
         else:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._file = open(self.path, "w", encoding="utf-8")  # the umask's mode
+                self._file = open(self.path, "wb")  # the umask's mode
             except OSError as exc:
                 raise _write_error(self.path, exc) from None
 
@@ -230,18 +232,32 @@ class Stream:
         return "standard output" if self.to_stdout else str(self.path)
 
     def write_line(self, line: str) -> None:
+        data = (line + "\n").encode()
         try:
-            self._file.write(line + "\n")
+            if self.to_stdout and not hasattr(sys.stdout, "buffer"):  # a captured text stream (tests)
+                self._file.write(line + "\n")
+            else:
+                self._file.write(data)
             self._file.flush()
         except OSError as exc:
             if exc.errno == errno.EPIPE:  # the reader went away (`| head`): stop quietly
                 raise BrokenPipeError(exc.errno, exc.strerror) from None
+            if not self.to_stdout:
+                self._cut_back()
             raise _write_error(self.path, exc) from None
+        self._good += len(data)
         self.lines += 1
+
+    def _cut_back(self) -> None:
+        """Drop a partly written last line (and whatever is still buffered)."""
+        with contextlib.suppress(OSError, ValueError):
+            self._file.close()
+        with contextlib.suppress(OSError):
+            os.truncate(self.path, self._good)
 
     def close(self) -> None:
         if not self.to_stdout:
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError, ValueError):
                 self._file.close()
 
 

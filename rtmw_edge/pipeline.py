@@ -139,6 +139,8 @@ class TopDownPose:
 def _registered(spec: str | Path, role: str):
     """The registry entry `spec` names (checked for its role), or None for a model file (checked to exist)."""
     path = Path(spec)
+    if path.is_dir():
+        raise RtmwEdgeError(f"--{role} {path} is a folder: give a model file (.onnx / .engine) or a registered name")
     if path.suffix.lower() in (".onnx", ".engine", ".plan", ".trt"):
         if not path.is_file():
             raise RtmwEdgeError(f"{role} model file not found: {path}")

@@ -202,7 +202,11 @@ _COCO_NAME = re.compile(r"^0*(\d+)$")
 
 class ImageIds:
     """COCO image ids of the frames: by file name from a COCO annotation (`--ann`), else from file names
-    that are numbers like COCO's (000000196141.jpg → 196141)."""
+    that are numbers like COCO's (000000196141.jpg → 196141).
+
+    With `--ann`, the annotation defines the images that can be scored: other images are still processed
+    (JSON lines, pictures) but left out of the COCO results, with one warning; none matching is an error.
+    Without it, every image needs a COCO-style name."""
 
     def __init__(self, ann: Path | None) -> None:
         self.by_name: dict[str, int] = {}
@@ -219,17 +223,23 @@ class ImageIds:
         match = _COCO_NAME.match(Path(name).stem)
         return int(match.group(1)) if match else None
 
-    def check(self, source) -> None:
-        """Every image of a still-image source must have an id; other sources have no file names."""
+    def check(self, source) -> str | None:
+        """Before any work: every image of a still-image source needs an id (see above); videos and cameras
+        have no image file names. Returns a warning for images left out, or None."""
         if source.kind not in ("image", "folder", "url-image"):
             raise UsageError(f"--coco needs image ids, and a {source.kind} has no image file names: use --out "
                              "(JSON lines) for videos and cameras")
         missing = [n for n in source.names if self(n) is None]
-        if missing:
-            how = (f"not in --ann {self.ann.name}" if self.ann is not None else
-                   "not a COCO-style number (000000196141.jpg); give --ann with the COCO annotation of these images")
-            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-            raise UsageError(f"--coco: no image id for {missing[0]}{more}: {how}")
+        if not missing:
+            return None
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        if self.ann is None:
+            raise UsageError(f"--coco: no image id for {missing[0]}{more}: not a COCO-style number "
+                             "(000000196141.jpg); give --ann with the COCO annotation of these images")
+        if len(missing) == len(source.names):
+            raise UsageError(f"--coco: none of the images is in --ann {self.ann.name} (e.g. {missing[0]})")
+        return (f"--coco: {len(missing)} image(s) not in {self.ann.name} are left out of the COCO results: "
+                f"{', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")
 
 
 # --------------------------------------------------------------------------- sinks
@@ -320,13 +330,15 @@ def run_source(opts: RunOptions, console=None) -> RunSummary:
     opts = plan_outputs(opts)
     camera = camera_from_options(opts.focal, opts.principal)
     image_ids = ImageIds(opts.ann) if opts.coco is not None else None
-    warn = (console.print if console is not None else lambda *a, **k: None)
     summary = RunSummary(max_persons=opts.max_persons)
 
-    def skipped(message: str) -> None:
-        warn(f"[yellow]warning:[/yellow] {message}", highlight=False, markup=True, soft_wrap=True)
+    def warn(message: str) -> None:
+        if console is not None:
+            from rich.markup import escape
 
-    source = open_source(opts.source, loop=opts.loop, skip_bad=not opts.strict, on_skip=skipped)
+            console.print(f"[yellow]warning:[/yellow] {escape(message)}", highlight=False, soft_wrap=True)
+
+    source = open_source(opts.source, loop=opts.loop, skip_bad=not opts.strict, on_skip=warn)
     stream = None
     pictures = None
     coco: list[dict] = []
@@ -337,7 +349,9 @@ def run_source(opts: RunOptions, console=None) -> RunSummary:
         multi = source.kind not in ("image", "url-image")
         summary.skipped_kind = "image" if source.kind == "folder" else "frame"
         if image_ids is not None:
-            image_ids.check(source)
+            note = image_ids.check(source)
+            if note:
+                warn(note)
         pictures = PictureSink(opts.save, multi, source.fps) if opts.save else None
         smoothing = {k: v for k, v in (("min_cutoff", opts.smooth_min_cutoff), ("beta", opts.smooth_beta))
                      if v is not None}
@@ -368,8 +382,9 @@ def run_source(opts: RunOptions, console=None) -> RunSummary:
                 summary.crowded += result.dropped_persons > 0
                 if stream is not None:
                     stream.write_line(json.dumps(result.to_dict()))
-                if image_ids is not None:
-                    coco.extend(coco_items(result, image_ids(frame.name)))
+                image_id = image_ids(frame.name) if image_ids is not None else None
+                if image_id is not None:
+                    coco.extend(coco_items(result, image_id))
                 if result.persons and result.persons[0].keypoints_3d is not None:
                     last_3d = result
                 if pictures or opts.show:
@@ -396,7 +411,7 @@ def run_source(opts: RunOptions, console=None) -> RunSummary:
         if pictures is not None:
             pictures.close(keep=failure is None)
         summary.seconds = time.perf_counter() - start
-    if opts.coco is not None:
+    if opts.coco is not None and (summary.interrupted is None or summary.frames):  # not when stopped loading
         with atomic_output(opts.coco) as f:
             json.dump(coco, f)
     if opts.plot_3d is not None and summary.interrupted is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -33,7 +34,7 @@ from rtmw_edge.engines import GpuInfo, manifest_path
 from rtmw_edge.export import export_onnx
 from rtmw_edge.pipeline import PoseEstimator, pose_info
 from rtmw_edge.results import validate_frame_dict
-from rtmw_edge.triton.client import TritonPoseEstimator, TritonUnavailableError, parse_url
+from rtmw_edge.triton.client import TritonModelError, TritonPoseEstimator, TritonUnavailableError, parse_url
 from rtmw_edge.triton.repository import PIPELINE_PARAMETER, load_pipeline_parameters
 from rtmw_edge.triton.server import TritonServer, ensure_server_env, free_port
 
@@ -283,6 +284,24 @@ def test_per_request_options_and_bad_frames(server, local):
     with pytest.raises(Exception, match="not an image"):
         client.infer("rtmw_pipeline", [junk])
     assert len(TritonPoseEstimator(server.grpc_url)(image).persons) > 0  # the model is still up
+    with pytest.raises(TritonModelError, match=r"no model 'rtmw_other'.*rtmw_detector, rtmw_pipeline, rtmw_pose"):
+        TritonPoseEstimator(server.grpc_url, model="rtmw_other")
+    with pytest.raises(TritonModelError, match="not an rtmw-edge pipeline model"):
+        TritonPoseEstimator(server.grpc_url, model="rtmw_pose")
+
+
+def test_serve_names_the_model_that_fails_to_load(cpu_repository, tmp_path, capsys):
+    broken = tmp_path / "broken"
+    shutil.copytree(cpu_repository, broken, copy_function=os.symlink)
+    (broken / "rtmw_pose" / "1" / "model.onnx").unlink()
+    (broken / "rtmw_pose" / "1" / "model.onnx").write_bytes(b"not an onnx model")
+    t = time.monotonic()
+    code = main(["triton", "serve", "--repository", str(broken), "--grpc-port", "0", "--http-port", "0",
+                 "--metrics-port", "0", "--log", str(tmp_path / "server.log"), "--timeout", "120"])
+    errors = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
+    assert code == 1 and len(errors) == 1, errors
+    assert "model rtmw_pose: " in errors[0] and "is not a readable ONNX model" in errors[0]
+    assert time.monotonic() - t < 120
 
 
 def _metrics(server: TritonServer, model: str) -> dict[str, float]:

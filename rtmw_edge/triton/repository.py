@@ -110,17 +110,11 @@ def _role_flag(role: str) -> str:
 
 
 def _onnx_model_file(path: Path, role: str, pose_batch: tuple[int, int, int] | None) -> ModelFile:
-    import onnx
-
-    from ..detectors import UnknownDetectorError, inspect_detector
+    from ..detectors import UnknownDetectorError, _load, inspect_detector
     from ..engines import DEFAULT_POSE_BATCH
     from ..onnx_meta import read_metadata
 
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # protobuf DecodeError and friends
-        raise TritonExportError(f"{_role_flag(role)} {path} is not a readable ONNX model "
-                                f"({type(exc).__name__})") from None
+    model, _ = _load(path)  # one line for an unreadable / empty file
     initializers = {i.name for i in model.graph.initializer}
     inputs, outputs = _onnx_tensors(model.graph.input, initializers), _onnx_tensors(model.graph.output)
     if len(inputs) != 1:
@@ -386,9 +380,11 @@ def export_repository(det: str | Path, pose: str | Path, output: str | Path, *, 
                       nms_iou: float = 0.3, max_persons: int = 32, pipeline_name: str = PIPELINE_MODEL,
                       instances: int = DEFAULT_PIPELINE_INSTANCES, queue_delay_us: int = DEFAULT_QUEUE_DELAY_US,
                       threads: int = 0, force: bool = False, progress: bool = True, console=None) -> ExportResult:
-    """Write the repository (see the module doc). Checks `output` (rtmw_edge.outputs: never over an input; an
-    existing non-empty folder only with `force`) and every input first; writes atomically (`atomic_dir`: a
-    temporary folder beside `output`, renamed into place at the end)."""
+    """Write the repository (see the module doc); `det`/`pose` are model files or registered names.
+
+    Checks the options, then `output` (rtmw_edge.outputs: never over an input; an existing non-empty folder only
+    with `force`), then every input; writes atomically (`atomic_dir`: a temporary folder beside `output`,
+    renamed into place at the end)."""
     from ..engines import EngineError, parse_batch
     from ..pipeline import TopDownPose
 
@@ -407,6 +403,9 @@ def export_repository(det: str | Path, pose: str | Path, output: str | Path, *, 
     target = check_output(output, option="-o", inputs=[det, pose], kind="dir")
     if target.is_dir() and any(target.iterdir()) and not force:
         raise OutputPathError(f"-o {output} exists and is not empty: pass --force to replace it")
+    from ..pipeline import resolve_models
+
+    det, pose = resolve_models(det, pose)  # registered names: their cached exports (downloaded once)
     det_file, pose_file = read_model_file(det, "det"), read_model_file(pose, "pose", batch)
     if cpu and "engine" in (det_file.kind, pose_file.kind):
         raise TritonExportError("--cpu serves ONNX files with ONNX Runtime in the Python backend; TensorRT engines "

@@ -25,6 +25,7 @@ import hashlib
 import importlib.metadata
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -183,6 +184,12 @@ def ensure_server_env(python: str | Path | None = None, *, log=None) -> ServerEn
 
 
 # ----------------------------------------------------------------------------------------------- server
+def _message(line: str) -> str:
+    """A tritonserver log message without its glog prefix, quotes, or the traceback after it."""
+    text = re.sub(r'^[IWE]\d{4} [\d:.]+ +\d+ [\w.]+:\d+\] "?', "", line).rstrip('"')
+    return text.split("\\n", 1)[0].strip()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
@@ -303,12 +310,19 @@ class TritonServer:
         return self.log_path.read_text(errors="replace")
 
     def failure_reason(self) -> str:
-        """The server's own error lines (model load failures), or its last log line."""
+        """Why the server is not ready, from its log: the models that failed to load and why, else its own error
+        lines (glog prefix and the Python traceback after the message dropped), else its last line."""
         lines = [ln.strip() for ln in self.log_text().splitlines() if ln.strip()]
-        errors = [ln for ln in lines if ln.startswith("E") and "NVML" not in ln and "DCGM" not in ln]
-        errors += [ln for ln in lines if "UNAVAILABLE:" in ln and ln not in errors]
-        chosen = errors[:2] or lines[-1:] or ["no log output"]
-        text = " | ".join(chosen)
+        reasons = []
+        for line in lines:
+            match = re.search(r"failed to load '([^']+)' version \d+: (.*)", line)
+            if match:
+                reasons.append(f"model {match.group(1)}: {_message(match.group(2))}")
+        if not reasons:
+            reasons = [_message(ln) for ln in lines if re.match(r"E\d{4} ", ln) and not any(
+                noise in ln for noise in ("NVML", "DCGM", "CudaDriverHelper"))]
+        chosen = reasons[:3] or lines[-1:] or ["no log output"]
+        text = "; ".join(chosen)
         return (text[:600] + "…" if len(text) > 600 else text) + f" (log: {self.log_path})"
 
     def stop(self, grace: float = 15.0) -> int | None:
