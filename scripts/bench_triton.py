@@ -4,7 +4,8 @@
 For each client count (default 1, 2, 4) the same work runs twice, in alternating order: N processes that each
 send frames to the server's pipeline model (`--backend triton`, gRPC, raw frames), and N processes that each run
 a local `PoseEstimator` (ONNX Runtime, CPU). Every process handles the same frames (the COCO test photos in
-turn, 13 persons in 5 frames); the figures are frames/s of all processes together, per-frame latency p50/p99,
+turn, 13 persons in 5 frames; each process first runs every photo once, untimed); rounds alternate remote,
+local, local, remote. The figures are frames/s of all processes together, per-frame latency p50/p99,
 and from the server's Prometheus metrics the batches Triton actually formed for the pose model (persons per
 execution, and requests — frames' pose calls — per execution: > 1 means the dynamic batcher merged cameras).
 With one client it also splits the remote path's extra time per frame into the server's own request time and
@@ -36,8 +37,9 @@ DET = SHARED / "models" / "rtmdet-nano_person_320_rawhead.onnx"
 PHOTOS = sorted((SHARED / "images").glob("*.jpg"))
 
 
-def _client(kind: str, target: dict, frames: int, barrier, results) -> None:
-    """One camera: warm up, wait for the others, then `frames` frames; report latencies and the time span."""
+def _client(kind: str, target: dict, frames: int, ready, go, results) -> None:
+    """One camera: warm up on every photo (each batch size once), wait for the others, then `frames` frames;
+    report latencies and the time span."""
     if kind == "remote":
         from rtmw_edge.triton.client import TritonPoseEstimator
 
@@ -47,8 +49,10 @@ def _client(kind: str, target: dict, frames: int, barrier, results) -> None:
 
         est = PoseEstimator(target["det"], target["pose"])
     images = [cv2.imread(str(p)) for p in PHOTOS]
-    est(images[0])
-    barrier.wait()
+    for image in images:
+        est(image)
+    ready.wait()
+    go.wait()
     latencies, persons = [], 0
     start = time.perf_counter()
     for i in range(frames):
@@ -58,19 +62,33 @@ def _client(kind: str, target: dict, frames: int, barrier, results) -> None:
     results.put({"latencies": latencies, "start": start, "end": time.perf_counter(), "persons": persons})
 
 
-def run_round(kind: str, target: dict, clients: int, frames: int) -> dict:
+def run_round(kind: str, target: dict, clients: int, frames: int, metrics_url: str | None = None) -> dict:
+    """`clients` processes at once; with `metrics_url`, the server's counters just before the timed frames and
+    after them (warm-up excluded)."""
     ctx = mp.get_context("spawn")
-    barrier, results = ctx.Barrier(clients), ctx.Queue()
-    procs = [ctx.Process(target=_client, args=(kind, target, frames, barrier, results)) for _ in range(clients)]
+    ready, go, results = ctx.Barrier(clients + 1), ctx.Barrier(clients + 1), ctx.Queue()
+    procs = [ctx.Process(target=_client, args=(kind, target, frames, ready, go, results)) for _ in range(clients)]
     for p in procs:
         p.start()
+    ready.wait(timeout=900)
+    before = metrics(metrics_url) if metrics_url else {}
+    go.wait(timeout=60)
     done = [results.get(timeout=900) for _ in procs]
+    after = metrics(metrics_url) if metrics_url else {}
     for p in procs:
         p.join(60)
     lat = np.concatenate([d["latencies"] for d in done]) * 1000
     span = max(d["end"] for d in done) - min(d["start"] for d in done)
     return {"frames": int(len(lat)), "persons": int(sum(d["persons"] for d in done)), "seconds": span,
-            "fps": len(lat) / span, "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
+            "fps": len(lat) / span, "latencies_ms": lat.tolist(), "before": before, "after": after}
+
+
+def pooled(rounds: list[dict]) -> dict:
+    """Several rounds of one contender: frames/s over their summed time, latency percentiles over all frames."""
+    lat = np.concatenate([r["latencies_ms"] for r in rounds])
+    seconds = sum(r["seconds"] for r in rounds)
+    return {"frames": int(len(lat)), "seconds": seconds, "fps": len(lat) / seconds,
+            "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
             "mean_ms": float(lat.mean())}
 
 
@@ -92,6 +110,8 @@ def main() -> None:
     parser.add_argument("--clients", default="1,2,4")
     parser.add_argument("--frames", type=int, default=10, help="frames per client per round")
     parser.add_argument("--work", type=Path, default=None, help="folder for the models and the repository")
+    parser.add_argument("--repeats", type=int, default=2, help="rounds per contender (2: remote, local, local, "
+                        "remote)")
     parser.add_argument("--instances", type=int, default=4, help="pipeline model instances")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
@@ -117,25 +137,25 @@ def main() -> None:
     report = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": {"platform": platform.platform(),
               "cores": mp.cpu_count()}, "startup_s": startup, "frames_per_client": args.frames, "rows": []}
     try:
-        for i, n in enumerate(counts):
-            order = ("remote", "local") if i % 2 == 0 else ("local", "remote")
-            row = {"clients": n}
+        for n in counts:
+            rounds = {"remote": [], "local": []}
+            order = (["remote", "local", "local", "remote"] * args.repeats)[: 2 * args.repeats]  # ABBA...
             for kind in order:
-                before = metrics(server.metrics_url)
-                row[kind] = run_round(kind, target, n, args.frames)
-                if kind == "remote":
-                    after = metrics(server.metrics_url)
-                    exe = delta(after, before, "rtmw_pose", "nv_inference_exec_count")
-                    req = delta(after, before, "rtmw_pose", "nv_inference_request_success")
-                    inf = delta(after, before, "rtmw_pose", "nv_inference_count")
-                    pipe_req = delta(after, before, "rtmw_pipeline", "nv_inference_request_success")
-                    pipe_us = delta(after, before, "rtmw_pipeline", "nv_inference_request_duration_us")
-                    # warm-up frames (one per client) are inside these counts: they are part of the batching too
-                    row["pose_batching"] = {"executions": exe, "requests": req, "persons": inf,
-                                            "persons_per_execution": inf / max(exe, 1),
-                                            "requests_per_execution": req / max(exe, 1)}
-                    row["server_pipeline_ms"] = pipe_us / 1000 / max(pipe_req, 1)
-            row["order"] = list(order)
+                rounds[kind].append(run_round(kind, target, n, args.frames,
+                                              server.metrics_url if kind == "remote" else None))
+            row = {"clients": n, "order": order, "remote": pooled(rounds["remote"]), "local": pooled(rounds["local"])}
+            count = {key: sum(delta(r["after"], r["before"], "rtmw_pose", key) for r in rounds["remote"])
+                     for key in ("nv_inference_exec_count", "nv_inference_request_success", "nv_inference_count")}
+            exe, req, inf = (count[k] for k in ("nv_inference_exec_count", "nv_inference_request_success",
+                                                "nv_inference_count"))
+            row["pose_batching"] = {"executions": exe, "requests": req, "persons": inf,
+                                    "persons_per_execution": inf / max(exe, 1),
+                                    "requests_per_execution": req / max(exe, 1)}
+            pipe_req = sum(delta(r["after"], r["before"], "rtmw_pipeline", "nv_inference_request_success")
+                           for r in rounds["remote"])
+            pipe_us = sum(delta(r["after"], r["before"], "rtmw_pipeline", "nv_inference_request_duration_us")
+                          for r in rounds["remote"])
+            row["server_pipeline_ms"] = pipe_us / 1000 / max(pipe_req, 1)
             report["rows"].append(row)
             r, lo, b = row["remote"], row["local"], row["pose_batching"]
             print(f"{n} client(s): remote {r['fps']:.2f} FPS p50 {r['p50_ms']:.0f} ms p99 {r['p99_ms']:.0f} ms | "
@@ -145,12 +165,17 @@ def main() -> None:
                   flush=True)
         one = next((row for row in report["rows"] if row["clients"] == 1), None)
         if one is not None:
-            overhead = one["remote"]["p50_ms"] - one["local"]["p50_ms"]
-            transport = one["remote"]["mean_ms"] - one["server_pipeline_ms"]
-            report["overhead_1_client"] = {"p50_remote_minus_local_ms": overhead,
-                                           "client_mean_minus_server_request_ms": transport}
-            print(f"remote overhead per frame (1 client): p50 remote − local {overhead:+.1f} ms; client time beyond "
-                  f"the server's own request time {transport:.1f} ms (serialisation, gRPC, queueing)")
+            remote, local = one["remote"], one["local"]
+            report["overhead_1_client"] = {
+                "mean_remote_minus_local_ms": remote["mean_ms"] - local["mean_ms"],
+                "p50_remote_minus_local_ms": remote["p50_ms"] - local["p50_ms"],
+                "server_pipeline_ms": one["server_pipeline_ms"],
+                "client_beyond_server_ms": remote["mean_ms"] - one["server_pipeline_ms"]}
+            o = report["overhead_1_client"]
+            print(f"remote path per frame (1 client): mean {remote['mean_ms']:.1f} ms vs local {local['mean_ms']:.1f} "
+                  f"ms ({o['mean_remote_minus_local_ms']:+.1f} ms; p50 {o['p50_remote_minus_local_ms']:+.1f} ms); "
+                  f"the server's pipeline request {o['server_pipeline_ms']:.1f} ms, the rest (serialisation, gRPC, "
+                  f"client) {o['client_beyond_server_ms']:.1f} ms")
     finally:
         server.stop()
     if args.out:

@@ -390,3 +390,28 @@ def test_bench_times_the_remote_path_beside_the_local_one(server, models, tmp_pa
                                                                     local_cfg["curve"]] == [1, 2]
     assert all(p["stages_ms"] == {} and p["end_to_end_ms"]["p50"] > 0 for p in remote_cfg["curve"])
     assert main(["bench", "--backend", "triton"]) == 2  # no server given
+
+
+def test_daemon_cameras_go_to_the_server(server, local, tmp_path):
+    pytest.importorskip("aiohttp", reason="the daemon needs the 'serve' extra")
+    from test_serve_support import collect_ws, config_from
+
+    from rtmw_edge.serve.daemon import DaemonThread
+
+    photo = next(p for p in PHOTOS if len(local[p.name].persons) >= 4)
+    toml = (f'[server]\nport = 0\n[model]\nbackend = "triton"\ntriton_url = "{server.grpc_url}"\ntrack = true\n'
+            f'[cameras.door]\nsource = "{photo}"\nloop = true\n')
+    before = _metrics(server, "rtmw_pipeline").get("nv_inference_request_success", 0)
+    with DaemonThread(config_from(tmp_path, toml)) as d:
+        frames = collect_ws(d.port, "door", 3, timeout=90)
+    after = _metrics(server, "rtmw_pipeline")["nv_inference_request_success"]
+    ref = local[photo.name]
+    for f in frames:
+        validate_frame_dict(f, num_keypoints=133)
+        assert f["camera"] == "door" and len(f["persons"]) == len(ref.persons)
+        assert all(p["track_id"] is not None for p in f["persons"])  # the worker's per-camera tracker
+        for got, want in zip(f["persons"], ref.persons):
+            assert np.abs(np.array(got["keypoints"]) - want.keypoints).max() <= 0.005 + 1e-6
+    assert after - before >= 3  # the frames went through the server
+    with pytest.raises(Exception, match="go together"):
+        config_from(tmp_path, '[model]\nbackend = "triton"\n[cameras.door]\nsource = "0"\n')
