@@ -21,7 +21,7 @@ from . import geometry as G
 from .backends import Engine, load_engine, run_chunked
 from .errors import RtmwEdgeError, UsageError
 from .keypoints import KEYPOINT_SETS
-from .results import FrameResult, Person
+from .results import FrameResult, persons_from_arrays
 from .zoo import POSE_MEAN_RGB, POSE_STD_RGB
 
 log = logging.getLogger("rtmw_edge")
@@ -261,8 +261,7 @@ class PoseEstimator:
         h, w = image.shape[:2]
         boxes, scores, dropped = self.detect(image)
         kpts, kpt_scores, kpts_3d = self.pose(image, boxes, self.camera)
-        persons = [Person(bbox=boxes[i], score=float(scores[i]), keypoints=kpts[i], keypoint_scores=kpt_scores[i],
-                          keypoints_3d=None if kpts_3d is None else kpts_3d[i]) for i in range(len(boxes))]
+        persons = persons_from_arrays(boxes, scores, kpts, kpt_scores, kpts_3d)
         if self.tracker is not None:
             persons = self.tracker.update(persons, timestamp)
         return FrameResult(frame=frame, timestamp=timestamp, width=w, height=h, persons=persons,

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import RtmwEdgeError, UsageError, require
-from ..results import FrameResult, Person
+from ..results import FrameResult, persons_from_arrays
 from . import PIPELINE_MODEL
 
 DEFAULT_PORTS = {"grpc": 8001, "http": 8000}
@@ -230,8 +230,7 @@ class TritonPoseEstimator:
         kpts, kpt_scores = response.as_numpy("keypoints"), response.as_numpy("keypoint_scores")
         kpts_3d = response.as_numpy("keypoints_3d") if self.info.task == "pose3d" else None
         dropped = int(response.as_numpy("dropped").reshape(-1)[0])
-        persons = [Person(bbox=boxes[i], score=float(scores[i]), keypoints=kpts[i], keypoint_scores=kpt_scores[i],
-                          keypoints_3d=None if kpts_3d is None else kpts_3d[i]) for i in range(len(boxes))]
+        persons = persons_from_arrays(boxes, scores, kpts, kpt_scores, kpts_3d)
         if self.tracker is not None:
             persons = self.tracker.update(persons, timestamp)
         return FrameResult(frame=frame, timestamp=timestamp, width=w, height=h, persons=persons,

@@ -114,9 +114,12 @@ def _env_key(info: dict, pins: list[str], toolkit: Path) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def _run(cmd: list[str], what: str, log) -> None:
+def _run(cmd: list[str], what: str, log, timeout: float = 900.0) -> None:
     log(what)
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise TritonServerError(f"{what} did not finish in {timeout:.0f} s") from None
     if proc.returncode != 0:
         lines = [ln for ln in (proc.stderr or proc.stdout).strip().splitlines() if not ln.startswith("WARNING")]
         raise TritonServerError(f"{what} failed: {lines[-1] if lines else f'exit code {proc.returncode}'}")
