@@ -23,6 +23,7 @@ import copy
 import hashlib
 import io
 import json
+import os
 import warnings
 from pathlib import Path
 
@@ -734,6 +735,9 @@ def test_export_argument_errors(name: str, kwargs: dict, match: str, tmp_path: P
 def test_export_creates_missing_output_folders(tmp_path: Path) -> None:
     out = export_onnx("rtmpose-t-256x192", tmp_path / "new" / "folder" / "t.onnx", random_init=True, progress=False)
     assert out.is_file() and sorted(p.name for p in out.parent.iterdir()) == ["t.onnx"]
+    mask = os.umask(0)
+    os.umask(mask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~mask  # readable by a service user, like any file made here
 
 
 def test_fixed_batch_export(tmp_path: Path) -> None:
