@@ -31,6 +31,7 @@ from rtmw_edge.backends.onnxruntime import OrtEngine
 from rtmw_edge.cli import main
 from rtmw_edge.detectors import inspect_detector
 from rtmw_edge.engines import GpuInfo, manifest_path
+from rtmw_edge.errors import RtmwEdgeError
 from rtmw_edge.export import export_onnx
 from rtmw_edge.pipeline import PoseEstimator, pose_info
 from rtmw_edge.results import validate_frame_dict
@@ -114,6 +115,19 @@ def test_engine_inputs_write_tensorrt_plan_configs_that_parse(engines, models, t
     assert params.pose["max_batch"] == 16 and params.detector["model"] == "rtmw_detector"
     shim = (repo / "rtmw_pipeline" / "1" / "model.py").read_text()
     assert "from rtmw_edge.triton.models import PipelineModel" in shim
+
+
+def test_rtmw3d_pipeline_declares_camera_space_keypoints(engines, tmp_path):
+    assert main(["triton", "export", "--det", str(engines["det"]), "--pose", str(engines["pose"]), "-o",
+                 str(tmp_path / "repo")]) == 0
+    pipe = parse_config(tmp_path / "repo" / "rtmw_pipeline" / "config.pbtxt")
+    raw = json.loads(params_of(pipe)[PIPELINE_PARAMETER])
+    raw["pose"]["info"]["task"] = "pose3d"  # the same pipeline for an RTMW3D pose model
+    from rtmw_edge.triton.repository import pipeline_config
+
+    (tmp_path / "3d.pbtxt").write_text(pipeline_config(raw))
+    outputs = dims(parse_config(tmp_path / "3d.pbtxt").output)
+    assert outputs["keypoints_3d"] == [-1, 133, 3] and "keypoints_3d" not in dims(pipe.output)
 
 
 def _bad_export(args, tmp_path, capsys, expected: str):
@@ -288,6 +302,8 @@ def test_per_request_options_and_bad_frames(server, local):
         TritonPoseEstimator(server.grpc_url, model="rtmw_other")
     with pytest.raises(TritonModelError, match="not an rtmw-edge pipeline model"):
         TritonPoseEstimator(server.grpc_url, model="rtmw_pose")
+    with pytest.raises(RtmwEdgeError, match="without flip test"):
+        TritonPoseEstimator(server.grpc_url, flip_test=True)
 
 
 def test_serve_names_the_model_that_fails_to_load(cpu_repository, tmp_path, capsys):
@@ -415,3 +431,26 @@ def test_daemon_cameras_go_to_the_server(server, local, tmp_path):
     assert after - before >= 3  # the frames went through the server
     with pytest.raises(Exception, match="go together"):
         config_from(tmp_path, '[model]\nbackend = "triton"\n[cameras.door]\nsource = "0"\n')
+
+
+@pytest.mark.slow  # exports RTMW3D-l and starts its own server (~2 min); the 3D config is checked by a fast test
+def test_rtmw3d_remote_equals_local(models, tmp_path):
+    pose3d = export_onnx("rtmw3d-l-384x288", tmp_path / "rtmw3d.onnx", random_init=True, progress=False)
+    repo = tmp_path / "repo3d"
+    assert main(["triton", "export", "--det", str(RAWHEAD), "--pose", str(pose3d), "-o", str(repo), "--cpu"]) == 0
+    server = _start(repo, tmp_path / "server.log")
+    try:
+        from rtmw_edge.geometry import Camera
+
+        camera = Camera(900.0, 900.0, 300.0, 200.0)
+        remote = TritonPoseEstimator(server.grpc_url, camera=camera)
+        est = PoseEstimator(RAWHEAD, pose3d, camera=camera)
+        for photo in PHOTOS[:2]:
+            image = cv2.imread(str(photo))
+            got, want = remote(image), est(image)
+            assert len(got.persons) == len(want.persons) > 0
+            for g, w in zip(got.persons, want.persons):
+                assert np.abs(g.keypoints - w.keypoints).max() <= 1e-3
+                assert np.abs(g.keypoints_3d - w.keypoints_3d).max() <= 1e-3
+    finally:
+        server.stop()
