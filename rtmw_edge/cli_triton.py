@@ -66,9 +66,7 @@ def setup_cmd(python: Path | None = typer.Option(None, "--python", envvar="RTMW_
                                                       "(default /usr/bin/python3.11, the one the wheel's stub "
                                                       "links).")) -> None:
     """Build (once) the cached environment `triton serve` runs in; prints its folder."""
-    from .triton.server import ensure_server_env
-
-    env = ensure_server_env(python, log=lambda text: out.print(text, highlight=False, markup=False))
+    env = _server_env(python)
     out.print(f"Triton server environment: {env.root}", highlight=False, markup=False)
 
 
@@ -88,7 +86,7 @@ def serve_cmd(repository: Path = typer.Option(..., "--repository", help="Model r
     """Run tritonserver (from the nvidia-pytriton wheel) on a repository, with health checks; stop: Ctrl-C/SIGTERM."""
     from .errors import RtmwEdgeError, UsageError
     from .outputs import check_output
-    from .triton.server import TritonServer, TritonServerError, ensure_server_env
+    from .triton.server import TritonServer, TritonServerError
 
     ports = (grpc_port, http_port, metrics_port)
     if min(ports) < 0 or max(ports) > 65535:
@@ -103,14 +101,15 @@ def serve_cmd(repository: Path = typer.Option(..., "--repository", help="Model r
     if not models:
         raise RtmwEdgeError(f"--repository {repository} has no model folders with a config.pbtxt: make one with "
                             "`rtmw-edge triton export --cpu`")
-    env = ensure_server_env(python, log=lambda text: out.print(text, highlight=False, markup=False))
+    env = _server_env(python)
     server = TritonServer(repository, host=host, grpc_port=grpc_port, http_port=http_port,
                           metrics_port=metrics_port, env=env, log_path=log)
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         out.print(f"starting tritonserver on {repository} ({', '.join(models)}) …", highlight=False, markup=False)
-        seconds = server.start(timeout)
+        with out.status("waiting for every model to load (/v2/health/ready) …"):
+            seconds = server.start(timeout)
         out.print(f"ready in {seconds:.1f} s — gRPC {server.grpc_url}, HTTP {server.http_url}, metrics "
                   f"{server.metrics_url}; log {server.log_path}", highlight=False, markup=False)
         failures = 0
@@ -129,6 +128,18 @@ def serve_cmd(repository: Path = typer.Option(..., "--repository", help="Model r
         code = server.stop()
         if code is not None:
             out.print(f"tritonserver stopped in {time.monotonic() - t:.1f} s", highlight=False, markup=False)
+
+
+def _server_env(python: Path | None):
+    """The cached server venv; building it (about a minute, once) shows each step under a spinner."""
+    from .triton.server import ensure_server_env
+
+    with out.status("checking the Triton server environment …") as status:
+        def step(text: str) -> None:
+            out.print(text, highlight=False, markup=False)
+            status.update(text + " …")
+
+        return ensure_server_env(python, log=step)
 
 
 def register(app: typer.Typer) -> None:
