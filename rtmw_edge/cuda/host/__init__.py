@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import hashlib
 import os
 import re
@@ -94,6 +95,7 @@ def _unit(path: Path, kernels: tuple[str, ...]) -> str:
     return "\n".join(lines) + "\n"
 
 
+@functools.lru_cache(maxsize=None)
 def _compiler_version(cxx: str) -> str:
     try:
         out = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=30).stdout
@@ -129,17 +131,23 @@ def _compile(cxx: str, flags: tuple[str, ...], source: Path, obj: Path) -> None:
         raise HostCompilerError(f"the host shim does not compile {source.name}: {first}")
 
 
-def build_library(sources: dict[Path, tuple[str, ...]] | None = None, *, sanitize: str | None = None,
-                  directory: Path | None = None) -> Path:
-    """The shared library of `sources` (default: the project's kernels), built once per key and cached."""
+def _plan(sources, sanitize):
     sources = {Path(p).resolve(): tuple(k) for p, k in (sources or project_sources()).items()}
     if sanitize is not None and sanitize not in SANITIZERS:
         raise HostCompilerError(f"unknown sanitizer set {sanitize!r}; choose one of {', '.join(SANITIZERS)}")
     flags = BASE_FLAGS + (SANITIZERS[sanitize] if sanitize else OPT_FLAGS)
     cxx = compiler()
     key = library_key(sources, flags, cxx)
+    name = f"librtmw_host-{key}{'-' + sanitize.replace(',', '-') if sanitize else ''}.so"
+    return sources, flags, cxx, name
+
+
+def build_library(sources: dict[Path, tuple[str, ...]] | None = None, *, sanitize: str | None = None,
+                  directory: Path | None = None) -> Path:
+    """The shared library of `sources` (default: the project's kernels), built once per key and cached."""
+    sources, flags, cxx, name = _plan(sources, sanitize)
     folder = directory or cache_dir()
-    path = folder / f"librtmw_host-{key}{'-' + sanitize.replace(',', '-') if sanitize else ''}.so"
+    path = folder / name
     if path.is_file():
         return path
     folder.mkdir(parents=True, exist_ok=True)
@@ -161,20 +169,21 @@ def build_library(sources: dict[Path, tuple[str, ...]] | None = None, *, sanitiz
     return path
 
 
-_LOADED: dict[Path, ctypes.CDLL] = {}
+_LOADED: dict[str, ctypes.CDLL] = {}   # library file name (it carries the key) → loaded library
 
 
 def load_library(sources: dict[Path, tuple[str, ...]] | None = None, *, sanitize: str | None = None) -> ctypes.CDLL:
-    path = build_library(sources, sanitize=sanitize)
-    if path not in _LOADED:
-        lib = ctypes.CDLL(str(path))
+    """The built library, loaded once per process."""
+    name = _plan(sources, sanitize)[3]
+    if name not in _LOADED:
+        lib = ctypes.CDLL(str(build_library(sources, sanitize=sanitize)))
         lib.rtmw_host_launch.restype = ctypes.c_int
         lib.rtmw_host_launch.argtypes = [ctypes.c_char_p, *[ctypes.c_uint] * 6, ctypes.c_void_p, ctypes.c_int,
                                          ctypes.c_ulonglong, ctypes.c_char_p, ctypes.c_int]
         lib.rtmw_host_kernel_params.restype = ctypes.c_int
         lib.rtmw_host_kernel_params.argtypes = [ctypes.c_char_p, ctypes.POINTER(ctypes.c_int), ctypes.c_int]
-        _LOADED[path] = lib
-    return _LOADED[path]
+        _LOADED[name] = lib
+    return _LOADED[name]
 
 
 class HostKernels:

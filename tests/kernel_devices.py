@@ -1,0 +1,102 @@
+"""Where the kernel tests launch the project's CUDA kernels: the host shim (`rtmw_edge.cuda.host`: the unchanged
+`.cu` sources compiled with g++, every CI run) or a CUDA GPU (`-m gpu`). Both take the same calls — put/empty/get
+numpy arrays, launch a kernel with the Launch and the arguments `cuda/kernels.py` packs — so one test body checks
+a kernel against its numpy twin on either."""
+
+from __future__ import annotations
+
+import ctypes
+
+import numpy as np
+import pytest
+
+from rtmw_edge.cuda import kernels as KK
+
+
+class HostDevice:
+    """'Device' memory is numpy memory (pointers are host addresses); kernels run on the host shim."""
+
+    kind = "host"
+
+    def __init__(self, order: str = "ascending", seed: int = 0) -> None:
+        from rtmw_edge.cuda.host import HostKernels
+
+        self.kernels = HostKernels(order=order, seed=seed)
+        self.buffers: list[np.ndarray] = []
+
+    def put(self, array: np.ndarray) -> int:
+        array = np.ascontiguousarray(array).copy()
+        self.buffers.append(array)
+        return array.ctypes.data
+
+    def empty(self, nbytes: int, fill: int = 0xFF) -> int:
+        buf = np.full(max(int(nbytes), 1), fill, np.uint8)   # garbage, as cudaMalloc gives
+        self.buffers.append(buf)
+        return buf.ctypes.data
+
+    def get(self, ptr: int, shape, dtype=np.float32) -> np.ndarray:
+        out = np.empty(shape, dtype)
+        ctypes.memmove(out.ctypes.data, int(ptr), out.nbytes)
+        return out
+
+    def launch(self, kernel: str, launch, **args) -> None:
+        self.kernels.launch(kernel, launch, KK.pack_args(kernel, **args))
+
+    def close(self) -> None:
+        self.buffers.clear()
+
+
+class CudaDevice:
+    """Kernels + one stream on a CUDA GPU (skipped without one)."""
+
+    kind = "cuda"
+
+    def __init__(self) -> None:
+        from rtmw_edge.cuda import runtime as R
+
+        try:
+            ok, why = R.device_available(0)
+        except Exception as exc:  # cuda-python missing
+            ok, why = False, str(exc)
+        if not ok:
+            pytest.skip(f"no CUDA device: {why}")
+        self.R = R
+        self.device = R.get_device(0)
+        self.kernels = R.KernelModules(self.device)
+        self.stream = R.Stream()
+        self.buffers: list = []
+
+    def put(self, array: np.ndarray) -> int:
+        array = np.ascontiguousarray(array)
+        buf = self.R.DeviceBuffer(array.nbytes)
+        self.buffers.append(buf)
+        self.R.copy_htod_async(buf.ptr, array.ctypes.data, array.nbytes, self.stream.handle)
+        self.stream.synchronize()
+        return buf.ptr
+
+    def empty(self, nbytes: int, fill: int = 0xFF) -> int:
+        buf = self.R.DeviceBuffer(nbytes)
+        self.buffers.append(buf)
+        self.R.memset_async(buf.ptr, fill, nbytes, self.stream.handle)
+        return buf.ptr
+
+    def get(self, ptr: int, shape, dtype=np.float32) -> np.ndarray:
+        out = np.empty(shape, dtype)
+        self.R.copy_dtoh_async(out.ctypes.data, ptr, out.nbytes, self.stream.handle)
+        self.stream.synchronize()
+        return out
+
+    def launch(self, kernel: str, launch, **args) -> None:
+        self.kernels.launch(kernel, launch, KK.pack_args(kernel, **args), self.stream)
+
+    def close(self) -> None:
+        for buf in self.buffers:
+            buf.free()
+        self.buffers.clear()
+
+
+DEVICES = ["host", pytest.param("cuda", marks=pytest.mark.gpu)]
+
+
+def open_device(kind: str, order: str = "ascending"):
+    return HostDevice(order) if kind == "host" else CudaDevice()
