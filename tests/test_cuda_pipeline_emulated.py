@@ -1,8 +1,9 @@
-"""The GPU pipeline's bookkeeping on the CPU: `GpuPoseEstimator` with the CUDA runtime replaced by host memory,
-each kernel launch by its numpy reference (`cuda/kernels.py`, `geometry.py`) and the engines by the torch
-executor on the CPU. Checks what a GPU run would otherwise be the first to check: buffer plan and offsets, the
-pinned result layout, the header, pose chunking at the engine's max batch, the two-slot `stream` order, and
-results equal to the CPU pipeline's (the kernels themselves are checked on a GPU by tests/test_cuda_gpu.py)."""
+"""The GPU pipeline on the CPU: `GpuPoseEstimator` with the CUDA runtime replaced by host memory, each kernel
+launch run by the host shim (`rtmw_edge.cuda.host`: the unchanged `.cu` sources, launched with the packed
+arguments) — or, as a second check of the bookkeeping, by its numpy reference (`cuda/kernels.py`) — and the
+engines by the torch executor on the CPU. Checks buffer plan and offsets, the pinned result layout, the header,
+pose chunking at the engine's max batch, the two-slot `stream` order, and results equal to the CPU pipeline's
+on the shared photos within the tolerances of docs/gpu-validation.md."""
 
 from __future__ import annotations
 
@@ -62,6 +63,23 @@ class NoOp:
 
     def __int__(self) -> int:
         return 1
+
+
+class ShimKernels:
+    """Each launch runs the kernel's `.cu` source on the host shim (records the launches)."""
+
+    def __init__(self, device) -> None:
+        from rtmw_edge.cuda.host import HostKernels
+
+        self.host = HostKernels(device)
+        self.launches: list[tuple[str, tuple]] = []
+
+    def close(self) -> None:
+        pass
+
+    def launch(self, kernel: str, launch, args, stream) -> None:
+        self.launches.append((kernel, launch.grid))
+        self.host.launch(kernel, launch, args, stream)
 
 
 class Kernels:
@@ -174,7 +192,8 @@ def pose_path(tmp_path_factory):
 
 
 @pytest.fixture
-def emulated(monkeypatch):
+def emulated(monkeypatch, request):
+    """The CUDA runtime on host memory; kernels on the host shim (`kernels="twins"` param: numpy references)."""
     monkeypatch.setattr(R, "cuda_modules", lambda: (None, None))
     monkeypatch.setattr(R, "device_available", lambda index=0: (True, "emulated"))
     monkeypatch.setattr(R, "get_device", lambda index=0: R.Device(index, "emulated", (8, 7), 1 << 30))
@@ -182,7 +201,8 @@ def emulated(monkeypatch):
         monkeypatch.setattr(R, name, HostBuffer)
     for name in ("Stream", "Event", "GraphCache"):
         monkeypatch.setattr(R, name, NoOp)
-    monkeypatch.setattr(R, "KernelModules", Kernels)
+    twins = getattr(request, "param", "shim") == "twins"
+    monkeypatch.setattr(R, "KernelModules", Kernels if twins else ShimKernels)
     for name in ("copy_htod_async", "copy_dtoh_async", "copy_dtod_async"):
         monkeypatch.setattr(R, name, lambda dst, src, nbytes, stream: ctypes.memmove(int(dst), int(src), nbytes))
 
@@ -223,6 +243,7 @@ def test_emulated_gpu_pipeline_matches_the_cpu_pipeline(emulated, pose_path):
     est.close()
 
 
+@pytest.mark.parametrize("emulated", ["shim", "twins"], indirect=True)
 def test_emulated_detect_and_flip_rules(emulated, pose_path):
     pose = HostEngine(pose_path, max_batch=8)
     det = HostEngine(RAWHEAD, max_batch=1)
