@@ -56,7 +56,7 @@ def recorded_versions() -> list[str]:
     return sorted(names, key=_version_key)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _read_surface(recorded: str) -> dict:
     return json.loads((SURFACE_DIR / f"tensorrt-{recorded}.json").read_text())
 
@@ -99,7 +99,8 @@ def _checked(func, owner: str, name: str, overloads: list, version: str):
     def call(self, *args, **kwargs):
         if not accepts(overloads, len(args), kwargs):
             raise TypeError(f"{owner}.{name}(): incompatible function arguments for TensorRT {version}: "
-                            f"{len(args)} positional, keywords {sorted(kwargs)}; accepted: {_signature_text(overloads)}")
+                            f"{len(args)} positional, keywords {sorted(kwargs)}; "
+                            f"accepted: {_signature_text(overloads)}")
         return func(self, *args, **kwargs)
     return call
 

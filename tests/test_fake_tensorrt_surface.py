@@ -82,9 +82,9 @@ def test_the_fake_surface_matches_the_recorded_real_surface(version):
 def test_the_fake_refuses_names_that_10_3_lacks():
     old, new = make_fake_tensorrt("10.3.0"), make_fake_tensorrt(RECORDED[1])
     with pytest.raises(AttributeError):
-        old.Severity                                                    # invented by the old fake
+        _ = old.Severity                                                # invented by the old fake
     with pytest.raises(AttributeError):
-        old.NetworkDefinitionCreationFlag.PREFER_AOT_PYTHON_PLUGINS     # a later 10.x addition
+        _ = old.NetworkDefinitionCreationFlag.PREFER_AOT_PYTHON_PLUGINS  # a later 10.x addition
     added = sorted(set(new.BuilderFlag.__members__) - set(old.BuilderFlag.__members__))
     assert added, "the newer 10.x records BuilderFlag members 10.3 does not have"
     for member in added:
@@ -92,11 +92,11 @@ def test_the_fake_refuses_names_that_10_3_lacks():
         with pytest.raises(AttributeError):
             getattr(old.BuilderFlag, member)
     with pytest.raises(AttributeError, match="has no attribute 'IPluginV3QuickCore'"):
-        old.IPluginV3QuickCore                                          # not in 10.3's bindings at all
+        _ = old.IPluginV3QuickCore                                      # not in 10.3's bindings at all
     assert "IPluginV3QuickCore" in new.surface["names"]
     eleven = make_fake_tensorrt(RECORDED[2])
     with pytest.raises(AttributeError):
-        eleven.BuilderFlag.FP16                                         # removed in 11
+        _ = eleven.BuilderFlag.FP16                                     # removed in 11
     assert not hasattr(eleven.Builder, "platform_has_fast_fp16") and hasattr(old.Builder, "platform_has_fast_fp16")
 
 

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import onnx
 import pytest
-from fake_tensorrt import FakeSurfaceError, conform, make_fake_cudart, make_fake_tensorrt, recorded_versions
+from fake_tensorrt import make_fake_cudart, make_fake_tensorrt, recorded_versions
 from onnx import TensorProto, helper, numpy_helper
 
 from rtmw_edge.backends import load_engine
