@@ -199,25 +199,27 @@ class HostKernels:
         self.library = load_library(srcs, sanitize=sanitize)
         self.bounds = launch_bounds(srcs)
         self.launches: list[tuple[str, tuple, tuple]] = []
-        self._checked: set[str] = set()
+        self._sizes: dict[str, list[int]] = {}
 
     def _check_params(self, kernel: str, args) -> None:
-        sizes = (ctypes.c_int * 64)()
-        count = self.library.rtmw_host_kernel_params(kernel.encode(), sizes, 64)
-        if count < 0:
-            raise HostLaunchError(f"no kernel {kernel!r} in the host library")
+        """The packed values must be the .cu parameters, one by one (count and byte size), on every launch."""
+        if kernel not in self._sizes:
+            sizes = (ctypes.c_int * 64)()
+            count = self.library.rtmw_host_kernel_params(kernel.encode(), sizes, 64)
+            if count < 0:
+                raise HostLaunchError(f"no kernel {kernel!r} in the host library")
+            self._sizes[kernel] = list(sizes[:count])
+        want = self._sizes[kernel]
         packed = [ctypes.sizeof(v) for v in args.values]
-        if count != len(packed) or list(sizes[:count]) != packed:
-            raise HostLaunchError(f"{kernel}: the .cu takes {count} parameters of {list(sizes[:count])} bytes, "
+        if packed != want:
+            raise HostLaunchError(f"{kernel}: the .cu takes {len(want)} parameters of {want} bytes, "
                                   f"the Python side packs {len(packed)} of {packed} bytes")
-        self._checked.add(kernel)
 
     def launch(self, kernel: str, launch, args, stream=None) -> None:
         """Run `kernel` over `launch.grid` × `launch.block` with the packed `args` (returns when done)."""
         if args.kernel != kernel:
             raise RtmwEdgeError(f"arguments packed for {args.kernel}, launched as {kernel}")
-        if kernel not in self._checked:
-            self._check_params(kernel, args)
+        self._check_params(kernel, args)
         threads = launch.block[0] * launch.block[1] * launch.block[2]
         bound = self.bounds.get(kernel)
         if bound is not None and threads > bound:

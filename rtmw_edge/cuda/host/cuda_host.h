@@ -5,8 +5,10 @@
 //   threadIdx / blockIdx / blockDim / gridDim   read the running fiber's and block's values;
 //   __syncthreads()                              is a real barrier over the block's live threads;
 //   __shfl_sync / __shfl_down_sync               exchange values between the 32 lanes of a warp (a warp barrier);
-//   __shared__                                   is storage of the running block (one block runs at a time per
-//                                                launching thread, so `static thread_local` is exactly that);
+//   __shared__                                   is storage of the running block: static storage in one section
+//                                                (rtmw_shared) that the launcher fills with fresh garbage before
+//                                                every block, as a GPU gives uninitialised shared memory (one
+//                                                block runs at a time: launches are serialised);
 //   atomicAdd                                    is an atomic read-modify-write.
 // Device math maps to the C library (expf, rintf, fminf, ...); compiled with -ffp-contract=off, the float and
 // double arithmetic is IEEE op for op, as NVRTC with --fmad=false. Differences a test must allow for: expf
@@ -25,7 +27,7 @@
 #define __host__
 #define __forceinline__ inline __attribute__((always_inline))
 #define __launch_bounds__(...)
-#define __shared__ static thread_local
+#define __shared__ __attribute__((section("rtmw_shared"))) static
 
 struct uint3 {
     unsigned int x, y, z;

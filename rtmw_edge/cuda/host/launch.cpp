@@ -6,7 +6,8 @@
 // (ascending, descending or a seeded shuffle of thread indices): code that reads what another thread writes
 // without a barrier in between gets different answers in different orders, which is how a missing
 // __syncthreads shows. A barrier that can never open (threads diverging at __syncthreads, a shuffle whose
-// mask names an exited lane) stops the launch with an error instead of hanging.
+// mask names an exited lane, a barrier some threads exit without reaching) stops the launch with an error
+// instead of hanging or passing by luck.
 //
 // Context switches: a few lines of assembly on x86-64 (callee-saved registers, MXCSR and the x87 control word),
 // ucontext elsewhere; AddressSanitizer is told about every stack switch (its fiber API).
@@ -18,6 +19,7 @@
 #include <string.h>
 #include <sys/mman.h>
 
+#include <mutex>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -39,6 +41,10 @@
 #include <ucontext.h>
 #define RTMW_UCONTEXT 1
 #endif
+
+// the kernels' __shared__ variables (cuda_host.h puts them in this section; the linker defines its bounds)
+extern "C" char __start_rtmw_shared[] __attribute__((weak, visibility("hidden")));
+extern "C" char __stop_rtmw_shared[] __attribute__((weak, visibility("hidden")));
 
 namespace rtmw_host {
 
@@ -193,13 +199,6 @@ static void to_fiber(Block* b, Fiber* f) {
     b->running = nullptr;
 }
 
-static void release_if_complete(Block* b) {
-    if (b->arrived > 0 && b->arrived == b->live) {
-        b->arrived = 0;
-        ++b->gen;
-    }
-}
-
 static void fiber_main() {
     Block* b = g_block;
 #ifdef RTMW_ASAN
@@ -209,7 +208,8 @@ static void fiber_main() {
     b->thunk(b->params);
     f->state = DONE;
     --b->live;
-    release_if_complete(b);
+    if (b->arrived > 0)  // CUDA: a barrier in code not every thread of the block reaches is undefined
+        fail(b, "divergent __syncthreads: thread %d exited while %d threads wait at a barrier", f->index, b->arrived);
     Warp& w = b->warps[f->warp];
     --w.live;
     if (w.arrived > 0 && (w.mask >> f->lane) & 1u)
@@ -244,6 +244,9 @@ static void ucontext_entry() { fiber_main(); }
 void syncthreads() {
     Block* b = g_block;
     Fiber* f = b->running;
+    if (b->live != (int)b->fibers.size())
+        fail(b, "divergent __syncthreads: thread %d waits at a barrier %d exited threads never reach", f->index,
+             (int)b->fibers.size() - b->live);
     ++b->arrived;
     if (b->arrived == b->live) {  // the last one in opens the barrier and goes on
         b->arrived = 0;
@@ -326,6 +329,16 @@ static const char* state_name(State s) {
         case AT_BARRIER: return "__syncthreads";
         case AT_WARP: return "a warp shuffle";
         default: return "exited";
+    }
+}
+
+// a block starts with uninitialised shared memory: fresh pseudo-random bytes (never the previous block's data)
+static void poison_shared(uint64_t& rng) {
+    if (__start_rtmw_shared == nullptr || __stop_rtmw_shared == nullptr) return;
+    for (char* p = __start_rtmw_shared; p < __stop_rtmw_shared; p += 8) {
+        const uint64_t v = splitmix(rng);
+        const size_t left = (size_t)(__stop_rtmw_shared - p);
+        memcpy(p, &v, left < 8 ? left : 8);
     }
 }
 
@@ -414,6 +427,8 @@ int rtmw_host_launch(const char* name, unsigned gx, unsigned gy, unsigned gz, un
     if (gx < 1 || gy < 1 || gz < 1 || gy > 65535 || gz > 65535 || gx > 2147483647u)
         return report("invalid grid size (CUDA: x <= 2^31-1, y, z <= 65535)");
     if (g_block != nullptr) return report("nested launch");
+    static std::mutex launch_mutex;  // __shared__ storage is one per process: one launch at a time
+    std::lock_guard<std::mutex> lock(launch_mutex);
 
     Block block;
     block.thunk = it->second.thunk;
@@ -462,6 +477,7 @@ int rtmw_host_launch(const char* name, unsigned gx, unsigned gy, unsigned gz, un
         const long long lin = permute ? block_order[k] : k;
         block_idx = uint3{(unsigned)(lin % gx), (unsigned)((lin / gx) % gy), (unsigned)(lin / ((long long)gx * gy))};
         make_order(order, n, order_mode, rng);
+        poison_shared(rng);
         rc = run_block(&block, order);
     }
     g_block = nullptr;
