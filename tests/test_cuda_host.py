@@ -164,6 +164,47 @@ def test_a_kernel_that_does_not_compile_is_one_line(tmp_path):
         H.build_library({bad: ("broken",)}, directory=tmp_path / "cache")
 
 
+SANITIZED_CHILD = r"""
+import ctypes, sys
+import numpy as np
+from rtmw_edge.cuda import host as H
+from rtmw_edge.cuda import kernels as KK
+kernels = H.HostKernels(sources={sys.argv[1]: (sys.argv[2],)}, sanitize="address,undefined")
+out, value = np.zeros(32, np.int32), ctypes.c_float(float("nan"))
+values = [ctypes.c_uint64(out.ctypes.data), value]
+array = (ctypes.c_void_p * 2)(*(ctypes.addressof(v) for v in values))
+class Args: kernel, values, address = sys.argv[2], values, ctypes.addressof(array)
+kernels.launch(sys.argv[2], KK.Launch((1, 1, 1), (32, 1, 1)), Args)
+print("no report")
+"""
+BAD_KERNELS = r"""
+extern "C" __global__ void past_the_end(int* out, float unused) { out[threadIdx.x + 1] = 1; }
+extern "C" __global__ void nan_to_int(int* out, float nan) { out[threadIdx.x] = (int)nan; }
+"""
+
+
+def sanitized_env(runtime: str, **extra) -> dict:
+    return dict(os.environ, LD_PRELOAD=runtime, RTMW_EDGE_HOST_SANITIZE="address,undefined",
+                ASAN_OPTIONS="detect_leaks=0:detect_stack_use_after_return=0:abort_on_error=1",
+                UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1", **extra)
+
+
+@pytest.mark.slow
+def test_the_sanitizers_report_out_of_bounds_writes_and_nan_to_int(tmp_path):
+    """The sanitized build is live: a write one past a buffer is an ASan report, (int)NaN a UBSan one."""
+    runtime = H.asan_runtime()
+    if runtime is None:
+        pytest.skip("the compiler has no AddressSanitizer runtime")
+    bad = tmp_path / "bad.cu"
+    bad.write_text(BAD_KERNELS)
+    root = Path(__file__).resolve().parents[1]
+    for kernel, report in (("past_the_end", "AddressSanitizer: heap-buffer-overflow"),
+                           ("nan_to_int", "runtime error: nan is outside the range")):
+        proc = subprocess.run([sys.executable, "-c", SANITIZED_CHILD, str(bad), kernel], cwd=root, capture_output=True,
+                              text=True, env=sanitized_env(runtime), timeout=600)
+        assert proc.returncode != 0 and report in proc.stderr, (kernel, proc.stdout, proc.stderr[-2000:])
+
+
 @pytest.mark.slow
 def test_project_kernels_under_address_and_undefined_behaviour_sanitizers(tmp_path):
     """The kernel-vs-twin and edge-input tests again, with the library built with -fsanitize=address,undefined,
@@ -171,10 +212,12 @@ def test_project_kernels_under_address_and_undefined_behaviour_sanitizers(tmp_pa
     runtime = H.asan_runtime()
     if runtime is None:
         pytest.skip("the compiler has no AddressSanitizer runtime")
+    from test_cuda_kernel_twins import save_rawhead_outputs
+
     root = Path(__file__).resolve().parents[1]
-    env = dict(os.environ, LD_PRELOAD=runtime, RTMW_EDGE_HOST_SANITIZE="address,undefined",
-               ASAN_OPTIONS="detect_leaks=0:detect_stack_use_after_return=0:abort_on_error=1",
-               UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1")
+    outputs = tmp_path / "rawhead.npz"
+    save_rawhead_outputs(outputs)           # ONNX Runtime does not load under a preloaded libasan: detect here
+    env = sanitized_env(runtime, RTMW_EDGE_RAWHEAD_OUTPUTS=str(outputs))
     tests = ["tests/test_cuda_kernel_twins.py", "tests/test_cuda_edge_inputs.py", "tests/test_cuda_host.py"]
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests,
                            "-m", "not slow and not gpu"], cwd=root, env=env, capture_output=True, text=True,

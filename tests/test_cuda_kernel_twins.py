@@ -174,19 +174,41 @@ def test_crop_kernel_reads_x_and_y_the_right_way(device):
 
 
 # --------------------------------------------------------------------------- (2) detector post-processing
-@pytest.fixture(scope="module")
-def rawhead_outputs(images):
-    if not RAWHEAD.is_file():
-        pytest.skip("shared RTMDet raw-head detector not found")
+def detect_rawhead(images) -> list:
+    """(image, the three raw-head maps finest first, letterbox) per image, from the real RTMDet-nano."""
     from rtmw_edge.detectors import OnnxDetector
 
     det = OnnxDetector(RAWHEAD)
     out = []
     for image in images:
         tensor, lb = det.preprocess(image)
-        maps = det.infer(tensor)
-        out.append((image, sorted(maps, key=lambda o: -o.shape[1]), lb))
+        out.append((image, sorted(det.infer(tensor), key=lambda o: -o.shape[1]), lb))
     return out
+
+
+def save_rawhead_outputs(path) -> None:
+    """The detector outputs for a process that must not load ONNX Runtime (the sanitizer run)."""
+    arrays = {}
+    for i, (_, levels, lb) in enumerate(detect_rawhead([cv2.imread(str(p)) for p in IMAGES])):
+        arrays.update({f"{i}_level{j}": o for j, o in enumerate(levels)})
+        arrays[f"{i}_lb"] = np.array([lb.scale_x, lb.scale_y, lb.width, lb.height])
+    np.savez(path, **arrays)
+
+
+@pytest.fixture(scope="module")
+def rawhead_outputs(images):
+    if not RAWHEAD.is_file():
+        pytest.skip("shared RTMDet raw-head detector not found")
+    saved = os.environ.get("RTMW_EDGE_RAWHEAD_OUTPUTS")
+    if not saved:
+        return detect_rawhead(images)
+    with np.load(saved) as z:
+        out = []
+        for i, image in enumerate(images):
+            sx, sy, w, h = z[f"{i}_lb"]
+            out.append((image, [z[f"{i}_level{j}"] for j in range(3)], G.Letterbox(float(sx), float(sy), int(w),
+                                                                                 int(h))))
+        return out
 
 
 def rawhead_launch(device, levels):
