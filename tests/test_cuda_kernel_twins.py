@@ -118,7 +118,8 @@ def test_letterbox_kernel(device, images, size, swap_rb):
 
 
 # --------------------------------------------------------------------------- (3) crops
-def test_crop_kernel(device, images):
+def test_crop_kernel(ordered, images):
+    device = ordered
     worst_ref = worst_cv = 0.0
     for image in images:
         h, w = image.shape[:2]
@@ -300,6 +301,20 @@ def test_detector_select_kernel_on_hard_cases(ordered, seed):
         np.testing.assert_array_equal(got_b, want_b)
         np.testing.assert_array_equal(got_s, want_s)
         assert header[1] == total
+
+
+def test_detector_select_keeps_the_end_of_a_suppression_chain(ordered):
+    """A suppresses B (IoU 0.43 > 0.3), B would suppress C (0.43) but is itself suppressed, and C barely touches A
+    (0.11): greedy NMS keeps A, D and C. C sits at rank 3 so that a thread other than the first handles it — a
+    round of the kernel's NMS that does not end with a barrier lets that thread read B's flag before it is set."""
+    boxes = np.array([[10, 10, 110, 60], [50, 10, 150, 60], [90, 10, 190, 60], [200, 200, 250, 260]], np.float32)
+    scores = np.array([0.9, 0.8, 0.7, 0.75], np.float32)
+    lb = G.letterbox_params((320, 320), (320, 320))
+    want_b, want_s, _ = KK.reference_select(boxes, scores, lb, score_threshold=0.3, run_nms1=False)
+    assert want_s.tolist() == pytest.approx([0.9, 0.75, 0.7])
+    got_b, got_s, header = select(ordered, boxes, scores, lb, run_nms1=0)
+    np.testing.assert_array_equal(got_b, want_b)
+    np.testing.assert_array_equal(got_s, want_s)
 
 
 def test_detector_select_drops_empty_slots_of_in_graph_nms_at_threshold_zero(ordered):

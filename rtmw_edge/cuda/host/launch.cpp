@@ -2,7 +2,8 @@
 //
 // Blocks run one after another on the calling OS thread. Inside a block a fiber runs until it reaches
 // __syncthreads, a warp shuffle or its end; a barrier opens when every live thread of the block (a shuffle:
-// every lane of the warp) has arrived. The scheduler resumes the runnable fibers in the launch's order
+// every lane of the warp) has arrived, and even the last one in then yields. The scheduler resumes the
+// runnable fibers in the launch's order
 // (ascending, descending or a seeded shuffle of thread indices): code that reads what another thread writes
 // without a barrier in between gets different answers in different orders, which is how a missing
 // __syncthreads shows. A barrier that can never open (threads diverging at __syncthreads, a shuffle whose
@@ -248,13 +249,12 @@ void syncthreads() {
         fail(b, "divergent __syncthreads: thread %d waits at a barrier %d exited threads never reach", f->index,
              (int)b->fibers.size() - b->live);
     ++b->arrived;
-    if (b->arrived == b->live) {  // the last one in opens the barrier and goes on
-        b->arrived = 0;
-        ++b->gen;
-        return;
-    }
     f->state = AT_BARRIER;
     f->wait_gen = b->gen;
+    if (b->arrived == b->live) {  // the last one in opens the barrier, then waits its turn like the others:
+        b->arrived = 0;           // after a barrier the threads resume in the launch's order, not last-in first
+        ++b->gen;
+    }
     to_scheduler(b, f, false);
 }
 
@@ -282,14 +282,13 @@ void warp_exchange(unsigned mask, const void* value, void* out, int size, int sr
     memcpy(&v, value, size);
     w.slots[buf][f->lane] = v;
     ++w.arrived;
-    if (w.arrived == __builtin_popcount(mask)) {  // every lane the mask names is in
+    f->state = AT_WARP;
+    f->wait_gen = w.gen;
+    if (w.arrived == __builtin_popcount(mask)) {  // every lane the mask names is in: open, then wait one's turn
         w.arrived = 0;
         ++w.gen;
-    } else {
-        f->state = AT_WARP;
-        f->wait_gen = w.gen;
-        to_scheduler(b, f, false);
     }
+    to_scheduler(b, f, false);
     const int src_lane = src & 31;
     memcpy(out, &w.slots[buf][src_lane], size);
 }
