@@ -38,7 +38,17 @@ from pathlib import Path
 
 import numpy as np
 
-SURFACE_DIR = Path(__file__).resolve().parent / "data" / "tensorrt_surface"
+
+def _tests_dir() -> Path:
+    try:
+        return Path(__file__).resolve().parent
+    except NameError:  # executed from source by a checker (trt_api_check): find this file on sys.path
+        import sys
+
+        return next(Path(p).resolve() for p in sys.path if (Path(p) / "fake_tensorrt.py").is_file())
+
+
+SURFACE_DIR = _tests_dir() / "data" / "tensorrt_surface"
 KNOBS = ("calls", "parse_errors", "fail_build", "num_dla_cores", "engines", "surface")
 
 

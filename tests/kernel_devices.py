@@ -46,6 +46,18 @@ class HostDevice:
         self.buffers.clear()
 
 
+def gpu_or_skip() -> None:
+    """Skip the calling test where no CUDA device (or no cuda-python) is there."""
+    from rtmw_edge.cuda import runtime as R
+
+    try:
+        ok, why = R.device_available(0)
+    except Exception as exc:  # cuda-python missing
+        ok, why = False, str(exc)
+    if not ok:
+        pytest.skip(f"no CUDA device: {why}")
+
+
 class CudaDevice:
     """Kernels + one stream on a CUDA GPU (skipped without one)."""
 
@@ -54,12 +66,7 @@ class CudaDevice:
     def __init__(self) -> None:
         from rtmw_edge.cuda import runtime as R
 
-        try:
-            ok, why = R.device_available(0)
-        except Exception as exc:  # cuda-python missing
-            ok, why = False, str(exc)
-        if not ok:
-            pytest.skip(f"no CUDA device: {why}")
+        gpu_or_skip()
         self.R = R
         self.device = R.get_device(0)
         self.kernels = R.KernelModules(self.device)

@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 import pytest
 from conftest import SHARED
-from kernel_devices import CudaDevice, pipelines_agree
+from kernel_devices import CudaDevice, gpu_or_skip, pipelines_agree
 
 from rtmw_edge import geometry as G
 from rtmw_edge.cuda import kernels as KK
@@ -29,15 +29,6 @@ pytestmark = pytest.mark.gpu
 IMAGES = sorted((SHARED / "images").glob("*.jpg"))
 RAWHEAD = SHARED / "models" / "rtmdet-nano_person_320_rawhead.onnx"
 REPORT: dict = {}
-
-
-def _gpu_or_skip():
-    try:
-        ok, why = R.device_available(0)
-    except Exception as exc:  # cuda-python missing
-        ok, why = False, str(exc)
-    if not ok:
-        pytest.skip(f"no CUDA device: {why}")
 
 
 def record(key: str, value) -> None:
@@ -90,7 +81,7 @@ def test_graph_capture_replays_a_kernel(gpu):
 # --------------------------------------------------------------------------- the pipeline
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    _gpu_or_skip()
+    gpu_or_skip()
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         pytest.skip("the torch-cuda engine needs a CUDA build of PyTorch")

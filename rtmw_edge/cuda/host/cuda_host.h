@@ -78,16 +78,6 @@ inline T __shfl_down_sync(unsigned mask, T var, unsigned delta, int width = warp
     return out;
 }
 
-template <typename T>
-inline T __shfl_up_sync(unsigned mask, T var, unsigned delta, int width = warpSize) {
-    static_assert(sizeof(T) <= 8, "shuffles move 32/64-bit values");
-    const int lane = rtmw_host::lane_id();
-    const int src = ((lane & (width - 1)) >= (int)delta) ? lane - (int)delta : lane;
-    T out;
-    rtmw_host::warp_exchange(mask, &var, &out, sizeof(T), src);
-    return out;
-}
-
 inline int atomicAdd(int* address, int val) { return __atomic_fetch_add(address, val, __ATOMIC_SEQ_CST); }
 inline unsigned int atomicAdd(unsigned int* address, unsigned int val) {
     return __atomic_fetch_add(address, val, __ATOMIC_SEQ_CST);
