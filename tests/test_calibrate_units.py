@@ -121,7 +121,7 @@ def test_percentile_clip_is_the_upper_edge_of_the_bin_that_reaches_the_share():
     assert h.amax("percentile", 99.5) == 255.0       # bin 255's edge is 256: capped at the true max
 
 
-def test_shards_and_manifest_are_replaced_never_written_in_place(tmp_path):
+def test_shards_and_manifest_are_replaced_never_written_in_place(tmp_path, monkeypatch):
     """Filesystem behaviour of an atomic write: the new file is renamed over the old one, so a reader that holds
     the old file (here: a second hard link to it) still sees the old bytes, and a write that fails midway leaves
     the old file whole and no temporary behind. A write in place changes the shared file under the reader."""
@@ -142,12 +142,14 @@ def test_shards_and_manifest_are_replaced_never_written_in_place(tmp_path):
     assert json.loads((tmp_path / "manifest.reader").read_text()) == {"shards": ["a"]}
     assert cache.manifest() == {"shards": ["a", "b"]}
 
-    def broken(f):
+    def broken(f, array):
         f.write(b"partial")
-        raise OSError("disk full")
+        raise OSError(28, "No space left on device")
 
-    with pytest.raises(OSError, match="disk full"):
-        D._atomic_write(shard, broken)
+    monkeypatch.setattr(D.np, "save", broken)
+    with pytest.raises(RtmwEdgeError, match="No space left"):
+        D._atomic_save_npy(shard, np.full(4, 2.0, np.float32))
+    monkeypatch.undo()
     assert np.load(shard).tolist() == [1.0] * 4
     assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json", "manifest.reader", "reader.npy",
                                                           "shard_00000.npy"]
