@@ -131,9 +131,10 @@ def selftest_cmd(workdir: Path | None = typer.Option(None, "--workdir", help="Ke
 
     Exports rtmpose-t and rtmdet-nano (random weights), builds their engines on this GPU and compares them
     with ONNX Runtime through `check`. Exit 0 when every engine matches, 1 otherwise."""
-    from .backends.tensorrt import import_tensorrt, selftest
+    from .backends.tensorrt import import_tensorrt
     from .check import list_images, read_image
     from .outputs import check_output
+    from .selftest import selftest
 
     if images is not None:
         for path in list_images(images):  # unreadable photos: one line now, not after the builds

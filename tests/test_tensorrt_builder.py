@@ -14,6 +14,7 @@ import pytest
 from fake_tensorrt import make_fake_cudart, make_fake_tensorrt, recorded_versions
 from onnx import TensorProto, helper, numpy_helper
 
+from rtmw_edge import selftest as selftest_module
 from rtmw_edge.backends import load_engine
 from rtmw_edge.backends import tensorrt as trt_backend
 from rtmw_edge.cli import main
@@ -378,7 +379,7 @@ def test_check_compares_an_engine_with_its_onnx(fake_trt, fake_cuda, pose, tmp_p
 
     fake_trt()
     engine = build(pose, tmp_path / "pose.engine").engine_path
-    images = trt_backend._synthetic_images(tmp_path / "images", count=2)
+    images = selftest_module._synthetic_images(tmp_path / "images", count=2)
     report = check_model(engine, pose, images)
     assert report.passed and report.samples == 2 and report.outputs["simcc_x"]["max_abs"] == 0.0
     assert main(["check", str(engine), "--against", str(pose), "--images", str(images)]) == 0
@@ -392,7 +393,7 @@ def test_selftest_end_to_end_with_fakes(fake_trt, fake_cuda, tmp_path, monkeypat
 
     monkeypatch.setattr(rtmw_edge.export, "export_onnx", fake_export)
     fake_trt()
-    rows = trt_backend.selftest(tmp_path / "work", progress=False)
+    rows = selftest_module.selftest(tmp_path / "work", progress=False)
     assert [r["model"] for r in rows] == ["rtmpose-t-256x192", "rtmdet-nano-person"]
     assert all(r["passed"] and r["build_path"] == "strongly-typed" for r in rows), rows
     assert (tmp_path / "work" / "timing.cache").is_file()
@@ -442,7 +443,7 @@ def test_selftest_with_real_project_exports(fake_trt, fake_cuda, tmp_path):
     """The real exports (rtmpose-t, rtmdet-nano; ~15 s) through the fake builder, runtime and `check`."""
     pytest.importorskip("torch")
     fake_trt()
-    rows = trt_backend.selftest(tmp_path, progress=False)
+    rows = selftest_module.selftest(tmp_path, progress=False)
     assert all(r["passed"] for r in rows), rows
     pose_manifest = read_manifest(tmp_path / "rtmpose-t-256x192.engine")
     assert pose_manifest["profiles"][0]["max"] == [32, 3, 256, 192]
