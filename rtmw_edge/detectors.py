@@ -43,7 +43,15 @@ import cv2
 import numpy as np
 
 from .errors import RtmwEdgeError
-from .geometry import Letterbox, decode_rtmdet, filter_detections, grid_priors, letterbox, normalize_to_nchw
+from .geometry import (
+    Letterbox,
+    decode_rtmdet,
+    filter_detections,
+    grid_priors,
+    letterbox,
+    normalize_to_nchw,
+    valid_boxes,
+)
 from .onnx_meta import read_metadata
 from .zoo import DET_MEAN_BGR, DET_STD_BGR
 
@@ -336,8 +344,8 @@ class OnnxDetector:
 
     def postprocess(self, outputs, letterbox: Letterbox) -> tuple[np.ndarray, np.ndarray]:
         boxes, scores = self._decode(outputs)
-        if self.signature.has_nms:  # the graph ran NMS: threshold, sort, cap
-            keep = np.flatnonzero(scores > self.score_threshold)
+        if self.signature.has_nms:  # the graph ran NMS: threshold (empty slots score ≤ 0), sort, cap
+            keep = np.flatnonzero((scores > self.score_threshold) & valid_boxes(boxes))
             keep = keep[np.argsort(-scores[keep], kind="stable")][: self.max_detections]
             boxes, scores = boxes[keep], scores[keep]
         else:
@@ -347,7 +355,8 @@ class OnnxDetector:
         image_w, image_h = letterbox.width / letterbox.scale_x, letterbox.height / letterbox.scale_y
         boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0, round(image_w))
         boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0, round(image_h))
-        return boxes.astype(np.float32), scores.astype(np.float32)
+        inside = valid_boxes(boxes)  # a box wholly outside the frame is clipped to zero area: no person
+        return boxes[inside].astype(np.float32), scores[inside].astype(np.float32)
 
     def __call__(self, image_bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         tensor, lb = self.preprocess(image_bgr)

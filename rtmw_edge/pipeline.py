@@ -112,7 +112,7 @@ class TopDownPose:
                     image_wh: tuple[int, int], camera: G.Camera | None = None):
         info = self.info
         if info.decoded:
-            kpts, scores = outputs["keypoints"], outputs["scores"]
+            kpts, scores = outputs["keypoints"], G.finite_scores(outputs["scores"])
             z = outputs.get("z")
         else:
             kpts, scores = G.simcc_decode(outputs["simcc_x"], outputs["simcc_y"], info.split_ratio)

@@ -157,7 +157,7 @@ def test_signals_finalise_a_looping_video_run(pose, clip, tmp_path, signum, code
         live = _wait_for_lines(out, 3, proc)  # the stream under its final name, while the run goes on
         assert all(json.loads(line)["source"] == "clip.avi" for line in live)
         proc.send_signal(signum)
-        _, err = proc.communicate(timeout=60)
+        _, err = proc.communicate(timeout=180)  # generous: a loaded 2-core machine
     finally:
         proc.kill()
     assert proc.returncode == code, err
