@@ -410,19 +410,20 @@ class OnnxDetector:
 
 
 class EngineDetector(OnnxDetector):
-    """One of our own exported detectors behind any `backends.Engine` (a TensorRT engine built from it):
-    the same preprocess → infer → postprocess, with the signature read from the engine's metadata."""
+    """A detector behind any `backends.Engine` (a TensorRT engine built from one of our exports, or a model on a
+    Triton server): the same preprocess → infer → postprocess. The signature is read from the engine's metadata,
+    or given (`signature`, as `inspect_detector` read it from the ONNX the engine runs: foreign detectors too)."""
 
-    def __init__(self, engine, *, score_threshold: float = 0.3, nms_iou: float = 0.6,
-                 max_detections: int = 100) -> None:
+    def __init__(self, engine, *, signature: DetectorSignature | None = None, score_threshold: float = 0.3,
+                 nms_iou: float = 0.6, max_detections: int = 100) -> None:
         meta = engine.metadata
         self.name = str(engine.path)
-        if not meta or meta.get("task") != "detector":
+        if signature is None and (not meta or meta.get("task") != "detector"):
             task = meta.get("task") if meta else "unknown"
             raise UnknownDetectorError(f"{self.name}: not a detector built by rtmw-edge (task {task}); foreign "
                                        "detectors run through ONNX Runtime")
         self.engine = engine
-        self.signature = project_signature(meta, engine.input_name, tuple(meta["input_size"]))
+        self.signature = signature or project_signature(meta, engine.input_name, tuple(meta["input_size"]))
         self.score_threshold, self.nms_iou, self.max_detections = float(score_threshold), float(nms_iou), \
             int(max_detections)
         self._input_dtype = np.float32

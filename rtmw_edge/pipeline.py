@@ -21,7 +21,7 @@ from . import geometry as G
 from .backends import Engine, load_engine, run_chunked
 from .errors import RtmwEdgeError, UsageError
 from .keypoints import KEYPOINT_SETS
-from .results import FrameResult, Person
+from .results import FrameResult, persons_from_arrays
 from .zoo import POSE_MEAN_RGB, POSE_STD_RGB
 
 log = logging.getLogger("rtmw_edge")
@@ -86,9 +86,9 @@ def pose_info(engine: Engine) -> PoseModelInfo:
 class TopDownPose:
     """Top-down pose model wrapper: preprocess → infer → postprocess."""
 
-    def __init__(self, engine: Engine, flip_test: bool = False) -> None:
+    def __init__(self, engine: Engine, flip_test: bool = False, info: PoseModelInfo | None = None) -> None:
         self.engine = engine
-        self.info = pose_info(engine)
+        self.info = info or pose_info(engine)  # given: read from the ONNX beforehand (a remote engine has no file)
         self.flip_test = flip_test and not self.info.flip_in_graph  # a graph with flip test does it already
         if self.flip_test and (self.info.decoded or not self.info.flip_indices):
             raise RtmwEdgeError(f"--flip-test needs SimCC outputs and flip indices; {engine.path.name} "
@@ -212,11 +212,26 @@ class PoseEstimator:
             raise RtmwEdgeError("--det-threshold must be in [0, 1]")
         det_path, pose_path = resolve_model(det, "det"), resolve_model(pose, "pose")
         if backend == "tensorrt" or det_path.suffix.lower() != ".onnx":  # a TensorRT engine of our detector
-            self.detector = EngineDetector(load_engine(det_path, backend), score_threshold=det_threshold,
-                                           nms_iou=0.6, max_detections=1000)
+            detector = EngineDetector(load_engine(det_path, backend), score_threshold=det_threshold,
+                                      nms_iou=0.6, max_detections=1000)
         else:
-            self.detector = OnnxDetector(det_path, score_threshold=det_threshold, nms_iou=0.6, max_detections=1000)
-        self.pose = TopDownPose(load_engine(pose_path, backend, threads=threads), flip_test)
+            detector = OnnxDetector(det_path, score_threshold=det_threshold, nms_iou=0.6, max_detections=1000)
+        self._assemble(detector, TopDownPose(load_engine(pose_path, backend, threads=threads), flip_test),
+                       max_persons=max_persons, nms_iou=nms_iou, kpt_threshold=kpt_threshold, camera=camera,
+                       track=track, smooth=smooth, smoothing=smoothing)
+
+    @classmethod
+    def from_parts(cls, detector, pose: TopDownPose, **options) -> PoseEstimator:
+        """The same pipeline around a detector and a `TopDownPose` built elsewhere (the Triton pipeline model
+        runs them on the server's detector and pose models); options as `_assemble`."""
+        estimator = cls.__new__(cls)
+        estimator._assemble(detector, pose, **options)
+        return estimator
+
+    def _assemble(self, detector, pose: TopDownPose, *, max_persons: int = 32, nms_iou: float = 0.3,
+                  kpt_threshold: float = 0.3, camera: G.Camera | None = None, track: bool = False,
+                  smooth: bool = False, smoothing: dict | None = None) -> None:
+        self.detector, self.pose = detector, pose
         self.max_persons = max_persons
         self.nms_iou = nms_iou
         self.kpt_threshold = kpt_threshold
@@ -246,8 +261,7 @@ class PoseEstimator:
         h, w = image.shape[:2]
         boxes, scores, dropped = self.detect(image)
         kpts, kpt_scores, kpts_3d = self.pose(image, boxes, self.camera)
-        persons = [Person(bbox=boxes[i], score=float(scores[i]), keypoints=kpts[i], keypoint_scores=kpt_scores[i],
-                          keypoints_3d=None if kpts_3d is None else kpts_3d[i]) for i in range(len(boxes))]
+        persons = persons_from_arrays(boxes, scores, kpts, kpt_scores, kpts_3d)
         if self.tracker is not None:
             persons = self.tracker.update(persons, timestamp)
         return FrameResult(frame=frame, timestamp=timestamp, width=w, height=h, persons=persons,
