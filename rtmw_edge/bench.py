@@ -82,6 +82,25 @@ class Config:
     pose: str
     backend: str = "auto"
     pose_spec: str | None = None   # settings of a foreign pose ONNX (see rtmw_edge.pose_models)
+    triton_url: str | None = None      # backend "triton": the server; its pipeline model decides det and pose
+    triton_model: str = "rtmw_pipeline"
+
+
+def make_estimator(cfg: Config, max_persons: int = 32, threads: int | None = None):
+    """A local `PoseEstimator`, or for backend "triton" the server's pipeline (end-to-end timing only)."""
+    if cfg.backend == "triton":
+        from .triton.client import TritonPoseEstimator
+
+        return TritonPoseEstimator(cfg.triton_url, model=cfg.triton_model, det_threshold=DET_THRESHOLD,
+                                   max_persons=max_persons)
+    from .pipeline import PoseEstimator
+
+    return PoseEstimator(cfg.det, cfg.pose, backend=cfg.backend, max_persons=max_persons, threads=threads,
+                         det_threshold=DET_THRESHOLD, pose_spec=cfg.pose_spec)
+
+
+def _people(est, image: np.ndarray) -> int:
+    return len(est.detect(image)[0]) if hasattr(est, "detect") else len(est(image).persons)
 
 
 class StageClock:
@@ -140,9 +159,9 @@ def run_frame(est, jpeg: bytes, clock: StageClock, draw: bool = True) -> int:
     return len(persons)
 
 
-def run_production(est, jpeg: bytes, clock: StageClock, draw: bool = True) -> None:
+def run_production(est, jpeg: bytes, clock: StageClock, draw: bool = True) -> int:
     """The same frame through the real code path (decode → `PoseEstimator.__call__` → draw), timed as a
-    whole: the end-to-end time the stage breakdown must add up to."""
+    whole: the end-to-end time the stage breakdown must add up to. Returns the number of persons."""
     t = time.perf_counter()
     image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
     result = est(image)
@@ -151,6 +170,7 @@ def run_production(est, jpeg: bytes, clock: StageClock, draw: bool = True) -> No
 
         draw_frame(image, result)
     clock.totals.append(time.perf_counter() - t)
+    return len(result.persons)
 
 
 def benchmark(configs: list[Config], tiles: list[np.ndarray], persons: list[int], frames: int = 20,
@@ -158,15 +178,12 @@ def benchmark(configs: list[Config], tiles: list[np.ndarray], persons: list[int]
     """Stage breakdown at the largest person count, and the frame-time curve over `persons`."""
     from rich.progress import Progress
 
-    from .pipeline import PoseEstimator
-
     report = {"machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                           "python": platform.python_version()},
               "frames": frames, "persons_requested": persons, "configs": []}
-    first = PoseEstimator(configs[0].det, configs[0].pose, backend=configs[0].backend, threads=threads,
-                          det_threshold=DET_THRESHOLD, pose_spec=configs[0].pose_spec)
+    first = make_estimator(next((c for c in configs if c.backend != "triton"), configs[0]), threads=threads)
     # keep the tiles in which the detector sees exactly one person, alone and in a 4×4 grid of copies
-    single = [t for t in tiles if len(first.detect(t)[0]) == 1 and len(first.detect(tiled_frame([t], 16))[0]) == 16]
+    single = [t for t in tiles if _people(first, t) == 1 and _people(first, tiled_frame([t], 16)) == 16]
     if not single:
         raise RtmwEdgeError("the detector finds no single person in any tile: check --det")
     jpegs = {n: cv2.imencode(".jpg", tiled_frame(single, n), [cv2.IMWRITE_JPEG_QUALITY, 92])[1].tobytes()
@@ -175,8 +192,8 @@ def benchmark(configs: list[Config], tiles: list[np.ndarray], persons: list[int]
     with Progress(transient=True, disable=not progress) as bar:
         task = bar.add_task("bench", total=len(configs) * len(persons) * (frames + warmup))
         for cfg in configs:
-            est = PoseEstimator(cfg.det, cfg.pose, backend=cfg.backend, max_persons=max(persons), threads=threads,
-                                det_threshold=DET_THRESHOLD, pose_spec=cfg.pose_spec)
+            est = make_estimator(cfg, max_persons=max(persons), threads=threads)
+            remote = cfg.backend == "triton"  # the server runs the stages: end-to-end time only
             curve = []
             for n in persons:
                 clock = StageClock()
@@ -184,7 +201,9 @@ def benchmark(configs: list[Config], tiles: list[np.ndarray], persons: list[int]
                 for i in range(frames + warmup):
                     # instrumented copy (per-stage times) and the real path (end to end), interleaved so both
                     # see the same load, in alternating order so neither always runs on the other's warm caches
-                    if i % 2:
+                    if remote:
+                        count = run_production(est, jpegs[n], clock)
+                    elif i % 2:
                         run_production(est, jpegs[n], clock)
                         count = run_frame(est, jpegs[n], clock)
                     else:
@@ -194,12 +213,14 @@ def benchmark(configs: list[Config], tiles: list[np.ndarray], persons: list[int]
                     if i < warmup:  # discard warm-up frames (allocations, first-run kernel selection)
                         clock.totals.pop()
                         for v in clock.times.values():
-                            v.pop()
+                            if v:
+                                v.pop()
                     bar.advance(task)
                 summary = clock.summary()
                 curve.append({"persons_requested": n, "persons_detected": found, **summary})
             report["configs"].append({"name": cfg.name, "det": cfg.det, "pose": cfg.pose, "backend": cfg.backend,
-                                      "pose_model": est.info.name, "stages": curve[-1], "curve": curve})
+                                      "triton_url": cfg.triton_url, "pose_model": est.info.name, "stages": curve[-1],
+                                      "curve": curve})
     for cfg in report["configs"]:
         pts = [(c["persons_detected"], c["end_to_end_ms"]["mean"]) for c in cfg["curve"]]
         if len(pts) >= 2 and len({p for p, _ in pts}) >= 2:
@@ -233,8 +254,9 @@ def plot(report: dict, path: str | Path) -> Path:
     for c in report["configs"]:
         xs = [p["persons_detected"] for p in c["curve"]]
         ax2.plot(xs, [p["end_to_end_ms"]["mean"] for p in c["curve"]], marker="o", label=f"{c['name']} frame")
-        ax2.plot(xs, [p["stages_ms"]["pose_inference"]["mean"] for p in c["curve"]], marker=".", linestyle="--",
-                 label=f"{c['name']} pose inference")
+        if all("pose_inference" in p["stages_ms"] for p in c["curve"]):  # local configs: the stage breakdown
+            ax2.plot(xs, [p["stages_ms"]["pose_inference"]["mean"] for p in c["curve"]], marker=".", linestyle="--",
+                     label=f"{c['name']} pose inference")
     ax2.set_xlabel("persons in the frame (detected)")
     ax2.set_ylabel("ms per frame")
     ax2.set_title("cost per extra person")

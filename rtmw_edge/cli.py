@@ -211,7 +211,11 @@ def run_cmd(source: str = typer.Argument(..., help="Image, folder, video, camera
             pose_spec: str | None = POSE_SPEC_OPTION,
             det_interval: int = typer.Option(1, "--det-interval", min=1, help="Video/camera: run the detector "
                                              "every N-th frame; in between, boxes from the last frame's keypoints."),
-            backend: str = typer.Option("auto", help="auto, onnxruntime, tensorrt or torch-cuda (GPU pipeline)."),
+            backend: str = typer.Option("auto", help="auto, onnxruntime, tensorrt, torch-cuda (GPU pipeline) or "
+                                        "triton (a Triton server: --triton-url)."),
+            triton_url: str | None = typer.Option(None, "--triton-url", help="Triton server HOST:PORT (gRPC; "
+                                                  "http://HOST:PORT for HTTP); implies --backend triton."),
+            triton_model: str = typer.Option("rtmw_pipeline", "--triton-model", help="The server's pipeline model."),
             out_jsonl: str | None = typer.Option(None, "--out", help="JSON lines, one object per frame, written "
                                                  "as they come ('-': standard output)."),
             coco: Path | None = typer.Option(None, "--coco", help="COCO keypoint results JSON (image ids from --ann "
@@ -241,8 +245,9 @@ def run_cmd(source: str = typer.Argument(..., help="Image, folder, video, camera
     Progress, warnings and the summary go to standard error; standard output carries only `--out -`."""
     from .run import RunOptions, run_source
 
-    opts = RunOptions(source=source, det=det, pose=pose, backend=backend,
-                      out_jsonl=None if out_jsonl is None else Path(out_jsonl), coco=coco, ann=ann, save=save,
+    opts = RunOptions(source=source, det=det, pose=pose, backend=backend, triton_url=triton_url,
+                      triton_model=triton_model, out_jsonl=None if out_jsonl is None else Path(out_jsonl), coco=coco,
+                      ann=ann, save=save,
                       plot_3d=plot_3d, show=show, flip_test=flip_test, track=track, smooth=smooth,
                       smooth_min_cutoff=smooth_min_cutoff, smooth_beta=smooth_beta, max_persons=max_persons,
                       det_threshold=det_threshold, kpt_threshold=kpt_threshold, focal=focal, principal=principal,
@@ -306,10 +311,13 @@ def eval_cmd(ann: Path = typer.Option(..., "--ann", help="COCO / COCO-WholeBody 
 
 @app.command("bench")
 def bench_cmd(det: str = typer.Option("rtmdet-nano-person", "--det", help="Detector: .onnx or registered name."),
-              pose: list[str] = typer.Option(..., "--pose", help="Pose model(s): repeat to compare (e.g. FP32 "
+              pose: list[str] = typer.Option([], "--pose", help="Pose model(s): repeat to compare (e.g. FP32 "
                                              "and FP16 exports) side by side."),
               pose_spec: str | None = POSE_SPEC_OPTION,
-              backend: list[str] = typer.Option(["auto"], "--backend", help="Backend(s): repeat to compare."),
+              backend: list[str] = typer.Option(["auto"], "--backend", help="Backend(s): repeat to compare "
+                                                "(triton: the server at --triton-url, end-to-end time only)."),
+              triton_url: str | None = typer.Option(None, "--triton-url", help="Triton server HOST:PORT for "
+                                                    "--backend triton."),
               persons: str = typer.Option("1,2,4,8,16,32", help="People per synthetic frame, comma-separated."),
               frames: int = typer.Option(20, help="Timed frames per point (after 2 warm-up frames)."),
               ann: Path | None = typer.Option(None, help="COCO annotation file whose people are tiled "
@@ -342,7 +350,14 @@ def bench_cmd(det: str = typer.Option("rtmdet-nano-person", "--det", help="Detec
     if not ann.is_file():
         raise RtmwEdgeError(f"annotation file not found: {ann} (give --ann and --images)")
     configs = []
+    if "triton" in backend and not triton_url:
+        raise UsageError("--backend triton needs --triton-url HOST:PORT")
+    if any(b != "triton" for b in backend) and not pose:
+        raise UsageError("bench needs --pose for the local backends")
     for b in backend:
+        if b == "triton":  # the server's pipeline model: one configuration whatever --pose says
+            configs.append(Config("triton", det, "", b, triton_url))
+            continue
         for p in pose:
             label = Path(p).stem if len(backend) == 1 else f"{Path(p).stem}/{b}"
             while label in (c.name for c in configs):
@@ -359,10 +374,13 @@ def bench_cmd(det: str = typer.Option("rtmdet-nano-person", "--det", help="Detec
     for cfg in report["configs"]:
         for point in cfg["curve"]:
             st = point["stages_ms"]
-            other = point["stage_sum_ms"] - st["det_inference"]["mean"] - st["pose_inference"]["mean"]
             e2e = point["end_to_end_ms"]
-            table.add_row(cfg["name"], str(point["persons_detected"]), f"{st['det_inference']['mean']:.1f}",
-                          f"{st['pose_inference']['mean']:.1f}", f"{other:.1f}",
+            if st:
+                other = point["stage_sum_ms"] - st["det_inference"]["mean"] - st["pose_inference"]["mean"]
+                stages = (f"{st['det_inference']['mean']:.1f}", f"{st['pose_inference']['mean']:.1f}", f"{other:.1f}")
+            else:  # triton: the stages run on the server
+                stages = ("-", "-", "-")
+            table.add_row(cfg["name"], str(point["persons_detected"]), *stages,
                           f"{e2e['p50']:.1f} / {e2e['p90']:.1f} / {e2e['p99']:.1f}", f"{point['fps']:.2f}")
         if "ms_per_extra_person" in cfg:
             out.print(f"{cfg['name']}: {cfg['ms_per_extra_person']:.1f} ms per extra person")
@@ -375,7 +393,7 @@ def bench_cmd(det: str = typer.Option("rtmdet-nano-person", "--det", help="Detec
 
 
 # Command groups that live in their own modules (each defines `register(app)`), keeping this file small.
-COMMAND_MODULES = ("cli_calibrate", "cli_engines", "cli_serve")
+COMMAND_MODULES = ("cli_calibrate", "cli_engines", "cli_serve", "cli_triton")
 
 
 def _register_command_modules() -> None:

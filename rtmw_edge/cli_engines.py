@@ -134,12 +134,14 @@ def selftest_cmd(workdir: Path | None = typer.Option(None, "--workdir", help="Ke
 
     Exports rtmpose-t and rtmdet-nano (random weights), builds their engines on this GPU and compares them
     with ONNX Runtime through `check`. Exit 0 when every engine matches, 1 otherwise."""
-    from .backends.tensorrt import import_tensorrt, selftest
-    from .check import list_images
+    from .backends.tensorrt import import_tensorrt
+    from .check import list_images, read_image
     from .outputs import check_output
+    from .selftest import selftest
 
     if images is not None:
-        list_images(images)
+        for path in list_images(images):  # unreadable photos: one line now, not after the builds
+            read_image(path)
     workdir = check_output(workdir, option="--workdir", inputs=[images], kind="dir")
     import_tensorrt()  # one clear line and exit 1 when TensorRT is missing
     folder = workdir or Path(tempfile.mkdtemp(prefix="rtmw-edge-selftest-"))

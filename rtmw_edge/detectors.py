@@ -43,7 +43,15 @@ import cv2
 import numpy as np
 
 from .errors import RtmwEdgeError
-from .geometry import Letterbox, decode_rtmdet, filter_detections, grid_priors, letterbox, normalize_to_nchw
+from .geometry import (
+    Letterbox,
+    decode_rtmdet,
+    filter_detections,
+    grid_priors,
+    letterbox,
+    normalize_to_nchw,
+    valid_boxes,
+)
 from .onnx_meta import read_metadata
 from .zoo import DET_MEAN_BGR, DET_STD_BGR
 
@@ -336,8 +344,8 @@ class OnnxDetector:
 
     def postprocess(self, outputs, letterbox: Letterbox) -> tuple[np.ndarray, np.ndarray]:
         boxes, scores = self._decode(outputs)
-        if self.signature.has_nms:  # the graph ran NMS: threshold, sort, cap
-            keep = np.flatnonzero(scores > self.score_threshold)
+        if self.signature.has_nms:  # the graph ran NMS: threshold (empty slots score ≤ 0), sort, cap
+            keep = np.flatnonzero((scores > self.score_threshold) & valid_boxes(boxes))
             keep = keep[np.argsort(-scores[keep], kind="stable")][: self.max_detections]
             boxes, scores = boxes[keep], scores[keep]
         else:
@@ -347,7 +355,8 @@ class OnnxDetector:
         image_w, image_h = letterbox.width / letterbox.scale_x, letterbox.height / letterbox.scale_y
         boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0, round(image_w))
         boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0, round(image_h))
-        return boxes.astype(np.float32), scores.astype(np.float32)
+        inside = valid_boxes(boxes)  # a box wholly outside the frame is clipped to zero area: no person
+        return boxes[inside].astype(np.float32), scores[inside].astype(np.float32)
 
     def __call__(self, image_bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         tensor, lb = self.preprocess(image_bgr)
@@ -401,19 +410,20 @@ class OnnxDetector:
 
 
 class EngineDetector(OnnxDetector):
-    """One of our own exported detectors behind any `backends.Engine` (a TensorRT engine built from it):
-    the same preprocess → infer → postprocess, with the signature read from the engine's metadata."""
+    """A detector behind any `backends.Engine` (a TensorRT engine built from one of our exports, or a model on a
+    Triton server): the same preprocess → infer → postprocess. The signature is read from the engine's metadata,
+    or given (`signature`, as `inspect_detector` read it from the ONNX the engine runs: foreign detectors too)."""
 
-    def __init__(self, engine, *, score_threshold: float = 0.3, nms_iou: float = 0.6,
-                 max_detections: int = 100) -> None:
+    def __init__(self, engine, *, signature: DetectorSignature | None = None, score_threshold: float = 0.3,
+                 nms_iou: float = 0.6, max_detections: int = 100) -> None:
         meta = engine.metadata
         self.name = str(engine.path)
-        if not meta or meta.get("task") != "detector":
+        if signature is None and (not meta or meta.get("task") != "detector"):
             task = meta.get("task") if meta else "unknown"
             raise UnknownDetectorError(f"{self.name}: not a detector built by rtmw-edge (task {task}); foreign "
                                        "detectors run through ONNX Runtime")
         self.engine = engine
-        self.signature = project_signature(meta, engine.input_name, tuple(meta["input_size"]))
+        self.signature = signature or project_signature(meta, engine.input_name, tuple(meta["input_size"]))
         self.score_threshold, self.nms_iou, self.max_detections = float(score_threshold), float(nms_iou), \
             int(max_detections)
         self._input_dtype = np.float32

@@ -14,6 +14,8 @@ import cv2
 import numpy as np
 
 BBOX_PADDING = 1.25  # GetBBoxCenterScale default
+MAX_BOX_SIZE = 1e6   # px: no frame is this wide; past ~1.6e6 OpenCV's 32-bit fixed-point warpAffine overflows
+SCORE_LIMIT = float(np.finfo(np.float32).max)  # keypoint scores are clipped to ±this (finite, JSON-safe)
 
 
 # --------------------------------------------------------------------------- detector input / output
@@ -39,7 +41,7 @@ def letterbox_params(image_hw: tuple[int, int], input_wh: tuple[int, int]) -> Le
     h, w = image_hw
     in_w, in_h = input_wh
     factor = min(in_w / w, in_h / h)
-    new_w, new_h = int(w * factor + 0.5), int(h * factor + 0.5)
+    new_w, new_h = max(1, int(w * factor + 0.5)), max(1, int(h * factor + 0.5))  # ≥ 1 px for extreme aspects
     return Letterbox(new_w / w, new_h / h, new_w, new_h)
 
 
@@ -94,6 +96,20 @@ def decode_rtmdet(cls_scores: list[np.ndarray], bbox_preds: list[np.ndarray],
     return distance2bbox(points[None], dists).astype(np.float32), sigmoid(scores).astype(np.float32)
 
 
+def valid_boxes(boxes: np.ndarray) -> np.ndarray:
+    """The one rule for degenerate boxes (CPU pipeline, `detector_post.cu`, `crops.cu`, tests): a box is usable
+    iff 0 < x2 − x1 ≤ MAX_BOX_SIZE and 0 < y2 − y1 ≤ MAX_BOX_SIZE, computed in float32.
+
+    False for zero-area and inverted boxes and for any box with a NaN or infinite coordinate (NaN fails every
+    comparison; inf − finite = inf; inf − inf = NaN). Selection (`filter_detections`, the detectors'
+    post-processing, the select kernel) drops such boxes; `box_to_center_scale` gives them the empty crop.
+    """
+    b = np.asarray(boxes, np.float32).reshape(-1, 4)
+    with np.errstate(invalid="ignore", over="ignore"):
+        w, h = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
+        return (w > 0) & (w <= MAX_BOX_SIZE) & (h > 0) & (h <= MAX_BOX_SIZE)
+
+
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Pairwise IoU of xyxy boxes, [Na, Nb]."""
     a, b = np.asarray(a, np.float64).reshape(-1, 4), np.asarray(b, np.float64).reshape(-1, 4)
@@ -124,8 +140,9 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, max_det: in
 
 def filter_detections(boxes: np.ndarray, scores: np.ndarray, score_threshold: float, iou_threshold: float,
                       max_det: int) -> tuple[np.ndarray, np.ndarray]:
-    """Threshold, then NMS, then keep at most `max_det` (one image: boxes [N,4], scores [N])."""
-    mask = scores > score_threshold
+    """Threshold (degenerate boxes dropped, `valid_boxes`), then NMS, then keep at most `max_det` (one image:
+    boxes [N,4], scores [N])."""
+    mask = (scores > score_threshold) & valid_boxes(boxes)
     boxes, scores = boxes[mask], scores[mask]
     keep = nms(boxes, scores, iou_threshold, max_det)
     return boxes[keep], scores[keep]
@@ -136,15 +153,20 @@ def box_to_center_scale(boxes: np.ndarray, input_wh: tuple[int, int],
                         padding: float = BBOX_PADDING) -> tuple[np.ndarray, np.ndarray]:
     """xyxy boxes [N,4] → centres [N,2] and padded, aspect-fixed scales [N,2] (w, h) in image pixels.
 
-    The box grows by `padding`, then only ever grows further to the input aspect ratio w/h.
+    The box grows by `padding`, then only ever grows further to the input aspect ratio w/h. A box that fails
+    `valid_boxes` has no crop: its centre and scale are 0 (`crop_persons` gives it the empty crop, all border,
+    and `crop_to_image` puts its keypoints at (0, 0)) — never a division by zero or a NaN.
     """
     boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
-    center = (boxes[:, :2] + boxes[:, 2:]) * 0.5
-    scale = (boxes[:, 2:] - boxes[:, :2]) * padding
-    aspect = input_wh[0] / input_wh[1]
-    sw, sh = scale[:, 0], scale[:, 1]
-    wider = sw > sh * aspect
-    scale = np.stack([np.where(wider, sw, sh * aspect), np.where(wider, sw / aspect, sh)], axis=1)
+    with np.errstate(invalid="ignore", over="ignore"):
+        center = (boxes[:, :2] + boxes[:, 2:]) * 0.5
+        scale = (boxes[:, 2:] - boxes[:, :2]) * padding
+        aspect = input_wh[0] / input_wh[1]
+        sw, sh = scale[:, 0], scale[:, 1]
+        wider = sw > sh * aspect
+        scale = np.stack([np.where(wider, sw, sh * aspect), np.where(wider, sw / aspect, sh)], axis=1)
+    bad = ~valid_boxes(boxes)
+    center[bad], scale[bad] = 0.0, 0.0
     return center, scale.astype(np.float32)
 
 
@@ -173,8 +195,10 @@ def crop_persons(image: np.ndarray, boxes: np.ndarray, input_wh: tuple[int, int]
     (x − mean)/std — exactly the mmpose test pipeline.
     """
     centers, scales = box_to_center_scale(boxes, input_wh, padding)
-    crops = np.empty((len(centers), input_wh[1], input_wh[0], 3), dtype=np.uint8)
+    crops = np.zeros((len(centers), input_wh[1], input_wh[0], 3), dtype=np.uint8)
     for i, (c, s) in enumerate(zip(centers, scales)):
+        if s[0] == 0:  # a degenerate box (valid_boxes): the empty crop
+            continue
         crops[i] = cv2.warpAffine(image, warp_matrix(c, s, input_wh), input_wh, flags=cv2.INTER_LINEAR,
                                   borderMode=cv2.BORDER_CONSTANT, borderValue=0)
     if len(centers) == 0:
@@ -183,22 +207,39 @@ def crop_persons(image: np.ndarray, boxes: np.ndarray, input_wh: tuple[int, int]
 
 
 # --------------------------------------------------------------------------- SimCC decode
+def _argmax_max(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """argmax and max over the last axis where a NaN never wins (it counts as −inf; first maximum wins)."""
+    index, top = logits.argmax(-1), logits.max(-1)
+    bad = np.isnan(top)  # numpy's argmax/max return the first NaN: redo only those rows
+    if bad.any():
+        rows = np.where(np.isnan(logits[bad]), -np.inf, logits[bad])
+        index[bad], top[bad] = rows.argmax(-1), rows.max(-1)
+    return index, top
+
+
+def finite_scores(scores: np.ndarray) -> np.ndarray:
+    """Keypoint scores made finite (NaN → −SCORE_LIMIT, ±inf → ±SCORE_LIMIT): what decode.cu writes too."""
+    return np.nan_to_num(np.asarray(scores, np.float32), nan=-SCORE_LIMIT, posinf=SCORE_LIMIT, neginf=-SCORE_LIMIT)
+
+
 def simcc_decode(simcc_x: np.ndarray, simcc_y: np.ndarray,
                  split_ratio: float = 2.0) -> tuple[np.ndarray, np.ndarray]:
     """Argmax per axis on raw logits → keypoints [N,K,2] in crop pixels and scores [N,K].
 
-    score = min(max_x, max_y); a keypoint whose score is ≤ 0 gets location (−1, −1).
+    score = min(max_x, max_y); a keypoint whose score is ≤ 0 gets location (−1, −1). Non-finite logits (one
+    rule, mirrored by decode.cu): a NaN never wins the argmax, and the score is made finite (`finite_scores`),
+    so an all-NaN axis gives an invalid keypoint, never a NaN.
     """
-    ix, iy = simcc_x.argmax(-1), simcc_y.argmax(-1)
-    scores = np.minimum(simcc_x.max(-1), simcc_y.max(-1)).astype(np.float32)
+    (ix, mx), (iy, my) = _argmax_max(simcc_x), _argmax_max(simcc_y)
+    scores = finite_scores(np.minimum(mx, my))
     locs = np.stack([ix, iy], axis=-1).astype(np.float32) / np.float32(split_ratio)
     locs[scores <= 0] = -1.0
     return locs, scores
 
 
 def simcc_decode_z(simcc_z: np.ndarray, split_ratio: float = 2.0) -> np.ndarray:
-    """Depth bins → crop-space z (argmax / split ratio); the score never uses z."""
-    return simcc_z.argmax(-1).astype(np.float32) / np.float32(split_ratio)
+    """Depth bins → crop-space z (argmax / split ratio, NaN never wins); the score never uses z."""
+    return _argmax_max(simcc_z)[0].astype(np.float32) / np.float32(split_ratio)
 
 
 def crop_to_image(keypoints: np.ndarray, centers: np.ndarray, scales: np.ndarray,

@@ -27,6 +27,7 @@ import contextlib
 import errno
 import os
 import secrets
+import shutil
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -258,3 +259,40 @@ class Stream:
         if not self.to_stdout:
             with contextlib.suppress(OSError, ValueError):
                 self._file.close()
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield a new, empty hidden folder beside `path` to build a folder output in (created with the umask's
+    mode); when the block ends without an exception it takes the place of `path` (an existing folder is moved
+    aside first and removed after the rename), otherwise it is removed and `path` is left as it was."""
+    path = _resolved(Path(path))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(100):
+            tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}{_TEMP_MARK}")
+            try:
+                os.mkdir(tmp, 0o777)  # the umask applies
+                break
+            except FileExistsError:
+                continue
+    except OSError as exc:
+        raise _write_error(path, exc) from None
+    old = None
+    try:
+        yield tmp
+        if path.exists():
+            old = path.with_name(f".{path.name}.{secrets.token_hex(4)}.old")
+            os.replace(path, old)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        if old is not None and not path.exists():
+            with contextlib.suppress(OSError):
+                os.replace(old, path)
+            old = None
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise _write_error(path, exc) from None
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -22,7 +22,7 @@ from . import geometry as G
 from .backends import Engine, load_engine, run_chunked
 from .errors import RtmwEdgeError, UsageError
 from .export import DECODED_OUTPUTS, POSE_OUTPUTS
-from .results import FrameResult, Person
+from .results import FrameResult, persons_from_arrays
 from .skipframe import SkipFrameDetection
 
 log = logging.getLogger("rtmw_edge")
@@ -78,9 +78,12 @@ def pose_info(engine: Engine, pose_spec: str | None = None) -> PoseModelInfo:
 class TopDownPose:
     """Top-down pose model wrapper: preprocess → infer → postprocess."""
 
-    def __init__(self, engine: Engine, flip_test: bool = False, pose_spec: str | None = None) -> None:
+    def __init__(self, engine: Engine, flip_test: bool = False, info: PoseModelInfo | None = None,
+                 pose_spec: str | None = None) -> None:
         self.engine = engine
-        self.info = pose_info(engine, pose_spec)
+        # given: read from the ONNX beforehand (a remote engine has no file); else from the engine's metadata,
+        # or for a foreign ONNX from `pose_spec` / its SDK JSON
+        self.info = info or pose_info(engine, pose_spec)
         roles = DECODED_OUTPUTS if self.info.decoded else POSE_OUTPUTS  # the names the decode reads
         self._roles = {name: role for name, role in zip(self.info.outputs, roles) if name != role}
         if engine.input_shape[0] == 1:
@@ -112,7 +115,7 @@ class TopDownPose:
                     image_wh: tuple[int, int], camera: G.Camera | None = None):
         info = self.info
         if info.decoded:
-            kpts, scores = outputs["keypoints"], outputs["scores"]
+            kpts, scores = outputs["keypoints"], G.finite_scores(outputs["scores"])
             z = outputs.get("z")
         else:
             kpts, scores = G.simcc_decode(outputs["simcc_x"], outputs["simcc_y"], info.split_ratio)
@@ -229,12 +232,27 @@ class PoseEstimator:
             raise UsageError(f"--det-interval must be a whole number of frames >= 1, not {det_interval!r}")
         det_path, pose_path = resolve_model(det, "det"), resolve_model(pose, "pose")
         if backend == "tensorrt" or det_path.suffix.lower() != ".onnx":  # a TensorRT engine of our detector
-            self.detector = EngineDetector(load_engine(det_path, backend), score_threshold=det_threshold,
-                                           nms_iou=0.6, max_detections=1000)
+            detector = EngineDetector(load_engine(det_path, backend), score_threshold=det_threshold,
+                                      nms_iou=0.6, max_detections=1000)
         else:
-            self.detector = OnnxDetector(det_path, score_threshold=det_threshold, nms_iou=0.6, max_detections=1000,
-                                         session_options=session_options(threads))
-        self.pose = TopDownPose(load_engine(pose_path, backend, threads=threads), flip_test, pose_spec)
+            detector = OnnxDetector(det_path, score_threshold=det_threshold, nms_iou=0.6, max_detections=1000,
+                                    session_options=session_options(threads))
+        pose_model = TopDownPose(load_engine(pose_path, backend, threads=threads), flip_test, pose_spec=pose_spec)
+        self._assemble(detector, pose_model, max_persons=max_persons, nms_iou=nms_iou, kpt_threshold=kpt_threshold,
+                       camera=camera, track=track, smooth=smooth, smoothing=smoothing, det_interval=det_interval)
+
+    @classmethod
+    def from_parts(cls, detector, pose: TopDownPose, **options) -> PoseEstimator:
+        """The same pipeline around a detector and a `TopDownPose` built elsewhere (the Triton pipeline model
+        runs them on the server's detector and pose models); options as `_assemble`."""
+        estimator = cls.__new__(cls)
+        estimator._assemble(detector, pose, **options)
+        return estimator
+
+    def _assemble(self, detector, pose: TopDownPose, *, max_persons: int = 32, nms_iou: float = 0.3,
+                  kpt_threshold: float = 0.3, camera: G.Camera | None = None, track: bool = False,
+                  smooth: bool = False, smoothing: dict | None = None, det_interval: int = 1) -> None:
+        self.detector, self.pose = detector, pose
         self.skip = SkipFrameDetection(det_interval, kpt_threshold) if det_interval > 1 else None
         self.max_persons = max_persons
         self.nms_iou = nms_iou
@@ -269,8 +287,7 @@ class PoseEstimator:
         else:  # detector on key frames, boxes from the last frame's keypoints in between
             boxes, scores, dropped, (kpts, kpt_scores, kpts_3d), _ = self.skip.step(
                 image, self.detect, lambda im, b: self.pose(im, b, self.camera))
-        persons = [Person(bbox=boxes[i], score=float(scores[i]), keypoints=kpts[i], keypoint_scores=kpt_scores[i],
-                          keypoints_3d=None if kpts_3d is None else kpts_3d[i]) for i in range(len(boxes))]
+        persons = persons_from_arrays(boxes, scores, kpts, kpt_scores, kpts_3d)
         if self.tracker is not None:
             persons = self.tracker.update(persons, timestamp)
         return FrameResult(frame=frame, timestamp=timestamp, width=w, height=h, persons=persons,

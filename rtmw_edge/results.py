@@ -45,6 +45,13 @@ class Person:
         return d
 
 
+
+def persons_from_arrays(boxes, scores, keypoints, keypoint_scores, keypoints_3d=None) -> list[Person]:
+    """One `Person` per row of the pipeline's arrays (boxes [N,4], scores [N], keypoints [N,K,2], keypoint
+    scores [N,K], keypoints_3d [N,K,3] or None)."""
+    return [Person(bbox=boxes[i], score=float(scores[i]), keypoints=keypoints[i], keypoint_scores=keypoint_scores[i],
+                   keypoints_3d=None if keypoints_3d is None else keypoints_3d[i]) for i in range(len(boxes))]
+
 @dataclass
 class FrameResult:
     frame: int

@@ -40,7 +40,7 @@ from .results import FrameResult, coco_items
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 VIDEO_CODECS = {".mp4": "mp4v", ".avi": "MJPG", ".mkv": "mp4v"}
-BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch-cuda")
+BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch-cuda", "triton")
 
 
 @dataclass
@@ -49,6 +49,8 @@ class RunOptions:
     det: str = "rtmdet-nano-person"
     pose: str = "rtmw-m-256x192"
     backend: str = "auto"
+    triton_url: str | None = None          # --backend triton: the server (rtmw_edge/triton/client.py)
+    triton_model: str = "rtmw_pipeline"
     out_jsonl: Path | None = None
     coco: Path | None = None
     ann: Path | None = None
@@ -139,6 +141,17 @@ def validate_options(opts: RunOptions) -> None:
     """Every option value, before anything is loaded (UsageError: exit 2)."""
     if opts.backend not in BACKENDS:
         raise UsageError(f"--backend must be one of {', '.join(BACKENDS)}, not {opts.backend!r}")
+    if opts.triton_url is not None and opts.backend not in ("auto", "triton"):
+        raise UsageError(f"--triton-url sends frames to a Triton server; it does not go with --backend {opts.backend}")
+    if opts.backend == "triton" and not opts.triton_url:
+        raise UsageError("--backend triton needs --triton-url HOST:PORT (gRPC; http://HOST:PORT for HTTP)")
+    if opts.triton_url is not None:
+        from .triton.client import parse_url
+
+        parse_url(opts.triton_url)
+        if (opts.det, opts.pose) != (RunOptions.det, RunOptions.pose):
+            raise UsageError("with --backend triton the server's repository decides the models: drop --det/--pose "
+                             "(re-export the repository to change them)")
     _in_range(opts.smooth_min_cutoff, "--smooth-min-cutoff", 0.0, low_open=True)
     _in_range(opts.smooth_beta, "--smooth-beta", 0.0)
     _in_range(opts.det_threshold, "--det-threshold", 0.0, 1.0)
@@ -152,9 +165,11 @@ def validate_options(opts: RunOptions) -> None:
         raise UsageError("--ann gives the image ids of --coco results: give --coco too")
     if opts.det_interval < 1:
         raise UsageError(f"--det-interval must be at least 1 frame, not {opts.det_interval}")
-    if opts.det_interval > 1 and opts.backend in ("tensorrt", "torch-cuda"):
-        raise UsageError("--det-interval runs on the CPU pipeline (--backend onnxruntime); the GPU pipeline "
-                         "detects on every frame")
+    if opts.det_interval > 1 and (opts.backend in ("tensorrt", "torch-cuda", "triton") or opts.triton_url):
+        raise UsageError("--det-interval runs on the CPU pipeline (--backend onnxruntime); the GPU pipeline and a "
+                         "Triton server detect on every frame")
+    if opts.pose_spec and (opts.backend == "triton" or opts.triton_url):
+        raise UsageError("--pose-spec describes a local pose ONNX; with Triton the server's repository decides")
 
 
 def _local_inputs(opts: RunOptions) -> list[str]:
@@ -294,6 +309,15 @@ def _show(image: np.ndarray) -> bool:
                             "use --save instead on headless machines") from None
 
 
+def triton_estimator(opts: RunOptions, camera: G.Camera | None, smoothing: dict):
+    """--backend triton: the server's pipeline model runs the models (rtmw_edge/triton/client.py)."""
+    from .triton.client import TritonPoseEstimator
+
+    return TritonPoseEstimator(opts.triton_url, model=opts.triton_model, flip_test=opts.flip_test,
+                               det_threshold=opts.det_threshold, max_persons=opts.max_persons, camera=camera,
+                               track=opts.track, smooth=opts.smooth, smoothing=smoothing or None)
+
+
 def _frame_source(source, frame) -> str:
     """What the JSON `source` field names: the image file, else the video / camera / stream."""
     if source.kind in ("image", "folder", "url-image"):
@@ -338,21 +362,24 @@ def run_source(opts: RunOptions, console=None) -> RunSummary:
             if note:
                 warn(note)
         pictures = PictureSink(opts.save, multi, source.fps) if opts.save else None
-        det_path, pose_path = resolve_models(opts.det, opts.pose)  # every missing checkpoint named at once
         smoothing = {k: v for k, v in (("min_cutoff", opts.smooth_min_cutoff), ("beta", opts.smooth_beta))
                      if v is not None}
-        estimator_class, extra = PoseEstimator, {}
-        if opts.backend in ("tensorrt", "torch-cuda"):  # the CUDA-stream pipeline (rtmw_edge/cuda/pipeline.py)
-            from .cuda.pipeline import GpuPoseEstimator as estimator_class
-        elif opts.det_interval > 1 and source.kind in ("image", "url-image", "folder"):
-            warn(f"--det-interval applies to videos and cameras: every photo of this {source.kind} is detected")
-        elif opts.det_interval > 1:
-            extra["det_interval"] = opts.det_interval
-        estimator = estimator_class(det_path, pose_path, backend=opts.backend, flip_test=opts.flip_test,
-                                    max_persons=opts.max_persons, det_threshold=opts.det_threshold,
-                                    kpt_threshold=opts.kpt_threshold, track=opts.track, smooth=opts.smooth,
-                                    camera=camera, threads=opts.threads, smoothing=smoothing or None,
-                                    pose_spec=opts.pose_spec, **extra)
+        if opts.triton_url is not None:  # frames go to a Triton server's pipeline model
+            estimator = triton_estimator(opts, camera, smoothing)
+        else:
+            det_path, pose_path = resolve_models(opts.det, opts.pose)  # every missing checkpoint named at once
+            estimator_class, extra = PoseEstimator, {}
+            if opts.backend in ("tensorrt", "torch-cuda"):  # the CUDA-stream pipeline (rtmw_edge/cuda/pipeline.py)
+                from .cuda.pipeline import GpuPoseEstimator as estimator_class
+            elif opts.det_interval > 1 and source.kind in ("image", "url-image", "folder"):
+                warn(f"--det-interval applies to videos and cameras: every photo of this {source.kind} is detected")
+            elif opts.det_interval > 1:
+                extra["det_interval"] = opts.det_interval
+            estimator = estimator_class(det_path, pose_path, backend=opts.backend, flip_test=opts.flip_test,
+                                        max_persons=opts.max_persons, det_threshold=opts.det_threshold,
+                                        kpt_threshold=opts.kpt_threshold, track=opts.track, smooth=opts.smooth,
+                                        camera=camera, threads=opts.threads, smoothing=smoothing or None,
+                                        pose_spec=opts.pose_spec, **extra)
         if opts.plot_3d is not None and estimator.info.task != "pose3d":
             raise UsageError("--plot-3d needs an RTMW3D pose model")
         stream = Stream(opts.out_jsonl) if opts.out_jsonl is not None else None

@@ -1,23 +1,26 @@
-"""A small recording stand-in for the `tensorrt` module (and for cuda-python's runtime), for tests.
+"""A small recording stand-in for the `tensorrt` module (and for cuda-python's runtime), for tests — held to the
+real API surface recorded from the TensorRT bindings wheels (tests/data/tensorrt_surface/, made by
+scripts/record_trt_surface.py).
 
 TensorRT cannot be installed on the test machines, so the builder and runtime are driven against this
-module, injected as `sys.modules["tensorrt"]`. It follows the names and signatures of TensorRT's Python API
-(10.x and 11.x: `Builder(logger)`, `create_network(flags)`, `OnnxParser(network, logger)`,
-`parse_from_file(path)`, `num_errors`/`get_error(i)`, `create_builder_config()`,
-`set_memory_pool_limit(MemoryPoolType.WORKSPACE, n)`, `set_flag(BuilderFlag.X)`,
-`create_optimization_profile()`/`set_shape(name, min, opt, max)`, `add_optimization_profile(p)`,
-`create_timing_cache(blob)`/`set_timing_cache(cache, ignore_mismatch)`/`get_timing_cache().serialize()`,
-`default_device_type`/`DLA_core`, `progress_monitor` (an `IProgressMonitor` subclass),
-`build_serialized_network(network, config)`, `Runtime(logger).deserialize_cuda_engine(blob)`, the
-name-based engine/context API) and records every call in `module.calls` as (name, args) tuples.
+module, injected as `sys.modules["tensorrt"]`. For the version under test it loads the recorded surface (the
+exact version, else the nearest recorded one of the same major: the highest ≤ it, else the lowest above) and:
 
-What it does: the parser reads the real ONNX graph (inputs/outputs, symbolic dims → -1); the builder
-checks the profile against the inputs, refuses precision builder flags on a strongly typed network, runs
-a fake progress (nested phases) through the monitor, adds entries to the timing cache, and returns a
-"plan" (JSON behind a magic prefix) that `Runtime` deserializes into an engine whose I/O matches the ONNX;
-executing it runs the ONNX in ONNX Runtime on the memory behind the tensor addresses. Version-dependent
-surface: 11.x has no BuilderFlag.FP16/INT8 and no EXPLICIT_BATCH; only 10.x has platform_has_fast_fp16.
-Knobs: `parse_errors` (list of dicts), `fail_build` (bool), `num_dla_cores`.
+- every enum (BuilderFlag, NetworkDefinitionCreationFlag, MemoryPoolType, DeviceType, TensorIOMode, DataType,
+  ILogger.Severity) is built from the recording: exactly the real members with the real values, nothing else;
+- every public name the fake defines — module names, methods, properties, class values — must exist in the
+  recording (else `FakeSurfaceError` when the fake is made), properties writable only where the real ones are;
+- every method call is bound against the recorded pybind11 overloads: a positional count or keyword name that
+  no overload of that version accepts raises TypeError, as the real bindings do; a read of a name the version
+  lacks raises AttributeError; setting a public attribute that is not a writable real property raises.
+
+Behaviour: the parser reads the real ONNX graph (inputs/outputs, symbolic dims → -1); the builder checks the
+profile against the inputs, refuses precision builder flags on a strongly typed network, runs a fake progress
+(nested phases) through the monitor, adds entries to the timing cache, and returns a "plan" (JSON behind a magic
+prefix) that `Runtime` deserializes into an engine whose I/O matches the ONNX; executing it runs the ONNX in
+ONNX Runtime on the memory behind the tensor addresses. Every call is recorded in `module.calls` as
+(name, args). Test knobs (not TensorRT names): `calls`, `parse_errors` (list of dicts), `fail_build` (bool),
+`num_dla_cores`, `engines`, `surface`.
 
 `make_fake_cudart()` is the matching stand-in for `cuda.bindings.runtime`: "device" memory is host memory
 (numpy buffers), so addresses can be handed to the fake engine and copied with ctypes.
@@ -27,10 +30,137 @@ from __future__ import annotations
 
 import ctypes
 import enum
+import functools
 import json
+import re
 import types
+from pathlib import Path
 
 import numpy as np
+
+
+def _tests_dir() -> Path:
+    try:
+        return Path(__file__).resolve().parent
+    except NameError:  # executed from source by a checker (trt_api_check): find this file on sys.path
+        import sys
+
+        return next(Path(p).resolve() for p in sys.path if (Path(p) / "fake_tensorrt.py").is_file())
+
+
+SURFACE_DIR = _tests_dir() / "data" / "tensorrt_surface"
+KNOBS = ("calls", "parse_errors", "fail_build", "num_dla_cores", "engines", "surface")
+
+
+class FakeSurfaceError(AssertionError):
+    """The stand-in defines something the recorded TensorRT surface of its version does not have."""
+
+
+def _version_key(text: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in re.findall(r"\d+", str(text))[:4])
+
+
+def recorded_versions() -> list[str]:
+    """The TensorRT versions whose surface is recorded, oldest first."""
+    names = [p.name[len("tensorrt-"):-len(".json")] for p in SURFACE_DIR.glob("tensorrt-*.json")]
+    return sorted(names, key=_version_key)
+
+
+@functools.cache
+def _read_surface(recorded: str) -> dict:
+    return json.loads((SURFACE_DIR / f"tensorrt-{recorded}.json").read_text())
+
+
+def surface_for(version: str) -> dict:
+    """The recorded surface that stands for TensorRT `version` (see the module docstring)."""
+    want = _version_key(version)
+    same = [v for v in recorded_versions() if _version_key(v)[0] == want[0]]
+    if not same:
+        raise FakeSurfaceError(f"no TensorRT {want[0]}.x surface recorded in {SURFACE_DIR} "
+                               "(run scripts/record_trt_surface.py)")
+    exact = [v for v in same if _version_key(v)[: len(want)] == want or _version_key(v) == want[:3]]
+    below = [v for v in same if _version_key(v) <= want]
+    pick = exact[0] if exact else (below[-1] if below else same[0])
+    return _read_surface(pick)
+
+
+def accepts(overloads: list, npos: int, keywords) -> bool:
+    """Does one of the recorded overloads take `npos` positional arguments plus these keyword names?"""
+    for params in overloads:
+        named = [p for p in params if not p[2]]
+        names = [p[0] for p in named]
+        star, starstar = any(p[2] == "*" for p in params), any(p[2] == "**" for p in params)
+        if npos > len(names) and not star:
+            continue
+        given = set(names[:npos])
+        if any(k in given for k in keywords) or (any(k not in names for k in keywords) and not starstar):
+            continue
+        if all(p[1] or p[0] in given or p[0] in keywords for p in named):
+            return True
+    return False
+
+
+def _signature_text(overloads: list) -> str:
+    return " | ".join("(" + ", ".join(p[2] + p[0] + ("=…" if p[1] else "") for p in o) + ")" for o in overloads)
+
+
+def _checked(func, owner: str, name: str, overloads: list, version: str):
+    @functools.wraps(func)
+    def call(self, *args, **kwargs):
+        if not accepts(overloads, len(args), kwargs):
+            raise TypeError(f"{owner}.{name}(): incompatible function arguments for TensorRT {version}: "
+                            f"{len(args)} positional, keywords {sorted(kwargs)}; "
+                            f"accepted: {_signature_text(overloads)}")
+        return func(self, *args, **kwargs)
+    return call
+
+
+def _guarded_setattr(cls: type, owner: str, real: dict, version: str):
+    writable = {k for k, w in real.get("properties", {}).items() if w}
+
+    def __setattr__(self, name, value):  # noqa: N807 - Python subclasses (a project's ILogger) may add attributes
+        if type(self) is cls and not name.startswith("_") and name not in writable:
+            raise AttributeError(f"{owner}.{name} is not a writable attribute in TensorRT {version}")
+        object.__setattr__(self, name, value)
+    return __setattr__
+
+
+def conform(cls: type, real: dict, owner: str, version: str, optional: tuple[str, ...] = ()) -> type:
+    """Hold a fake class to its recorded real class: unknown public names raise FakeSurfaceError (names in
+    `optional` are version-dependent and simply removed when this version lacks them), methods are wrapped with
+    the recorded overloads, public attribute writes are limited to the real writable properties."""
+    if real.get("kind") != "class":
+        raise FakeSurfaceError(f"fake {owner}: TensorRT {version} has no class {owner}")
+    methods = {**real.get("methods", {}), **real.get("static", {})}
+    for name, value in list(vars(cls).items()):
+        if name.startswith("_") and name != "__init__":
+            continue
+        known = (name in methods or name in real.get("properties", {}) or name in real.get("values", {})
+                 or name in real.get("classes", {}))
+        if not known:
+            if name in optional:
+                delattr(cls, name)
+                continue
+            raise FakeSurfaceError(f"fake {owner}.{name}: TensorRT {version} has no {owner}.{name}")
+        if isinstance(value, property):
+            if value.fset is not None and not real["properties"].get(name, False):
+                raise FakeSurfaceError(f"fake {owner}.{name} is writable; in TensorRT {version} it is read-only")
+            if name not in real.get("properties", {}):
+                raise FakeSurfaceError(f"fake {owner}.{name} is a property; in TensorRT {version} it is not")
+        elif callable(value) and not isinstance(value, type) and name in methods:
+            if name == "__init__" and not methods[name]:
+                continue  # TensorRT hands these objects out (no Python constructor); the fake builds them inside
+            setattr(cls, name, _checked(value, owner, name, methods[name], version))
+    if "__setattr__" not in vars(cls):
+        cls.__setattr__ = _guarded_setattr(cls, owner, real, version)
+    return cls
+
+
+class _FakeModule(types.ModuleType):
+    def __getattr__(self, name):
+        raise AttributeError(f"module 'tensorrt' (TensorRT {self.__dict__.get('__version__')}, recorded surface) "
+                             f"has no attribute {name!r}")
+
 
 PLAN_MAGIC = b"FAKEPLAN\n"
 CACHE_MAGIC = b"FAKE-TIMING-CACHE\n"
@@ -41,64 +171,56 @@ class Dims(tuple):
 
 
 def make_fake_tensorrt(version: str = "10.3.0.30", *, num_dla_cores: int = 0) -> types.ModuleType:
-    trt = types.ModuleType("tensorrt")
+    surface = surface_for(version)
+    real = surface["names"]
+    trt = _FakeModule("tensorrt")
     trt.__version__ = version
-    major, minor = (int(v) for v in version.split(".")[:2])
+    major = _version_key(version)[0]
     trt.calls = []
     trt.parse_errors = []
     trt.fail_build = False
     trt.num_dla_cores = num_dla_cores
     trt.engines = {}          # id → onnx path of plans built in this module (for execution)
+    trt.surface = surface     # the recorded surface this fake stands for
 
     def record(name, *args):
         trt.calls.append((name, args))
 
-    # ----------------------------------------------------------------------------------------- enums
-    class _Severity(enum.IntEnum):
-        INTERNAL_ERROR = 0
-        ERROR = 1
-        WARNING = 2
-        INFO = 3
-        VERBOSE = 4
+    def real_enum(name: str, spec: dict | None = None) -> type[enum.IntEnum]:
+        spec = spec or real[name]
+        if spec.get("kind") != "enum":
+            raise FakeSurfaceError(f"TensorRT {version} has no enum {name}")
+        return enum.IntEnum(name, sorted(spec["members"].items(), key=lambda kv: kv[1]))
 
-    Severity = _Severity
+    # ----------------------------------------------------------------------------------------- enums
+    Severity = real_enum("Severity", real["ILogger"]["classes"]["Severity"])
 
     class ILogger:
-        Severity = _Severity
-        INTERNAL_ERROR, ERROR, WARNING, INFO, VERBOSE = (_Severity.INTERNAL_ERROR, _Severity.ERROR, _Severity.WARNING,
-                                                         _Severity.INFO, _Severity.VERBOSE)
-
         def __init__(self) -> None:
             self._fake_initialised = True
 
         def log(self, severity, msg):  # pragma: no cover - overridden
             raise NotImplementedError
 
+    ILogger.Severity = Severity
+    for _name in real["ILogger"].get("values", {}):       # ILogger.ERROR etc. (= ILogger.Severity.ERROR)
+        setattr(ILogger, _name, Severity[_name])
+
     class Logger(ILogger):
         def __init__(self, min_severity=Severity.WARNING) -> None:
             super().__init__()
             self.min_severity = min_severity
-            self.messages = []
+            self._messages = []
 
         def log(self, severity, msg):
-            self.messages.append((severity, msg))
+            self._messages.append((severity, msg))
 
-    flags = {"STRONGLY_TYPED": 1, "PREFER_AOT_PYTHON_PLUGINS": 2, "PREFER_JIT_PYTHON_PLUGINS": 3}
-    if major < 11:
-        flags["EXPLICIT_BATCH"] = 0
-    NetworkDefinitionCreationFlag = enum.IntEnum("NetworkDefinitionCreationFlag", flags)
-    builder_flags = {"DEBUG": 2, "GPU_FALLBACK": 3, "REFIT": 4, "DISABLE_TIMING_CACHE": 5, "TF32": 6,
-                     "SPARSE_WEIGHTS": 7, "SAFETY_SCOPE": 8}
-    if major < 11:  # precision flags: deprecated in 10.12, removed in 11
-        builder_flags.update({"FP16": 0, "INT8": 1, "BF16": 17, "FP8": 13, "OBEY_PRECISION_CONSTRAINTS": 10,
-                              "PREFER_PRECISION_CONSTRAINTS": 11})
-    BuilderFlag = enum.IntEnum("BuilderFlag", builder_flags)
-    MemoryPoolType = enum.IntEnum("MemoryPoolType", {"WORKSPACE": 0, "DLA_MANAGED_SRAM": 1, "DLA_LOCAL_DRAM": 2,
-                                                     "DLA_GLOBAL_DRAM": 3, "TACTIC_DRAM": 4})
-    DeviceType = enum.IntEnum("DeviceType", {"GPU": 0, "DLA": 1})
-    TensorIOMode = enum.IntEnum("TensorIOMode", {"NONE": 0, "INPUT": 1, "OUTPUT": 2})
-    DataType = enum.IntEnum("DataType", {"FLOAT": 0, "HALF": 1, "INT8": 2, "INT32": 3, "BOOL": 4, "UINT8": 5,
-                                         "INT64": 8})
+    NetworkDefinitionCreationFlag = real_enum("NetworkDefinitionCreationFlag")
+    BuilderFlag = real_enum("BuilderFlag")
+    MemoryPoolType = real_enum("MemoryPoolType")
+    DeviceType = real_enum("DeviceType")
+    TensorIOMode = real_enum("TensorIOMode")
+    DataType = real_enum("DataType")
     _np = {DataType.FLOAT: np.float32, DataType.HALF: np.float16, DataType.INT8: np.int8,
            DataType.INT32: np.int32, DataType.BOOL: np.bool_, DataType.UINT8: np.uint8, DataType.INT64: np.int64}
 
@@ -127,17 +249,25 @@ def make_fake_tensorrt(version: str = "10.3.0.30", *, num_dla_cores: int = 0) ->
     # -------------------------------------------------------------------------------------- network
     class ITensor:
         def __init__(self, name, shape, dtype):
-            self.name, self.shape, self.dtype = name, Dims(shape), dtype
+            self._name, self._shape, self._dtype = name, Dims(shape), dtype
+
+        name = property(lambda self: self._name)
+        shape = property(lambda self: self._shape)
+        dtype = property(lambda self: self._dtype)   # read-only in 11.x (strongly typed), writable in 10.x
 
     class INetworkDefinition:
         def __init__(self, flags: int) -> None:
-            self.flags = flags
+            self._flags = flags
             self._inputs: list[ITensor] = []
             self._outputs: list[ITensor] = []
-            self.onnx_path = None
+            self._onnx_path = None
+
+        @property
+        def flags(self) -> int:
+            return self._flags
 
         def get_flag(self, flag) -> bool:
-            return bool(self.flags & (1 << int(flag)))
+            return bool(self._flags & (1 << int(flag)))
 
         @property
         def num_inputs(self) -> int:
@@ -185,7 +315,7 @@ def make_fake_tensorrt(version: str = "10.3.0.30", *, num_dla_cores: int = 0) ->
         def __init__(self, network: INetworkDefinition, logger: ILogger) -> None:
             assert isinstance(network, INetworkDefinition) and isinstance(logger, ILogger)
             record("OnnxParser", network, logger)
-            self.network = network
+            self._network = network
             self._errors: list[ParserError] = []
 
         @property
@@ -222,54 +352,54 @@ def make_fake_tensorrt(version: str = "10.3.0.30", *, num_dla_cores: int = 0) ->
 
             for vi in proto.graph.input:
                 if vi.name not in inits:
-                    self.network._inputs.append(ITensor(vi.name, dims(vi), _onnx_dtype(vi.type.tensor_type.elem_type)))
+                    self._network._inputs.append(ITensor(vi.name, dims(vi), _onnx_dtype(vi.type.tensor_type.elem_type)))
             for vi in proto.graph.output:
-                self.network._outputs.append(ITensor(vi.name, dims(vi), _onnx_dtype(vi.type.tensor_type.elem_type)))
-            self.network.onnx_path = path
+                self._network._outputs.append(ITensor(vi.name, dims(vi), _onnx_dtype(vi.type.tensor_type.elem_type)))
+            self._network._onnx_path = path
             return True
 
     # ------------------------------------------------------------------------------ config, profile
     class IOptimizationProfile:
         def __init__(self) -> None:
-            self.shapes: dict[str, tuple] = {}
+            self._shapes: dict[str, tuple] = {}
 
         def set_shape(self, input: str, min, opt, max) -> None:  # noqa: A002 - TensorRT's parameter names
             record("IOptimizationProfile.set_shape", input, tuple(min), tuple(opt), tuple(max))
-            self.shapes[input] = (Dims(min), Dims(opt), Dims(max))
+            self._shapes[input] = (Dims(min), Dims(opt), Dims(max))
 
         def get_shape(self, input: str):  # noqa: A002
-            return list(self.shapes[input])
+            return list(self._shapes[input])
 
     class ITimingCache:
         def __init__(self, entries: int, valid: bool = True) -> None:
-            self.entries, self.valid = entries, valid
+            self._entries, self._valid = entries, valid
 
         def serialize(self) -> IHostMemory:
-            return IHostMemory(CACHE_MAGIC + json.dumps({"version": version, "entries": self.entries}).encode())
+            return IHostMemory(CACHE_MAGIC + json.dumps({"version": version, "entries": self._entries}).encode())
 
         def combine(self, input_cache, ignore_mismatch: bool) -> bool:
-            self.entries += input_cache.entries
+            self._entries += input_cache._entries
             return True
 
         def reset(self) -> bool:
-            self.entries = 0
+            self._entries = 0
             return True
 
     class IBuilderConfig:
         _recorded = ("default_device_type", "DLA_core", "progress_monitor")
 
         def __init__(self) -> None:
-            object.__setattr__(self, "flags_set", set())
-            object.__setattr__(self, "pool_limits", {})
-            object.__setattr__(self, "profiles", [])
-            object.__setattr__(self, "timing_cache", None)
+            object.__setattr__(self, "_flags_set", set())
+            object.__setattr__(self, "_pool_limits", {})
+            object.__setattr__(self, "_profiles", [])
+            object.__setattr__(self, "_timing_cache", None)
             object.__setattr__(self, "default_device_type", DeviceType.GPU)
             object.__setattr__(self, "DLA_core", -1)
             object.__setattr__(self, "progress_monitor", None)
 
         def __setattr__(self, name, value) -> None:
             if name not in self._recorded:
-                raise AttributeError(f"IBuilderConfig has no attribute {name!r}")
+                raise AttributeError(f"IBuilderConfig has no attribute {name!r} (fake: only {self._recorded})")
             if name == "progress_monitor" and value is not None:
                 assert isinstance(value, IProgressMonitor) and getattr(value, "_fake_initialised", False), \
                     "a progress monitor must subclass IProgressMonitor and call its __init__"
@@ -279,30 +409,30 @@ def make_fake_tensorrt(version: str = "10.3.0.30", *, num_dla_cores: int = 0) ->
         def set_memory_pool_limit(self, pool, pool_size: int) -> None:
             record("IBuilderConfig.set_memory_pool_limit", pool, pool_size)
             assert isinstance(pool, MemoryPoolType)
-            self.pool_limits[pool] = pool_size
+            self._pool_limits[pool] = pool_size
 
         def get_memory_pool_limit(self, pool) -> int:
-            return self.pool_limits.get(pool, 0)
+            return self._pool_limits.get(pool, 0)
 
         def set_flag(self, flag) -> None:
             record("IBuilderConfig.set_flag", flag)
             assert isinstance(flag, BuilderFlag)
-            self.flags_set.add(flag)
+            self._flags_set.add(flag)
 
         def get_flag(self, flag) -> bool:
-            return flag in self.flags_set
+            return flag in self._flags_set
 
         def clear_flag(self, flag) -> None:
-            self.flags_set.discard(flag)
+            self._flags_set.discard(flag)
 
         def add_optimization_profile(self, profile) -> int:
             record("IBuilderConfig.add_optimization_profile", profile)
-            self.profiles.append(profile)
-            return len(self.profiles) - 1
+            self._profiles.append(profile)
+            return len(self._profiles) - 1
 
         @property
         def num_optimization_profiles(self) -> int:
-            return len(self.profiles)
+            return len(self._profiles)
 
         def create_timing_cache(self, serialized_timing_cache) -> ITimingCache:
             blob = bytes(serialized_timing_cache)
@@ -315,14 +445,14 @@ def make_fake_tensorrt(version: str = "10.3.0.30", *, num_dla_cores: int = 0) ->
             return ITimingCache(data["entries"], valid=data["version"] == version)
 
         def set_timing_cache(self, cache: ITimingCache, ignore_mismatch: bool) -> bool:
-            record("IBuilderConfig.set_timing_cache", cache.entries, cache.valid, ignore_mismatch)
-            if not cache.valid and not ignore_mismatch:
+            record("IBuilderConfig.set_timing_cache", cache._entries, cache._valid, ignore_mismatch)
+            if not cache._valid and not ignore_mismatch:
                 return False
-            object.__setattr__(self, "timing_cache", cache)
+            object.__setattr__(self, "_timing_cache", cache)
             return True
 
         def get_timing_cache(self) -> ITimingCache:
-            return self.timing_cache
+            return self._timing_cache
 
     # -------------------------------------------------------------------------------------- builder
     class Builder:
@@ -330,11 +460,19 @@ def make_fake_tensorrt(version: str = "10.3.0.30", *, num_dla_cores: int = 0) ->
             assert isinstance(logger, ILogger) and getattr(logger, "_fake_initialised", False), \
                 "the logger must subclass ILogger and call its __init__"
             record("Builder", logger)
-            self.logger = logger
+            self._logger = logger
+
+        @property
+        def logger(self) -> ILogger:
+            return self._logger
 
         @property
         def num_DLA_cores(self) -> int:  # noqa: N802 - TensorRT's name
             return trt.num_dla_cores
+
+        @property
+        def platform_has_fast_fp16(self) -> bool:  # removed in 11 (optional below)
+            return True
 
         def create_network(self, flags: int = 0) -> INetworkDefinition:
             record("Builder.create_network", flags)
@@ -349,24 +487,24 @@ def make_fake_tensorrt(version: str = "10.3.0.30", *, num_dla_cores: int = 0) ->
             return IOptimizationProfile()
 
         def _fail(self, msg: str):
-            self.logger.log(Severity.ERROR, msg)
+            self._logger.log(Severity.ERROR, msg)
             return None
 
         def build_serialized_network(self, network: INetworkDefinition, config: IBuilderConfig):
             record("Builder.build_serialized_network", network, config)
             strongly_typed = major >= 11 or network.get_flag(NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-            precision_flags = {f for f in config.flags_set if f.name in ("FP16", "INT8", "BF16", "FP8")}
+            precision_flags = {f for f in config._flags_set if f.name in ("FP16", "INT8", "BF16", "FP8")}
             if strongly_typed and precision_flags:
                 return self._fail("precision builder flags are not allowed on a strongly typed network")
             if trt.fail_build:
                 return self._fail("fake builder failure: out of memory")
             if not network._inputs:
                 return self._fail("network has no inputs")
-            profile = config.profiles[0] if config.profiles else None
+            profile = config._profiles[0] if config._profiles else None
             for tensor in network._inputs:
-                if profile is None or tensor.name not in profile.shapes:
+                if profile is None or tensor.name not in profile._shapes:
                     return self._fail(f"no optimization profile shape for input {tensor.name}")
-                lo, opt, hi = profile.shapes[tensor.name]
+                lo, opt, hi = profile._shapes[tensor.name]
                 for i, d in enumerate(tensor.shape):
                     if not lo[i] <= opt[i] <= hi[i] or (d != -1 and not lo[i] == opt[i] == hi[i] == d):
                         return self._fail(f"profile shape of {tensor.name} does not fit {tuple(tensor.shape)}")
@@ -382,57 +520,58 @@ def make_fake_tensorrt(version: str = "10.3.0.30", *, num_dla_cores: int = 0) ->
                 monitor.step_complete("Building engine", 0)
                 monitor.step_complete("Building engine", 1)
                 monitor.phase_finish("Building engine")
-            if config.timing_cache is not None:
-                config.timing_cache.entries += 3
+            if config._timing_cache is not None:
+                config._timing_cache._entries += 3
             plan = {
-                "version": version, "onnx_path": network.onnx_path, "network_flags": network.flags,
-                "builder_flags": sorted(f.name for f in config.flags_set),
+                "version": version, "onnx_path": network._onnx_path, "network_flags": network._flags,
+                "builder_flags": sorted(f.name for f in config._flags_set),
                 "dla_core": config.DLA_core if config.default_device_type == DeviceType.DLA else None,
                 "inputs": [{"name": t.name, "shape": list(t.shape), "dtype": int(t.dtype),
-                            "profile": [list(s) for s in profile.shapes[t.name]]} for t in network._inputs],
+                            "profile": [list(s) for s in profile._shapes[t.name]]} for t in network._inputs],
                 "outputs": [{"name": t.name, "shape": list(t.shape), "dtype": int(t.dtype)} for t in network._outputs],
             }
             return IHostMemory(PLAN_MAGIC + json.dumps(plan).encode())
 
-    if major < 11:
-        Builder.platform_has_fast_fp16 = property(lambda self: True)  # removed in 11
-
     # -------------------------------------------------------------------------------------- runtime
     class IExecutionContext:
         def __init__(self, engine) -> None:
-            self.engine = engine
-            self.shapes: dict[str, Dims] = {}
-            self.addresses: dict[str, int] = {}
+            self._engine = engine
+            self._shapes: dict[str, Dims] = {}
+            self._addresses: dict[str, int] = {}
             self._session = None
+
+        @property
+        def engine(self):
+            return self._engine
 
         def set_input_shape(self, name: str, shape) -> bool:
             record("IExecutionContext.set_input_shape", name, tuple(shape))
-            spec = self.engine._io[name]
+            spec = self._engine._io[name]
             lo, _, hi = spec["profile"]
             if len(shape) != len(lo) or any(not lo[i] <= shape[i] <= hi[i] for i in range(len(lo))):
                 return False
-            self.shapes[name] = Dims(shape)
+            self._shapes[name] = Dims(shape)
             return True
 
         def get_tensor_shape(self, name: str) -> Dims:
-            spec = self.engine._io[name]
+            spec = self._engine._io[name]
             if spec["mode"] == TensorIOMode.INPUT:
-                return self.shapes.get(name, Dims(spec["shape"]))
-            batch = next(iter(self.shapes.values()))[0] if self.shapes else -1
+                return self._shapes.get(name, Dims(spec["shape"]))
+            batch = next(iter(self._shapes.values()))[0] if self._shapes else -1
             return Dims([batch if d == -1 and i == 0 else d for i, d in enumerate(spec["shape"])])
 
         def set_tensor_address(self, name: str, memory: int) -> bool:
             record("IExecutionContext.set_tensor_address", name, memory)
-            if name not in self.engine._io:
+            if name not in self._engine._io:
                 return False
-            self.addresses[name] = int(memory)
+            self._addresses[name] = int(memory)
             return True
 
         def execute_async_v3(self, stream_handle: int) -> bool:
             record("IExecutionContext.execute_async_v3", stream_handle)
             assert isinstance(stream_handle, int)
-            eng = self.engine
-            if set(self.addresses) != set(eng._io) or set(self.shapes) != set(eng._inputs):
+            eng = self._engine
+            if set(self._addresses) != set(eng._io) or set(self._shapes) != set(eng._inputs):
                 return False
             import onnxruntime as ort
 
@@ -440,15 +579,15 @@ def make_fake_tensorrt(version: str = "10.3.0.30", *, num_dla_cores: int = 0) ->
                 self._session = ort.InferenceSession(eng._plan["onnx_path"], providers=["CPUExecutionProvider"])
             feeds = {}
             for name in eng._inputs:
-                shape = tuple(self.shapes[name])
+                shape = tuple(self._shapes[name])
                 dtype = np.dtype(nptype(DataType(eng._io[name]["dtype"])))
                 nbytes = int(np.prod(shape)) * dtype.itemsize
-                raw = (ctypes.c_char * nbytes).from_address(self.addresses[name])
+                raw = (ctypes.c_char * nbytes).from_address(self._addresses[name])
                 feeds[name] = np.frombuffer(raw, dtype=dtype).reshape(shape).copy()
             outputs = self._session.run(eng._outputs, feeds)
             for name, value in zip(eng._outputs, outputs):
                 value = np.ascontiguousarray(value, dtype=nptype(DataType(eng._io[name]["dtype"])))
-                ctypes.memmove(self.addresses[name], value.ctypes.data, value.nbytes)
+                ctypes.memmove(self._addresses[name], value.ctypes.data, value.nbytes)
             return True
 
     class ICudaEngine:
@@ -487,22 +626,45 @@ def make_fake_tensorrt(version: str = "10.3.0.30", *, num_dla_cores: int = 0) ->
     class Runtime:
         def __init__(self, logger: ILogger) -> None:
             assert isinstance(logger, ILogger)
-            self.logger = logger
+            self._logger = logger
+
+        @property
+        def logger(self) -> ILogger:
+            return self._logger
 
         def deserialize_cuda_engine(self, serialized_engine):
             blob = bytes(serialized_engine)
             record("Runtime.deserialize_cuda_engine", len(blob))
             if not blob.startswith(PLAN_MAGIC):
-                self.logger.log(Severity.ERROR, "invalid plan: magic tag mismatch")
+                self._logger.log(Severity.ERROR, "invalid plan: magic tag mismatch")
                 return None
             plan = json.loads(blob[len(PLAN_MAGIC):])
             if plan["version"] != version:
-                self.logger.log(Severity.ERROR, f"serialized with TensorRT {plan['version']}, this is {version}")
+                self._logger.log(Severity.ERROR, f"serialized with TensorRT {plan['version']}, this is {version}")
                 return None
             return ICudaEngine(plan)
 
+    # ------------------------------------------------------------------ held to the recorded surface
+    for name in IBuilderConfig._recorded:
+        if not real["IBuilderConfig"]["properties"].get(name):
+            raise FakeSurfaceError(f"fake IBuilderConfig.{name} is settable; TensorRT {version} has no such writable "
+                                   "property")
+    optional = {"Builder": ("platform_has_fast_fp16",)}   # version-dependent members: dropped where absent
     for name, value in dict(locals()).items():
-        if isinstance(value, type) or name == "nptype":
+        if name.startswith("_") or name in KNOBS or name in ("record", "real_enum", "real", "surface", "version",
+                                                               "major", "num_dla_cores", "optional", "trt"):
+            continue
+        if isinstance(value, type) and issubclass(value, enum.IntEnum):
+            if name != "Severity":                        # Severity lives in ILogger only, as in TensorRT
+                setattr(trt, name, value)
+            continue
+        if isinstance(value, type):
+            if name not in real:
+                raise FakeSurfaceError(f"fake tensorrt.{name}: TensorRT {version} has no such name")
+            setattr(trt, name, conform(value, real[name], name, version, optional.get(name, ())))
+        elif callable(value):
+            if real.get(name, {}).get("kind") != "function":
+                raise FakeSurfaceError(f"fake tensorrt.{name}(): TensorRT {version} has no such function")
             setattr(trt, name, value)
     return trt
 

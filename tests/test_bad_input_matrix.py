@@ -175,9 +175,42 @@ MATRIX: dict[tuple[str, str], tuple[list[str], int, str]] = {
                                                   "invalid sha256"),
     # selftest (writes a work folder; TensorRT is absent here, so every check must come before that)
     ("selftest", "missing file"): (["selftest", "--images", "{missing}.jpg"], 1, "no such image file or folder"),
+    ("selftest", "empty file"): (["selftest", "--images", "{empty}.jpg"], 1, "empty file"),
+    ("selftest", "truncated file"): (["selftest", "--images", "{truncated}.jpg"], 1, "truncated JPEG"),
     ("selftest", "unwritable output"): (["selftest", "--workdir", UNWRITABLE], 2, "cannot create files in /proc"),
     ("selftest", "output = input"): (["selftest", "--workdir", "{images}", "--images", "{images}"], 2,
                                      "is an input of this command"),
+    # triton export --det --pose -o REPO (writes a folder) | serve --repository (reads one) | setup
+    ("triton export", "missing file"): (["triton", "export", "--det", "{missing}.onnx", "--pose", "{pose}", "-o",
+                                         "{out}_repo"], 1, "not found"),
+    ("triton export", "empty file"): (["triton", "export", "--det", "{det}", "--pose", "{empty}.onnx", "-o",
+                                       "{out}_repo"], 1, "not a readable ONNX"),
+    ("triton export", "truncated file"): (["triton", "export", "--det", "{det}", "--pose", "{truncated}.onnx", "-o",
+                                           "{out}_repo"], 1, "not a readable ONNX"),
+    ("triton export", "wrong kind of model"): (["triton", "export", "--det", "{pose}", "--pose", "{pose}", "-o",
+                                                "{out}_repo"], 1, "this is a pose model"),
+    ("triton export", "directory instead of file"): (["triton", "export", "--det", "{det}", "--pose", "{dir}", "-o",
+                                                      "{out}_repo"], 1, "is a folder"),
+    ("triton export", "unwritable output"): (["triton", "export", "--det", "{det}", "--pose", "{pose}", "-o",
+                                              UNWRITABLE], 2, "cannot create files in /proc"),
+    ("triton export", "output = input"): (["triton", "export", "--det", "{det}", "--pose", "{pose}", "-o",
+                                           "{root}", "--force"], 2, "holds the input"),
+    ("triton export", "non-existent model name"): (["triton", "export", "--det", "{det}", "--pose",
+                                                    "rtmw-q-256x192", "-o", "{out}_repo"], 2, "rtmw-q-256x192"),
+    ("triton export", "invalid option value"): (["triton", "export", "--det", "{det}", "--pose", "{pose}", "-o",
+                                                 "{out}_repo", "--pose-batch", "8:1:32"], 2, "--pose-batch"),
+    ("triton serve", "missing file"): (["triton", "serve", "--repository", "{missing}"], 1, "folder not found"),
+    ("triton serve", "wrong kind of model"): (["triton", "serve", "--repository", "{images}"], 1,
+                                              "no model folders with a config.pbtxt"),
+    ("triton serve", "directory instead of file"): (["triton", "serve", "--repository", "{pose}"], 1,
+                                                    "not a folder"),
+    ("triton serve", "unwritable output"): (["triton", "serve", "--repository", "{dir}", "--log", UNWRITABLE], 2,
+                                            "cannot create files in /proc"),
+    ("triton serve", "output = input"): (["triton", "serve", "--repository", "{root}", "--log", "{pose}"], 2,
+                                         "inside the input folder"),
+    ("triton serve", "invalid option value"): (["triton", "serve", "--repository", "{dir}", "--grpc-port",
+                                                "70000"], 2, "ports must be in 0..65535"),
+    ("triton setup", "missing file"): (["triton", "setup", "--python", "{missing}"], 1, "not found"),
     # any command: usage errors typer finds
     ("run", "unknown option"): (["run", "{img}", "--no-such-option"], 2, "No such option"),
 }
@@ -195,19 +228,29 @@ NOT_APPLICABLE = {
     ("models download", "wrong kind of model"): "the name picks the file",
     ("models download", "output = input"): "reads no local file",
     ("doctor", "*"): "reports the machine, reads and writes no user file, always exits 0",
+    ("triton serve", "empty file"): "reads a folder; tritonserver reports a broken model config itself "
+                                    "(tests/test_triton.py)",
+    ("triton serve", "truncated file"): "reads a folder; model files are loaded by tritonserver, which names the model "
+                                        "(tests/test_triton.py)",
+    ("triton serve", "non-existent model name"): "serves what the repository holds; takes no model names",
+    ("triton setup", "*"): "builds the cached server venv; its one input is --python (a missing one: MATRIX)",
+    ("selftest", "wrong kind of model"): "exports its own models",
+    ("selftest", "directory instead of file"): "--images takes a photo or a folder of photos",
+    ("selftest", "non-existent model name"): "exports its own models",
+    ("selftest", "invalid option value"): "its options are paths only",
 }
 
 
 def test_the_table_covers_every_command_and_class():
     from rtmw_edge.cli import app
 
-    commands = {c.name for c in app.registered_commands} | {f"models {c.name}" for g in app.registered_groups
+    commands = {c.name for c in app.registered_commands} | {f"{g.name} {c.name}" for g in app.registered_groups
                                                             for c in g.typer_instance.registered_commands}
     commands.discard("serve")  # the daemon's config validation has its own table (tests/test_serve_unit.py)
     for command in commands:
         for cls in CLASSES:
             known = ((command, cls) in MATRIX or (command, cls) in NOT_APPLICABLE
-                     or (command, "*") in NOT_APPLICABLE or command == "selftest")
+                     or (command, "*") in NOT_APPLICABLE)
             assert known, f"no row for {command} × {cls}: add one to MATRIX or NOT_APPLICABLE"
 
 

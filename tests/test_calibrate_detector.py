@@ -201,6 +201,9 @@ def test_cache_resumes_after_an_interruption_and_invalidates_on_changes(folders,
 
     cfg2 = D.DataConfig(num=10, seed=1)
     assert "sampling" in D.build_calibration_set(RAW, other, source, units, cfg2, cache).reason
+    # augmentation off changes the tensors (one unmodified frame per image): the key must see it
+    plain = D.build_calibration_set(RAW, other, source, units, D.DataConfig(num=10, seed=1, augment=False), cache)
+    assert plain.action == "rebuilt" and "sampling" in plain.reason and plain.samples == len(CALIB)
 
 
 def test_video_source(folders):

@@ -103,6 +103,58 @@ def test_clip_methods_on_known_distributions():
         h.amax("kl")
 
 
+def test_percentile_clip_is_the_upper_edge_of_the_bin_that_reaches_the_share():
+    """Hand-computed: width 1 (fixed by a first value of 255 over 256 bins), then 89 values in bin 10 and 9 in
+    bin 20, + 1 in bin 0: the cumulative share is 0.01 after bin 0, 0.90 after bin 10, 0.99 after bin 20, 1.0 at
+    bin 255. The p-th percentile lies in the first bin whose cumulative share reaches p, so the clip is that bin's
+    upper edge."""
+    h = AbsHistogram(bins=256)
+    h.add(np.array([255.0]))
+    assert h.width == 1.0
+    h.add(np.concatenate([np.full(89, 10.5), np.full(9, -20.25), [0.5]]))
+    assert h.count == 100 and h.counts[[0, 10, 20, 255]].tolist() == [1, 89, 9, 1]
+    assert h.amax("percentile", 1.0) == 1.0          # bin 0 holds the first 1 %
+    assert h.amax("percentile", 50.0) == 11.0        # bin 10: values in [10, 11)
+    assert h.amax("percentile", 90.0) == 11.0        # exactly reached at bin 10
+    assert h.amax("percentile", 90.5) == 21.0
+    assert h.amax("percentile", 99.0) == 21.0
+    assert h.amax("percentile", 99.5) == 255.0       # bin 255's edge is 256: capped at the true max
+
+
+def test_shards_and_manifest_are_replaced_never_written_in_place(tmp_path, monkeypatch):
+    """Filesystem behaviour of an atomic write: the new file is renamed over the old one, so a reader that holds
+    the old file (here: a second hard link to it) still sees the old bytes, and a write that fails midway leaves
+    the old file whole and no temporary behind. A write in place changes the shared file under the reader."""
+    import json
+    import os
+
+    from rtmw_edge.calibrate import data as D
+
+    shard = tmp_path / "shard_00000.npy"
+    D._atomic_save_npy(shard, np.zeros(4, np.float32))
+    os.link(shard, tmp_path / "reader.npy")
+    D._atomic_save_npy(shard, np.ones(4, np.float32))
+    assert np.load(tmp_path / "reader.npy").tolist() == [0.0] * 4 and np.load(shard).tolist() == [1.0] * 4
+    cache = D.CalibrationCache(tmp_path)
+    cache._write_manifest({"shards": ["a"]})
+    os.link(cache.manifest_path, tmp_path / "manifest.reader")
+    cache._write_manifest({"shards": ["a", "b"]})
+    assert json.loads((tmp_path / "manifest.reader").read_text()) == {"shards": ["a"]}
+    assert cache.manifest() == {"shards": ["a", "b"]}
+
+    def broken(f, array):
+        f.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(D.np, "save", broken)
+    with pytest.raises(RtmwEdgeError, match="No space left"):
+        D._atomic_save_npy(shard, np.full(4, 2.0, np.float32))
+    monkeypatch.undo()
+    assert np.load(shard).tolist() == [1.0] * 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json", "manifest.reader", "reader.npy",
+                                                          "shard_00000.npy"]
+
+
 def test_range_collector_round_trip(tmp_path):
     c = RangeCollector(["a", "b"], bins=256)
     c.update({"a": np.arange(10.0), "b": np.zeros(3), "ignored": np.ones(2)})

@@ -98,6 +98,8 @@ def test_profiles_pose_detector_cli_and_fixed():
         E.derive_profiles(fixed, POSE_INPUTS, (1, 8, 32))
     assert E.derive_profiles(None, [("images", [2, 3, 64, 64])])[0].batch == (2, 2, 2)     # static dim 0
     assert E.derive_profiles(None, [("images", [None, 3, 64, 64])])[0].batch == (1, 1, 1)  # foreign: 1
+    pose3d = {**POSE_META, "task": "pose3d", "input_size": [288, 384]}                      # RTMW3D: persons, not 1
+    assert E.derive_profiles(pose3d, [("input", [None, 3, 384, 288])])[0].batch == E.DEFAULT_POSE_BATCH == (1, 8, 32)
 
 
 def test_profiles_fill_symbolic_hw_from_metadata_or_refuse():
@@ -246,6 +248,9 @@ def test_check_compatible_names_both_sides(tmp_path):
                                f"with `rtmw-edge build {tmp_path / 'm.onnx'} --force`")
     with pytest.raises(E.EngineMismatchError, match="with TensorRT 10.3.0.30, but this machine has TensorRT 11.1.0"):
         E.check_compatible(plan.engine_path, manifest, "11.1.0", None)
+    # the same marketing name on another architecture (e.g. a board revision): TensorRT engines are per SM version
+    with pytest.raises(E.EngineMismatchError, match=r"Orin \(compute 8.7\).*Orin \(compute 8.9\)"):
+        E.check_compatible(plan.engine_path, manifest, "10.3.0.30", GpuInfo("Orin", "8.9"))
 
 
 def test_install_hints_jetson_vs_x86():

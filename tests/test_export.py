@@ -497,6 +497,29 @@ def test_export_traces_the_fp16_safe_scalenorm(store: Store) -> None:
         assert "ReduceMax" in chain, (node.name, chain)
 
 
+def test_export_traces_the_fp16_safe_gau(store: Store) -> None:
+    """The GAU's attention product q·kᵀ is formed from q and k already scaled by s^-1/4 (RTMCCBlock.fp16_safe): no
+    unscaled q·kᵀ (√s = 11.3× larger, the value an FP16 build would overflow first) exists in the exported graph."""
+    from rtmw_edge.models.heads import GAU_S
+
+    proto = onnx.load(str(store.export("rtmw-m-256x192")))
+    producer = {o: n for n in proto.graph.node for o in n.output}
+    consts = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+    consts.update({n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in proto.graph.node
+                   if n.op_type == "Constant" and n.attribute and n.attribute[0].type == onnx.AttributeProto.TENSOR})
+    relus = [n for n in proto.graph.node if n.op_type == "Relu" and "/gau/" in n.name]
+    assert len(relus) == 1
+    product = producer[relus[0].input[0]]
+    assert product.op_type == "MatMul", f"relu(q·kᵀ) is fed by {product.op_type}: the product is scaled after the fact"
+    for operand in product.input:
+        node = producer[operand]
+        if node.op_type == "Transpose":
+            node = producer[node.input[0]]
+        assert node.op_type == "Mul", node.op_type
+        scale = [consts[i] for i in node.input if i in consts]
+        assert scale and np.allclose(scale[0], GAU_S ** -0.25)
+
+
 @pytest.mark.parametrize("name", ["rtmw-m-256x192", "rtmdet-nano-person"])
 def test_fp16_export(name: str, store: Store) -> None:
     """`precision="fp16"`: FP32 I/O; the conv trunk (FP16_PREFIXES) has FLOAT16 weights, every other node runs in

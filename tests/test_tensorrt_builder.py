@@ -1,5 +1,6 @@
-"""The TensorRT builder and runtime driven against tests/fake_tensorrt.py (TensorRT cannot be installed here),
-plus every TensorRT-needing command in the real environment (no TensorRT: one line, exit != 0)."""
+"""The TensorRT builder and runtime driven against tests/fake_tensorrt.py (TensorRT cannot be installed here), once
+per recorded real API surface (tests/data/tensorrt_surface: 10.3, the newest 10.x and 11.x bindings), plus every
+TensorRT-needing command in the real environment (no TensorRT: one line, exit != 0)."""
 
 from __future__ import annotations
 
@@ -10,13 +11,14 @@ import sys
 import numpy as np
 import onnx
 import pytest
-from fake_tensorrt import make_fake_cudart, make_fake_tensorrt
+from fake_tensorrt import make_fake_cudart, make_fake_tensorrt, recorded_versions
 from onnx import TensorProto, helper, numpy_helper
 
+from rtmw_edge import selftest as selftest_module
 from rtmw_edge.backends import load_engine
 from rtmw_edge.backends import tensorrt as trt_backend
 from rtmw_edge.cli import main
-from rtmw_edge.engines import EngineError, EngineMismatchError, GpuInfo, manifest_path, read_manifest
+from rtmw_edge.engines import EngineError, EngineMismatchError, GpuInfo, manifest_path, read_manifest, select_build_path
 from rtmw_edge.errors import MissingDependencyError, RtmwEdgeError
 from rtmw_edge.onnx_meta import write_metadata
 
@@ -81,17 +83,36 @@ def detector_onnx(path, size=32, k=8):
 
 
 # -------------------------------------------------------------------------------------------- fixtures
-@pytest.fixture
-def fake_trt(monkeypatch):
-    """install(version, num_dla_cores=..., gpu=...) puts a fresh fake `tensorrt` in sys.modules."""
+RECORDED = recorded_versions()
 
-    def install(version="10.3.0.30", *, num_dla_cores=0, gpu=ORIN):
-        module = make_fake_tensorrt(version, num_dla_cores=num_dla_cores)
+
+@pytest.fixture(params=RECORDED)
+def trt_version(request) -> str:
+    """Each recorded TensorRT version in turn."""
+    return request.param
+
+
+def _installer(monkeypatch, default: str):
+    def install(version=None, *, num_dla_cores=0, gpu=ORIN):
+        module = make_fake_tensorrt(version or default, num_dla_cores=num_dla_cores)
         monkeypatch.setitem(sys.modules, "tensorrt", module)
         monkeypatch.setattr(trt_backend, "gpu_identity", lambda device=0: gpu)
         return module
 
     return install
+
+
+@pytest.fixture
+def fake_trt(monkeypatch, trt_version):
+    """install(version=None, num_dla_cores=..., gpu=...) puts a fresh fake `tensorrt` in sys.modules: by default
+    the recorded version under test (the test runs once per recorded version)."""
+    return _installer(monkeypatch, trt_version)
+
+
+@pytest.fixture
+def fake_trt_at(monkeypatch):
+    """The same for tests about given versions (run once)."""
+    return _installer(monkeypatch, "10.3.0.30")
 
 
 @pytest.fixture
@@ -116,10 +137,14 @@ def build(onnx_path, out=None, **kw):
 
 
 # ------------------------------------------------------------------------------------- network, parser
-def test_strongly_typed_network_and_builder_calls_on_10_3(fake_trt, pose, tmp_path):
-    trt = fake_trt("10.3.0.30")
+def test_strongly_typed_network_and_builder_calls(fake_trt, trt_version, pose, tmp_path):
+    trt = fake_trt()
     result = build(pose, tmp_path / "engines" / "pose.engine", workspace="1GiB")
-    assert calls(trt, "Builder.create_network") == [(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED),)]
+    strong = trt_version.startswith("10.")                    # 11.x: always strongly typed, no flag
+    flag = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if strong else 0
+    assert calls(trt, "Builder.create_network") == [(flag,)]
+    if strong:  # the real value: 1 in 10.x (it is 0 in 11.x, where the project must not use it)
+        assert flag == 1 << trt.surface["names"]["NetworkDefinitionCreationFlag"]["members"]["STRONGLY_TYPED"] == 2
     assert calls(trt, "OnnxParser.parse_from_file") == [(str(pose),)]
     assert calls(trt, "IBuilderConfig.set_memory_pool_limit") == [(trt.MemoryPoolType.WORKSPACE, 1 << 30)]
     assert calls(trt, "IBuilderConfig.set_flag") == []                      # precision comes from the ONNX
@@ -128,10 +153,11 @@ def test_strongly_typed_network_and_builder_calls_on_10_3(fake_trt, pose, tmp_pa
     assert calls(trt, "IBuilderConfig.default_device_type=") == []
     assert result.engine_path.read_bytes().startswith(b"FAKEPLAN")
     manifest = json.loads(manifest_path(result.engine_path).read_text())
-    assert manifest["tensorrt_version"] == "10.3.0.30"
+    assert manifest["tensorrt_version"] == trt_version
     assert manifest["gpu"] == {"name": "Orin", "compute_capability": "8.7"}
     assert manifest["build_path"] == "strongly-typed" and manifest["precision"] == "fp32"
-    assert manifest["flags"]["network_flags"] == ["STRONGLY_TYPED"] and manifest["flags"]["workspace_bytes"] == 1 << 30
+    assert manifest["flags"]["network_flags"] == (["STRONGLY_TYPED"] if strong else [])
+    assert manifest["flags"]["workspace_bytes"] == 1 << 30
     assert manifest["profiles"] == [{"input": "input", "min": [1, 3, 32, 24], "opt": [8, 3, 32, 24],
                                      "max": [32, 3, 32, 24]}]
     assert manifest["onnx"]["metadata"]["name"] == "tiny-pose"
@@ -140,8 +166,8 @@ def test_strongly_typed_network_and_builder_calls_on_10_3(fake_trt, pose, tmp_pa
     assert manifest["built_at"] and manifest["build_seconds"] >= 0
 
 
-def test_network_flags_zero_on_11(fake_trt, pose, tmp_path):
-    trt = fake_trt("11.1.0.106")
+def test_network_flags_zero_on_11(fake_trt_at, pose, tmp_path):
+    trt = fake_trt_at("11.1.0.106")
     assert not hasattr(trt.BuilderFlag, "FP16")          # the fake follows 11.x: no precision flags at all
     result = build(pose, tmp_path / "pose.engine")
     assert calls(trt, "Builder.create_network") == [(0,)]
@@ -149,7 +175,8 @@ def test_network_flags_zero_on_11(fake_trt, pose, tmp_path):
     assert read_manifest(result.engine_path)["flags"]["network_flags"] == []
 
 
-def test_fp16_flag_only_on_10x_before_10_12(fake_trt, pose, tmp_path):
+def test_fp16_flag_only_on_10x_before_10_12(fake_trt_at, pose, tmp_path):
+    fake_trt = fake_trt_at
     trt = fake_trt("10.3.0.30")
     result = build(pose, tmp_path / "a.engine", fp16=True)
     assert calls(trt, "Builder.create_network") == [(0,)]                       # weakly typed
@@ -198,7 +225,7 @@ def test_profiles_for_detector_and_cli_batch(fake_trt, pose, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------- timing cache
-def test_timing_cache_is_saved_and_reused(fake_trt, pose, tmp_path):
+def test_timing_cache_is_saved_and_reused(fake_trt, trt_version, pose, tmp_path):
     cache = tmp_path / "engines" / "timing.cache"
     trt = fake_trt()
     build(pose, tmp_path / "engines" / "pose.engine")                      # default: beside the engine
@@ -210,17 +237,20 @@ def test_timing_cache_is_saved_and_reused(fake_trt, pose, tmp_path):
     assert calls(trt, "IBuilderConfig.create_timing_cache") == [(saved,)]          # loaded from the file
     assert calls(trt, "IBuilderConfig.set_timing_cache") == [(3, True, False)]
     assert b'"entries": 6' in cache.read_bytes()                          # grew by this build's entries
-    trt = fake_trt("10.4.0.26")                                           # another version: start afresh
+    parts = trt_version.split(".")
+    other = ".".join(parts[:-1] + [str(int(parts[-1]) + 1)])
+    trt = fake_trt(other)                                                 # another version: start afresh
     build(pose, tmp_path / "engines" / "third.engine", timing_cache=cache)
     assert calls(trt, "IBuilderConfig.set_timing_cache") == [(6, False, False), (0, True, False)]
-    assert b'"version": "10.4.0.26"' in cache.read_bytes()
+    assert f'"version": "{other}"'.encode() in cache.read_bytes()
     trt = fake_trt()
     build(pose, tmp_path / "fourth.engine", timing_cache=False)
     assert calls(trt, "IBuilderConfig.create_timing_cache") == []
 
 
 # ------------------------------------------------------------------------------------------------- DLA
-def test_dla_core_with_gpu_fallback(fake_trt, tmp_path):
+def test_dla_core_with_gpu_fallback(fake_trt_at, tmp_path):
+    fake_trt = fake_trt_at
     det = detector_onnx(tmp_path / "det.onnx")
     trt = fake_trt(num_dla_cores=2)
     result = build(det, tmp_path / "det.engine", dla_core=1)
@@ -288,13 +318,13 @@ def test_progress_monitor_drives_the_bar(fake_trt, pose, tmp_path):
     from rich.console import Console
 
     trt = fake_trt()
-    console = Console(file=io.StringIO(), width=120)
+    console = Console(file=io.StringIO(), width=400)
     build(pose, tmp_path / "pose.engine", progress=True, console=console)
     (monitor,) = calls(trt, "IBuilderConfig.progress_monitor=")
     assert isinstance(monitor[0], trt.IProgressMonitor)
     assert monitor[0].phases == ["Building engine", "Tactic selection"]
     log = console.file.getvalue()
-    assert "strongly typed network (NetworkDefinitionCreationFlag.STRONGLY_TYPED)" in log  # the chosen path
+    assert select_build_path(trt.__version__, "fp32").description in log.replace("\n", " ")  # the chosen path
     assert "GPU: Orin (compute 8.7)" in log and "built " in log
 
 
@@ -327,7 +357,8 @@ def test_engine_runs_on_host_arrays_and_device_pointers(fake_trt, fake_cuda, pos
     assert fake_cuda.memory == {}
 
 
-def test_engine_for_another_gpu_or_version_is_refused_in_one_line(fake_trt, pose, tmp_path):
+def test_engine_for_another_gpu_or_version_is_refused_in_one_line(fake_trt_at, pose, tmp_path):
+    fake_trt = fake_trt_at
     fake_trt("10.3.0.30", gpu=ORIN)
     out = build(pose, tmp_path / "pose.engine").engine_path
     fake_trt("11.1.0.106", gpu=GpuInfo("NVIDIA H100 80GB HBM3", "9.0"))
@@ -348,7 +379,7 @@ def test_check_compares_an_engine_with_its_onnx(fake_trt, fake_cuda, pose, tmp_p
 
     fake_trt()
     engine = build(pose, tmp_path / "pose.engine").engine_path
-    images = trt_backend._synthetic_images(tmp_path / "images", count=2)
+    images = selftest_module._synthetic_images(tmp_path / "images", count=2)
     report = check_model(engine, pose, images)
     assert report.passed and report.samples == 2 and report.outputs["simcc_x"]["max_abs"] == 0.0
     assert main(["check", str(engine), "--against", str(pose), "--images", str(images)]) == 0
@@ -362,7 +393,7 @@ def test_selftest_end_to_end_with_fakes(fake_trt, fake_cuda, tmp_path, monkeypat
 
     monkeypatch.setattr(rtmw_edge.export, "export_onnx", fake_export)
     fake_trt()
-    rows = trt_backend.selftest(tmp_path / "work", progress=False)
+    rows = selftest_module.selftest(tmp_path / "work", progress=False)
     assert [r["model"] for r in rows] == ["rtmpose-t-256x192", "rtmdet-nano-person"]
     assert all(r["passed"] and r["build_path"] == "strongly-typed" for r in rows), rows
     assert (tmp_path / "work" / "timing.cache").is_file()
@@ -412,7 +443,7 @@ def test_selftest_with_real_project_exports(fake_trt, fake_cuda, tmp_path):
     """The real exports (rtmpose-t, rtmdet-nano; ~15 s) through the fake builder, runtime and `check`."""
     pytest.importorskip("torch")
     fake_trt()
-    rows = trt_backend.selftest(tmp_path, progress=False)
+    rows = selftest_module.selftest(tmp_path, progress=False)
     assert all(r["passed"] for r in rows), rows
     pose_manifest = read_manifest(tmp_path / "rtmpose-t-256x192.engine")
     assert pose_manifest["profiles"][0]["max"] == [32, 3, 256, 192]

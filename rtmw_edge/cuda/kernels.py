@@ -364,7 +364,8 @@ def reference_crops(image: np.ndarray, boxes: np.ndarray, input_wh: tuple[int, i
     centers, scales = G.box_to_center_scale(boxes, input_wh, padding)
     crops = np.zeros((len(centers), input_wh[1], input_wh[0], 3))
     for i, (c, s) in enumerate(zip(centers, scales)):
-        crops[i] = reference_warp(image, inverse_warp(c, s, input_wh), input_wh)
+        if s[0] != 0:  # degenerate boxes (geometry.valid_boxes) keep the empty crop
+            crops[i] = reference_warp(image, inverse_warp(c, s, input_wh), input_wh)
     if quantize:
         crops = np.rint(crops)
     return _normalise(crops, mean, std, swap_rb), centers, scales
@@ -387,13 +388,15 @@ def reference_select(boxes: np.ndarray, scores: np.ndarray, letterbox: G.Letterb
     if run_nms1:
         boxes, scores = G.filter_detections(boxes, scores, score_threshold, iou1, max_det1)
     else:
-        keep = np.flatnonzero(scores > score_threshold)
+        keep = np.flatnonzero((scores > score_threshold) & G.valid_boxes(boxes))
         keep = keep[np.argsort(-scores[keep], kind="stable")][:max_det1]
         boxes, scores = boxes[keep], scores[keep]
     boxes = letterbox.boxes_to_image(boxes)
     image_w, image_h = letterbox.width / letterbox.scale_x, letterbox.height / letterbox.scale_y
     boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0, round(image_w))
     boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0, round(image_h))
+    inside = G.valid_boxes(boxes)
+    boxes, scores = boxes[inside], scores[inside]
     keep = G.nms(boxes, scores, iou2)
     boxes, scores = boxes[keep], scores[keep]
     return boxes[:max_persons].astype(np.float32), scores[:max_persons].astype(np.float32), len(boxes)

@@ -421,10 +421,8 @@ class CudaGraph:
                 rt("cudaGraphDestroy", graph)
             raise
         self.graph = rt("cudaStreamEndCapture", stream.handle)
-        try:
-            self.exec = rt("cudaGraphInstantiate", self.graph, 0)
-        except TypeError:  # cuda-python 11.x signature
-            self.exec = rt("cudaGraphInstantiate", self.graph, None, 0)
+        # cuda-python >= 12 (the gpu extra pins 12.9): cudaGraphInstantiate(graph, flags) -> (err, graphExec)
+        self.exec = rt("cudaGraphInstantiate", self.graph, 0)
 
     def launch(self, stream: Stream | int) -> None:
         rt("cudaGraphLaunch", self.exec, int(stream))

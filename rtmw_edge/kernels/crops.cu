@@ -9,14 +9,25 @@
 //   outside the frame contribute the border value 0. OpenCV quantises the position to 1/32 pixel and
 //   the weights to 15 bits and rounds to uint8; here the position is float64, the weights float32 and the
 //   value stays float (quantize = 1 rounds it to the nearest integer, like the CPU pipeline's uint8 crop).
+// A box that fails box_valid (geometry.valid_boxes: zero-area, inverted, NaN/inf, larger than 1e6 px) gets the
+// empty crop (all border) and centre = scale = 0, as box_to_center_scale gives it.
+// The centre/scale and the float64 inverse are computed once per block by its first thread (shared memory,
+// one barrier), not per pixel: per pixel only x * a + b remains in float64 (FP64 is slow on Jetson).
 // The centre and scale of every person are written to params [N,4] = (cx, cy, scale_w, scale_h) for the
-// decode kernel (thread (0,0) of block (0,0,z)).
+// decode kernel (first thread of block (0,0,z)).
 //
 // Launch: block (32, 8), grid (ceil(W / 32), ceil(H / 8), N). Compiled with --fmad=false.
 
 __device__ __forceinline__ float tap(const unsigned char* src, int w, int h, int pitch, int x, int y, int c)
 {
     return (x >= 0 && x < w && y >= 0 && y < h) ? (float)src[(long long)y * pitch + x * 3 + c] : 0.0f;
+}
+
+// geometry.valid_boxes, the one rule for degenerate boxes: 0 < x2 - x1 <= 1e6 and 0 < y2 - y1 <= 1e6 in float32
+__device__ __forceinline__ bool box_valid(const float* b)
+{
+    const float w = b[2] - b[0], h = b[3] - b[1];
+    return w > 0.0f && w <= 1e6f && h > 0.0f && h <= 1e6f;
 }
 
 extern "C" __global__ void __launch_bounds__(256) crop_persons_bgr_to_nchw(
@@ -28,53 +39,64 @@ extern "C" __global__ void __launch_bounds__(256) crop_persons_bgr_to_nchw(
     int swap_rb, int quantize)
 {
     const int person = blockIdx.z;
-    if (person >= num_persons) return;
-    const float* box = boxes + 4 * person;
+    if (person >= num_persons) return;   // whole blocks leave together, before the barrier
 
-    // geometry.box_to_center_scale (float32)
-    const float cx = (box[0] + box[2]) * 0.5f;
-    const float cy = (box[1] + box[3]) * 0.5f;
-    const float sw0 = (box[2] - box[0]) * padding;
-    const float sh0 = (box[3] - box[1]) * padding;
-    const bool wider = sw0 > sh0 * aspect;
-    const float sw = wider ? sw0 : sh0 * aspect;
-    const float sh = wider ? sw0 / aspect : sh0;
+    __shared__ double s_affine[4];       // a11, b1, a22, b2 of the inverse affine (crop pixel -> frame pixel)
+    __shared__ int s_valid;
+    if (threadIdx.x == 0 && threadIdx.y == 0) {
+        const float* box = boxes + 4 * person;
+        const bool valid = box_valid(box);
+        float cx = 0.0f, cy = 0.0f, sw = 0.0f, sh = 0.0f;
+        if (valid) {  // geometry.box_to_center_scale (float32)
+            cx = (box[0] + box[2]) * 0.5f;
+            cy = (box[1] + box[3]) * 0.5f;
+            const float sw0 = (box[2] - box[0]) * padding;
+            const float sh0 = (box[3] - box[1]) * padding;
+            const bool wider = sw0 > sh0 * aspect;
+            sw = wider ? sw0 : sh0 * aspect;
+            sh = wider ? sw0 / aspect : sh0;
+            // geometry.warp_matrix (float64) and its inverse as cv2.invertAffineTransform computes it
+            const double s = (double)dst_w / (double)sw;
+            const double m02 = (double)dst_w / 2.0 - s * (double)cx;
+            const double m12 = (double)dst_h / 2.0 - s * (double)cy;
+            const double d = 1.0 / (s * s);
+            const double a11 = s * d, a22 = s * d;
+            s_affine[0] = a11;
+            s_affine[1] = -a11 * m02;
+            s_affine[2] = a22;
+            s_affine[3] = -a22 * m12;
+        }
+        s_valid = valid;
+        if (blockIdx.x == 0 && blockIdx.y == 0) {
+            float* p = params + 4 * person;
+            p[0] = cx; p[1] = cy; p[2] = sw; p[3] = sh;
+        }
+    }
+    __syncthreads();
 
     const int x = blockIdx.x * blockDim.x + threadIdx.x;
     const int y = blockIdx.y * blockDim.y + threadIdx.y;
-    if (x == 0 && y == 0) {
-        float* p = params + 4 * person;
-        p[0] = cx; p[1] = cy; p[2] = sw; p[3] = sh;
-    }
     if (x >= dst_w || y >= dst_h) return;
 
-    // geometry.warp_matrix (float64) and its inverse as cv2.invertAffineTransform computes it
-    const double s = (double)dst_w / (double)sw;
-    const double m02 = (double)dst_w / 2.0 - s * (double)cx;
-    const double m12 = (double)dst_h / 2.0 - s * (double)cy;
-    const double d = 1.0 / (s * s);
-    const double a11 = s * d, a22 = s * d;
-    const double b1 = -a11 * m02;
-    const double b2 = -a22 * m12;
-    const double fx = a11 * (double)x + b1;
-    const double fy = a22 * (double)y + b2;
-
-    const double x0d = floor(fx), y0d = floor(fy);
-    float v[3];
-    if (x0d < -1.0 || y0d < -1.0 || x0d > (double)src_w || y0d > (double)src_h) {
-        v[0] = v[1] = v[2] = 0.0f;  // the whole 2x2 footprint is outside (also guards the int conversion)
-    } else {
-        const int x0 = (int)x0d, y0 = (int)y0d;
-        const float ax = (float)(fx - x0d), ay = (float)(fy - y0d);
-        #pragma unroll
-        for (int c = 0; c < 3; ++c) {
-            const float top = (1.0f - ax) * tap(src, src_w, src_h, src_pitch, x0, y0, c)
-                              + ax * tap(src, src_w, src_h, src_pitch, x0 + 1, y0, c);
-            const float bottom = (1.0f - ax) * tap(src, src_w, src_h, src_pitch, x0, y0 + 1, c)
-                                 + ax * tap(src, src_w, src_h, src_pitch, x0 + 1, y0 + 1, c);
-            float value = (1.0f - ay) * top + ay * bottom;
-            if (quantize) value = rintf(value);
-            v[c] = value;
+    float v[3] = {0.0f, 0.0f, 0.0f};
+    if (s_valid) {
+        const double fx = s_affine[0] * (double)x + s_affine[1];
+        const double fy = s_affine[2] * (double)y + s_affine[3];
+        const double x0d = floor(fx), y0d = floor(fy);
+        // a 2x2 footprint wholly outside the frame keeps the border (this also guards the int conversion)
+        if (!(x0d < -1.0 || y0d < -1.0 || x0d > (double)src_w || y0d > (double)src_h)) {
+            const int x0 = (int)x0d, y0 = (int)y0d;
+            const float ax = (float)(fx - x0d), ay = (float)(fy - y0d);
+            #pragma unroll
+            for (int c = 0; c < 3; ++c) {
+                const float top = (1.0f - ax) * tap(src, src_w, src_h, src_pitch, x0, y0, c)
+                                  + ax * tap(src, src_w, src_h, src_pitch, x0 + 1, y0, c);
+                const float bottom = (1.0f - ax) * tap(src, src_w, src_h, src_pitch, x0, y0 + 1, c)
+                                     + ax * tap(src, src_w, src_h, src_pitch, x0 + 1, y0 + 1, c);
+                float value = (1.0f - ay) * top + ay * bottom;
+                if (quantize) value = rintf(value);
+                v[c] = value;
+            }
         }
     }
 

@@ -3,23 +3,25 @@
 //
 // simcc_decode_to_image: twin of geometry.simcc_decode (+ simcc_decode_z), geometry.crop_to_image,
 //   TopDownPose.postprocess and geometry.depth_to_camera. Per keypoint: argmax of each axis (first
-//   maximum wins, as numpy), score = min(max_x, max_y), location = index / split_ratio, a score <= 0 gives
-//   (-1, -1); image = loc / input_size * scale + centre - 0.5 * scale with (centre, scale) from params
-//   [N,4] (written by the crop kernel); for RTMW3D z = argmax_z / split_ratio,
+//   maximum wins, as numpy; a NaN logit never wins), score = min(max_x, max_y) made finite
+//   (geometry.finite_scores), location = index / split_ratio, a score <= 0 gives (-1, -1);
+//   image = loc / input_size * scale + centre - 0.5 * scale with (centre, scale) from params [N,4] (written
+//   by the crop kernel); for RTMW3D z = argmax_z / split_ratio,
 //   depth = (z / depth_half - 1) * z_range + root_z, X = (u - cx) / fx * depth, Y = (v - cy) / fy * depth
 //   (u, v: the final image point, (-1, -1) when invalid). All float32 with the numpy evaluation order
 //   (compiled with --fmad=false), so the results equal the CPU pipeline's bit for bit.
 //   Launch: block 256 = 8 warps, one warp per keypoint, grid ceil(N * K / 8).
 //
 // decoded_to_image: the same back-mapping for graphs exported with --decode (keypoints [N,K,2] in crop
-//   pixels, scores [N,K], z [N,K] or null). Launch: block 256, one thread per keypoint, grid ceil(N*K/256).
+//   pixels, scores [N,K] (made finite as above), z [N,K] or null). Launch: block 256, one thread per keypoint, grid ceil(N*K/256).
 
 __device__ __forceinline__ void warp_argmax(const float* __restrict__ row, int bins, float* best, int* index)
 {
     float v = -__int_as_float(0x7f800000);  // -inf
     int i = 0x7fffffff;
     for (int b = threadIdx.x & 31; b < bins; b += 32) {
-        const float x = row[b];
+        const float raw = row[b];
+        const float x = raw != raw ? -__int_as_float(0x7f800000) : raw;  // a NaN never wins (geometry._argmax_max)
         if (x > v || i == 0x7fffffff) { v = x; i = b; }
     }
     #pragma unroll
@@ -37,6 +39,10 @@ __device__ __forceinline__ void write_keypoint(
     float* __restrict__ out, float* __restrict__ out3d, float depth_half, float z_range, float root_z,
     float fx, float fy, float cx, float cy)
 {
+    // geometry.finite_scores: NaN -> -FLT_MAX, +-inf -> +-FLT_MAX
+    const float flt_max = __int_as_float(0x7f7fffff);
+    if (!(score >= -flt_max)) score = -flt_max;
+    else if (score > flt_max) score = flt_max;
     const bool invalid = score <= 0.0f;
     if (invalid) { lx = -1.0f; ly = -1.0f; }
     float u = lx / in_w * p[2] + p[0] - 0.5f * p[2];

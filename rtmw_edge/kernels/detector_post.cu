@@ -8,12 +8,14 @@
 //
 // detector_select: twin of the CPU pipeline's detector.postprocess + PoseEstimator.detect, on boxes [K,4]
 //   (input pixels) and scores [K] of one image:
-//     1. keep score > score_threshold, order by score descending, ties by lower index (np.argsort stable);
+//     1. keep score > score_threshold and a usable box (box_valid: geometry.valid_boxes), order by score
+//        descending, ties by lower index (np.argsort stable);
 //     2. greedy NMS at iou1 (skipped when the graph already ran NMS), at most max_det1 kept
 //        (geometry.filter_detections);
 //     3. input pixels -> image pixels: x / scale_x, y / scale_y (float32), clipped to [0, clip_w] x [0, clip_h]
 //        (Letterbox.boxes_to_image and the clip of OnnxDetector.postprocess);
-//     4. greedy NMS at iou2 on the image boxes (the top-down demo's person NMS, geometry.nms);
+//     4. greedy NMS at iou2 on the image boxes that are still usable (a box wholly outside the frame is clipped
+//        to zero area and dropped, as OnnxDetector.postprocess does) (the top-down demo's person NMS, geometry.nms);
 //     5. the first max_persons boxes and scores are written; header = {count, total after step 4,
 //        candidates after step 1, kept after step 2}.
 //   IoU is computed in double with the operations of geometry.box_iou (compiled with --fmad=false), so
@@ -44,6 +46,14 @@ extern "C" __global__ void __launch_bounds__(256) rtmdet_rawhead_decode(
     boxes[i * 4 + 3] = py + cell[4];
 }
 
+// geometry.valid_boxes, the one rule for degenerate boxes: 0 < x2 - x1 <= 1e6 and 0 < y2 - y1 <= 1e6 in float32
+// (false for zero-area and inverted boxes and for NaN or infinite coordinates)
+__device__ __forceinline__ bool box_valid(const float* b)
+{
+    const float w = b[2] - b[0], h = b[3] - b[1];
+    return w > 0.0f && w <= 1e6f && h > 0.0f && h <= 1e6f;
+}
+
 // IoU of two xyxy boxes, exactly as geometry.box_iou (float64, clip at 0, union > 0 else 0).
 __device__ __forceinline__ double box_iou_f64(const float* a, const float* b)
 {
@@ -60,10 +70,11 @@ __device__ __forceinline__ double box_iou_f64(const float* a, const float* b)
 
 // Greedy NMS over `n` boxes already in score order (box r at boxes + 4 * r); writes kept positions to
 // `kept` and returns their number (the same value in every thread). `flags` holds n bytes of scratch.
+// A box that is not box_valid starts suppressed: it is never kept and suppresses nothing.
 __device__ int greedy_nms(const float* boxes, int n, double iou_threshold, int max_keep, int run,
                           unsigned char* flags, int* kept)
 {
-    for (int q = threadIdx.x; q < n; q += blockDim.x) flags[q] = 0;
+    for (int q = threadIdx.x; q < n; q += blockDim.x) flags[q] = box_valid(boxes + 4 * (size_t)q) ? 0 : 1;
     __syncthreads();
     int count = 0;
     for (int r = 0; r < n; ++r) {
@@ -109,10 +120,11 @@ extern "C" __global__ void __launch_bounds__(512) detector_select(
     if (threadIdx.x == 0) s_count = 0;
     __syncthreads();
 
-    // 1. threshold (NaN scores fail the comparison, as in numpy), compact, then rank: order by score
+    // 1. threshold (NaN scores fail the comparison, as in numpy; degenerate boxes are no candidates), compact,
+    //    then rank: order by score
     //    descending with ties broken by the lower index, which is np.argsort(-scores, kind="stable")
     for (int i = threadIdx.x; i < K; i += blockDim.x) {
-        if (scores[i] > score_threshold) candidates[atomicAdd(&s_count, 1)] = i;
+        if (scores[i] > score_threshold && box_valid(boxes + 4 * (size_t)i)) candidates[atomicAdd(&s_count, 1)] = i;
     }
     __syncthreads();
     const int n = s_count;

@@ -42,7 +42,7 @@ else:  # pragma: no cover - Python 3.10: the 'serve' extra brings tomli
 
 ENV_PREFIX = "RTMW_EDGE_"
 CAMERA_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-BACKENDS = ("auto", "onnxruntime", "tensorrt")
+BACKENDS = ("auto", "onnxruntime", "tensorrt", "triton")
 
 
 class ConfigError(RtmwEdgeError):
@@ -122,6 +122,9 @@ class ModelConfig:
     smooth: bool = _setting(False, "bool")
     smooth_min_cutoff: float | None = _setting(None, "float?", _positive)
     smooth_beta: float | None = _setting(None, "float?", _at_least(0))
+    # backend "triton": the server's pipeline model runs det + pose (rtmw_edge/triton/client.py; docs/triton.md)
+    triton_url: str = _setting("", "str")
+    triton_model: str = _setting("rtmw_pipeline", "str", _non_empty)
     # ONNX Runtime fallback when the backend cannot start ("" = the ONNX the engine was built from)
     fallback_det: str = _setting("", "str")
     fallback_pose: str = _setting("", "str")
@@ -340,6 +343,17 @@ def _validate(config: DaemonConfig, where: str) -> None:
             raise ConfigError(f"{where}: cameras {seen[key]!r} and {cam.name!r} have the same environment name "
                               f"RTMW_EDGE_CAMERAS_{key}_*: rename one")
         seen[key] = cam.name
+    model = config.model
+    if (model.backend == "triton") != bool(model.triton_url):
+        raise ConfigError(f"{where}: model.backend = \"triton\" and model.triton_url (HOST:PORT of the Triton server) "
+                          "go together")
+    if model.triton_url:
+        from ..triton.client import parse_url
+
+        try:
+            parse_url(model.triton_url)
+        except RtmwEdgeError as exc:
+            raise ConfigError(f"{where}: model.triton_url: {exc}") from None
     server, mqtt = config.server, config.mqtt
     if server.token and server.token_file:
         raise ConfigError(f"{where}: server: give token or token_file, not both")

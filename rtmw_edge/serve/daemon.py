@@ -56,6 +56,11 @@ def build_estimator(m: ModelConfig):
 
     options = dict(flip_test=m.flip_test, max_persons=m.max_persons, det_threshold=m.det_threshold,
                    kpt_threshold=m.kpt_threshold, threads=m.threads or None, pose_spec=m.pose_spec or None)
+    if m.backend == "triton":  # the server runs det + pose; no fallback: a down server is retried per frame
+        from ..triton.client import TritonPoseEstimator
+
+        return TritonPoseEstimator(m.triton_url, model=m.triton_model, flip_test=m.flip_test,
+                                   max_persons=m.max_persons, det_threshold=m.det_threshold)
     try:
         return PoseEstimator(m.det, m.pose, backend=m.backend, **options)
     except RtmwEdgeError as exc:
