@@ -81,9 +81,9 @@ class Config:
     det: str
     pose: str
     backend: str = "auto"
-    pose_spec: str | None = None   # settings of a foreign pose ONNX (see rtmw_edge.pose_models)
     triton_url: str | None = None      # backend "triton": the server; its pipeline model decides det and pose
     triton_model: str = "rtmw_pipeline"
+    pose_spec: str | None = None       # settings of a foreign pose ONNX (see rtmw_edge.pose_models)
 
 
 def make_estimator(cfg: Config, max_persons: int = 32, threads: int | None = None):

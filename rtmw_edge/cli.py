@@ -362,7 +362,7 @@ def bench_cmd(det: str = typer.Option("rtmdet-nano-person", "--det", help="Detec
             label = Path(p).stem if len(backend) == 1 else f"{Path(p).stem}/{b}"
             while label in (c.name for c in configs):
                 label += "'"
-            configs.append(Config(label, det, p, b, pose_spec))
+            configs.append(Config(label, det, p, b, pose_spec=pose_spec))
     report = benchmark(configs, person_tiles(ann, images), counts, frames=frames, threads=threads)
     table = Table(title=f"bench: ms per frame (mean), {frames} frames per point")
     table.add_column("config")

@@ -252,7 +252,7 @@ def run_eval(ann_path: str | os.PathLike[str], images_dir: str | os.PathLike[str
 
     if gt_boxes:
         estimator = None
-        pose_model = TopDownPose(load_engine(resolve_model(pose, "pose"), backend), flip_test, pose_spec)
+        pose_model = TopDownPose(load_engine(resolve_model(pose, "pose"), backend), flip_test, pose_spec=pose_spec)
     else:
         estimator = PoseEstimator(det, pose, backend=backend, flip_test=flip_test, pose_spec=pose_spec)
         pose_model = estimator.pose
