@@ -83,6 +83,7 @@ class Config:
     backend: str = "auto"
     triton_url: str | None = None      # backend "triton": the server; its pipeline model decides det and pose
     triton_model: str = "rtmw_pipeline"
+    pose_spec: str | None = None       # settings of a foreign pose ONNX (see rtmw_edge.pose_models)
 
 
 def make_estimator(cfg: Config, max_persons: int = 32, threads: int | None = None):
@@ -95,7 +96,7 @@ def make_estimator(cfg: Config, max_persons: int = 32, threads: int | None = Non
     from .pipeline import PoseEstimator
 
     return PoseEstimator(cfg.det, cfg.pose, backend=cfg.backend, max_persons=max_persons, threads=threads,
-                         det_threshold=DET_THRESHOLD)
+                         det_threshold=DET_THRESHOLD, pose_spec=cfg.pose_spec)
 
 
 def _people(est, image: np.ndarray) -> int:

@@ -216,7 +216,14 @@ def oks(pred: np.ndarray, ref: np.ndarray, valid: np.ndarray, sigmas: np.ndarray
 
 
 def check_model(candidate: str | Path, against: str | Path, images: str | Path, *, max_samples: int = 16,
-                tolerances: Tolerances | None = None, trust_checkpoint: bool = False) -> CheckReport:
+                tolerances: Tolerances | None = None, trust_checkpoint: bool = False,
+                pose_spec: str | None = None) -> CheckReport:
+    """`pose_spec`: the registered model whose settings apply to a foreign pose ONNX (candidate or reference)
+    without rtmw_edge metadata or SDK JSON; such graphs are checked through an imported copy."""
+    from contextlib import ExitStack
+
+    from .pose_models import described_model
+
     tol = tolerances or Tolerances()
     candidate = Path(candidate)
     if candidate.is_dir():
@@ -227,11 +234,17 @@ def check_model(candidate: str | Path, against: str | Path, images: str | Path, 
     detector = _open_detector(candidate)
     if detector is not None:
         return _check_detector(candidate, detector, str(against), files, tol, trust_checkpoint)
-    cand_run, meta = _candidate_runner(candidate)
-    x = make_inputs(meta, files, max_samples)
-    ref_run, ref_label = _reference_runner(meta, str(against), trust_checkpoint)
-    cand = cand_run(x)
-    ref = ref_run(x)
+    with ExitStack() as stack:  # a foreign pose graph (candidate or reference) runs as an imported copy
+        cand_run, meta = _candidate_runner(stack.enter_context(described_model(candidate, pose_spec)))
+        x = make_inputs(meta, files, max_samples)
+        ref_arg = str(against)
+        if Path(ref_arg).suffix.lower() == ".onnx":
+            ref_arg = str(stack.enter_context(described_model(ref_arg, pose_spec)))
+        ref_run, ref_label = _reference_runner(meta, ref_arg, trust_checkpoint)
+        if Path(ref_arg).suffix.lower() == ".onnx":
+            ref_label = str(against)
+        cand = cand_run(x)
+        ref = ref_run(x)
     report = CheckReport(str(candidate), ref_label, meta["task"], len(x))
     _compare_outputs(cand, ref, report, tol, judge=meta.get("precision") != "int8")
     _compare_keypoints(meta, cand, ref, report, tol)

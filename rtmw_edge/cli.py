@@ -1,6 +1,7 @@
 """The `rtmw-edge` command line: parse, call the API, print. No logic of its own.
 
-Every `RtmwEdgeError` becomes one line on stderr and exit code 1; usage errors exit 2 (typer).
+Every `RtmwEdgeError` becomes one line on stderr and exit code 1; usage errors exit 2 (typer, and
+`errors.UsageError`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from rich.table import Table
 
 from . import __version__
 from .errors import RtmwEdgeError
+from .zoo import POSE_SPEC_HELP
 
 app = typer.Typer(help="Real-time whole-body pose estimation (RTMW / RTMW3D / RTMPose) on NVIDIA edge devices.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -23,6 +25,8 @@ models_app = typer.Typer(help="The model zoo: list, inspect and download officia
 app.add_typer(models_app, name="models")
 
 out = Console(width=max(Console().width, 110))  # keep tables readable when piped
+# a foreign pose ONNX (mmdeploy / rtmlib / mmpose export, no rtmw_edge metadata, no SDK JSON beside it)
+POSE_SPEC_OPTION = typer.Option(None, "--pose-spec", help=POSE_SPEC_HELP)
 
 
 def _version(value: bool) -> None:
@@ -102,6 +106,26 @@ def models_download(name: str = typer.Argument(..., help="Registered model name.
     out.print(f"{name}: {path}")
 
 
+@models_app.command("import")
+def models_import(source: Path = typer.Argument(..., help="Foreign pose ONNX (mmdeploy end2end.onnx, rtmlib zoo "
+                                                "file, mmpose torch.onnx export) or an mmdeploy SDK folder."),
+                  output: Path = typer.Option(..., "-o", "--output", help="The copy to write (.onnx)."),
+                  spec: str | None = typer.Option(None, "--spec", "--pose-spec", help="The registered model whose "
+                                                  "settings apply (not needed with the SDK's pipeline.json beside "
+                                                  "the file).")) -> None:
+    """Write a copy of a foreign pose ONNX with the toolkit's metadata, so later commands need no hint.
+
+    The input is only read. Settings come from --spec or the mmdeploy SDK JSON beside the file, and are
+    checked against the graph (input size, keypoints, SimCC bins)."""
+    from .pose_models import import_pose_model
+
+    meta = import_pose_model(source, output, spec)
+    how = f"--spec {meta['name']}" if meta["imported"]["from"] == "pose-spec" else "the SDK's pipeline.json"
+    w, h = meta["input_size"]
+    out.print(f"{source} → {output}: {meta['task']}, {meta['num_keypoints']} keypoints, {w}x{h} crops, batch "
+              f"{meta['batch']}; settings from {how}", highlight=False, markup=False)
+
+
 @app.command("export")
 def export_cmd(name: str = typer.Argument(..., help="Registered model name (see `models list`)."),
                output: Path = typer.Option(..., "-o", "--output", help="Output .onnx file."),
@@ -144,7 +168,8 @@ def check_cmd(candidate: Path = typer.Argument(..., help="The converted model (.
               min_recall: float = typer.Option(1.0, help="Detector: min recall of reference detections."),
               min_iou: float = typer.Option(0.85, help="Detector: min mean IoU of the recovered detections."),
               json_out: Path | None = typer.Option(None, "--json", help="Also write the report as JSON."),
-              trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint")) -> None:
+              trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint"),
+              pose_spec: str | None = POSE_SPEC_OPTION) -> None:
     """Compare a converted model with its reference on real photos; exit 1 past the tolerances."""
     from .check import Tolerances, check_model
     from .errors import UsageError
@@ -156,7 +181,8 @@ def check_cmd(candidate: Path = typer.Argument(..., help="The converted model (.
         raise UsageError("--min-oks/--min-recall/--min-iou must be in [0, 1], --max-rel/--max-px >= 0")
     json_out = check_output(json_out, option="--json", inputs=[candidate, against, images])
     report = check_model(candidate, against, images, max_samples=max_samples, trust_checkpoint=trust_checkpoint,
-                         tolerances=Tolerances(max_rel, max_px, min_oks, min_recall, min_iou))
+                         tolerances=Tolerances(max_rel, max_px, min_oks, min_recall, min_iou),
+                         pose_spec=pose_spec)
     table = Table(title=f"check {report.candidate} against {report.reference} ({report.samples} samples)")
     table.add_column("measure")
     table.add_column("value", justify="right")
@@ -180,7 +206,11 @@ def check_cmd(candidate: Path = typer.Argument(..., help="The converted model (.
 @app.command("run")
 def run_cmd(source: str = typer.Argument(..., help="Image, folder, video, camera index, RTSP/HTTP URL or image URL."),
             det: str = typer.Option("rtmdet-nano-person", "--det", help="Detector: .onnx or registered name."),
-            pose: str = typer.Option("rtmw-m-256x192", "--pose", help="Pose model: .onnx or registered name."),
+            pose: str = typer.Option("rtmw-m-256x192", "--pose", help="Pose model: .onnx, mmdeploy SDK folder or "
+                                     "registered name."),
+            pose_spec: str | None = POSE_SPEC_OPTION,
+            det_interval: int = typer.Option(1, "--det-interval", min=1, help="Video/camera: run the detector "
+                                             "every N-th frame; in between, boxes from the last frame's keypoints."),
             backend: str = typer.Option("auto", help="auto, onnxruntime, tensorrt, torch-cuda (GPU pipeline) or "
                                         "triton (a Triton server: --triton-url)."),
             triton_url: str | None = typer.Option(None, "--triton-url", help="Triton server HOST:PORT (gRPC; "
@@ -221,7 +251,8 @@ def run_cmd(source: str = typer.Argument(..., help="Image, folder, video, camera
                       plot_3d=plot_3d, show=show, flip_test=flip_test, track=track, smooth=smooth,
                       smooth_min_cutoff=smooth_min_cutoff, smooth_beta=smooth_beta, max_persons=max_persons,
                       det_threshold=det_threshold, kpt_threshold=kpt_threshold, focal=focal, principal=principal,
-                      threads=threads, loop=loop, strict=strict)
+                      threads=threads, loop=loop, strict=strict, pose_spec=pose_spec,
+                      det_interval=det_interval)
     log = Console(stderr=True)
     summary = run_source(opts, console=log)
     log.print(str(summary), highlight=False, markup=False, soft_wrap=True)
@@ -235,7 +266,8 @@ def run_cmd(source: str = typer.Argument(..., help="Image, folder, video, camera
 @app.command("eval")
 def eval_cmd(ann: Path = typer.Option(..., "--ann", help="COCO / COCO-WholeBody keypoint annotation JSON."),
              images: Path | None = typer.Option(None, "--images", help="Folder with the annotation's images."),
-             pose: str | None = typer.Option(None, "--pose", help="Pose model: .onnx or registered name."),
+             pose: str | None = typer.Option(None, "--pose", help="Pose model: .onnx, SDK folder or registered name."),
+             pose_spec: str | None = POSE_SPEC_OPTION,
              det: str | None = typer.Option(None, "--det", help="Detector: .onnx or registered name."),
              gt_boxes: bool = typer.Option(False, "--gt-boxes", help="Ground-truth person boxes, no detector."),
              backend: str = typer.Option("auto", help="auto, onnxruntime, tensorrt or torch-cuda (GPU pipeline)."),
@@ -261,7 +293,8 @@ def eval_cmd(ann: Path = typer.Option(..., "--ann", help="COCO / COCO-WholeBody 
             raise UsageError("eval needs --pose and --images to run models (or --predictions to score a file)")
         if gt_boxes == (det is not None):
             raise UsageError("eval needs exactly one of --det DETECTOR or --gt-boxes")
-        metrics, _ = run_eval(ann, images, pose, det=det, gt_boxes=gt_boxes, backend=backend, flip_test=flip_test)
+        metrics, _ = run_eval(ann, images, pose, det=det, gt_boxes=gt_boxes, backend=backend, flip_test=flip_test,
+                              pose_spec=pose_spec)
         title = f"{Path(pose).name} ({'GT boxes' if gt_boxes else Path(det).name}) on {ann.name}"
     table = Table(title=title)
     table.add_column("part")
@@ -280,6 +313,7 @@ def eval_cmd(ann: Path = typer.Option(..., "--ann", help="COCO / COCO-WholeBody 
 def bench_cmd(det: str = typer.Option("rtmdet-nano-person", "--det", help="Detector: .onnx or registered name."),
               pose: list[str] = typer.Option([], "--pose", help="Pose model(s): repeat to compare (e.g. FP32 "
                                              "and FP16 exports) side by side."),
+              pose_spec: str | None = POSE_SPEC_OPTION,
               backend: list[str] = typer.Option(["auto"], "--backend", help="Backend(s): repeat to compare "
                                                 "(triton: the server at --triton-url, end-to-end time only)."),
               triton_url: str | None = typer.Option(None, "--triton-url", help="Triton server HOST:PORT for "
@@ -328,7 +362,7 @@ def bench_cmd(det: str = typer.Option("rtmdet-nano-person", "--det", help="Detec
             label = Path(p).stem if len(backend) == 1 else f"{Path(p).stem}/{b}"
             while label in (c.name for c in configs):
                 label += "'"
-            configs.append(Config(label, det, p, b))
+            configs.append(Config(label, det, p, b, pose_spec=pose_spec))
     report = benchmark(configs, person_tiles(ann, images), counts, frames=frames, threads=threads)
     table = Table(title=f"bench: ms per frame (mean), {frames} frames per point")
     table.add_column("config")

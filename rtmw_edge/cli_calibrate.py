@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from .errors import UsageError
+from .zoo import POSE_SPEC_HELP
 
 EXIT_TARGET_MISSED = 3  # the INT8 model and report are written, but the fidelity target was not met
 
@@ -57,6 +58,7 @@ def calibrate_cmd(
     min_int8_share: float = typer.Option(0.5, "--min-int8-share", help="--auto-exclude never goes below this "
                                          "share of conv MACs in INT8."),
     threads: int | None = typer.Option(None, "--threads", help="ONNX Runtime threads."),
+    pose_spec: str | None = typer.Option(None, "--pose-spec", help=POSE_SPEC_HELP),
 ) -> None:
     """Calibrate and quantise to explicit Q/DQ INT8; write a fidelity report on held-out images.
 
@@ -78,7 +80,7 @@ def calibrate_cmd(
         model=model, output=output, source=source, num=num, method=method, percentile=percentile, det=det,
         det_threshold=det_threshold, exclude=list(exclude), auto_exclude=auto_exclude, default_exclusions=default_float,
         residual=residual, bias_correction=bias_correction, cache=cache, report=report, seed=seed, holdout=holdout,
-        augment=augment, val_num=val_num, threads=threads, min_int8_share=min_int8_share,
+        augment=augment, val_num=val_num, threads=threads, min_int8_share=min_int8_share, pose_spec=pose_spec,
         target=Target(min_recall50=target_recall, min_mean_iou=target_iou, min_oks=target_oks))
     console = Console(stderr=True)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

@@ -17,6 +17,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from .zoo import POSE_SPEC_HELP
+
 EXIT_STALE = 3
 
 out = Console(width=max(Console().width, 110))
@@ -37,7 +39,8 @@ def build_cmd(onnx: Path = typer.Argument(..., help="The ONNX to build (from `rt
               force: bool = typer.Option(False, "--force", help="Rebuild even when a matching engine exists."),
               check: bool = typer.Option(False, "--check", help="Only report: exit 0 if the engine is up to "
                                          "date, 3 if it is missing or stale (and why)."),
-              verbose: bool = typer.Option(False, "--verbose", help="Show TensorRT's info/verbose messages.")) -> None:
+              verbose: bool = typer.Option(False, "--verbose", help="Show TensorRT's info/verbose messages."),
+              pose_spec: str | None = typer.Option(None, "--pose-spec", help=POSE_SPEC_HELP)) -> None:
     """Build a TensorRT engine from an ONNX (cached: skipped when a matching engine exists)."""
     from .backends.tensorrt import build_engine, check_engine
     from .engines import EngineError, default_engine_path, manifest_path, parse_batch
@@ -57,7 +60,7 @@ def build_cmd(onnx: Path = typer.Argument(..., help="The ONNX to build (from `rt
         check_output(manifest_path(engine), option="-o", inputs=[onnx])
         if timing_cache is not None and not no_timing_cache:
             check_output(timing_cache, option="--timing-cache", inputs=[onnx], others=[engine])
-    options = {"batch": batch, "workspace": workspace, "dla_core": dla, "fp16": fp16}
+    options = {"batch": batch, "workspace": workspace, "dla_core": dla, "fp16": fp16, "pose_spec": pose_spec}
     if check:
         plan, status = check_engine(onnx, output, **options)
         if status.current:

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .triton import DET_MODEL, PIPELINE_MODEL, POSE_MODEL
+from .zoo import POSE_SPEC_HELP
 
 out = Console(width=max(Console().width, 110))
 triton_app = typer.Typer(help="Triton Inference Server: model repository, server, remote backend (docs/triton.md).",
@@ -39,14 +40,15 @@ def export_cmd(det: str = typer.Option(..., "--det", help="Detector: .onnx, .eng
                queue_delay_us: int = typer.Option(2000, "--queue-delay-us", help="Pose dynamic batcher: longest "
                                                   "wait for more requests (microseconds)."),
                threads: int = typer.Option(0, "--threads", help="--cpu: ONNX Runtime threads per model (0: all)."),
-               force: bool = typer.Option(False, "--force", help="Replace an existing repository.")) -> None:
+               force: bool = typer.Option(False, "--force", help="Replace an existing repository."),
+               pose_spec: str | None = typer.Option(None, "--pose-spec", help=POSE_SPEC_HELP)) -> None:
     """Write a Triton model repository: detector + pose models and the BLS pipeline model."""
     from .triton.repository import export_repository, preferred_batch_sizes
 
     result = export_repository(det, pose, output, cpu=cpu, pose_batch=pose_batch, flip_test=flip_test,
                                det_threshold=det_threshold, nms_iou=nms_iou, max_persons=max_persons,
                                pipeline_name=name, instances=instances, queue_delay_us=queue_delay_us,
-                               threads=threads, force=force, console=out)
+                               threads=threads, force=force, console=out, pose_spec=pose_spec)
     table = Table(title=f"Triton model repository {result.repository}")
     for col in ("model", "runs as", "from", "max batch", "preferred batch"):
         table.add_column(col)

@@ -110,7 +110,7 @@ def _value_infos(values, exclude=()) -> list[_Tensor]:
     return out
 
 
-def _load(path_or_model):
+def _load(path_or_model, role: str = "detector"):
     """(ModelProto, display name) of a path or proto; one-line RtmwEdgeError for a missing / non-ONNX file."""
     import onnx
 
@@ -118,7 +118,7 @@ def _load(path_or_model):
         return path_or_model, "<model>"
     path = Path(path_or_model)
     if not path.is_file():
-        raise RtmwEdgeError(f"detector ONNX not found: {path}")
+        raise RtmwEdgeError(f"{role} ONNX not found: {path}")
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf DecodeError and friends

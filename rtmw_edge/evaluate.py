@@ -222,8 +222,9 @@ def _gt_person_boxes(anns: list[dict]) -> np.ndarray:
 
 def run_eval(ann_path: str | os.PathLike[str], images_dir: str | os.PathLike[str], pose: str | Path,
              det: str | Path | None = None, gt_boxes: bool = False, backend: str = "auto",
-             flip_test: bool = False, progress: bool = True) -> tuple[dict, list[dict]]:
+             flip_test: bool = False, progress: bool = True, pose_spec: str | None = None) -> tuple[dict, list[dict]]:
     """Run the pose pipeline over the annotation file's images and score it; → (metrics, COCO results).
+    `pose_spec`: the registered model whose settings apply to a foreign pose ONNX (see `pose_models`).
 
     gt_boxes=True: the non-crowd ground-truth person boxes are the person boxes (box score 1; no detector).
     Otherwise `det` finds the people (`PoseEstimator`'s detector, NMS and limits). The instance score is
@@ -251,9 +252,9 @@ def run_eval(ann_path: str | os.PathLike[str], images_dir: str | os.PathLike[str
 
     if gt_boxes:
         estimator = None
-        pose_model = TopDownPose(load_engine(resolve_model(pose, "pose"), backend), flip_test)
+        pose_model = TopDownPose(load_engine(resolve_model(pose, "pose"), backend), flip_test, pose_spec=pose_spec)
     else:
-        estimator = PoseEstimator(det, pose, backend=backend, flip_test=flip_test)
+        estimator = PoseEstimator(det, pose, backend=backend, flip_test=flip_test, pose_spec=pose_spec)
         pose_model = estimator.pose
     info = pose_model.info
     if info.num_keypoints not in (17, 133):

@@ -57,11 +57,13 @@ def letterbox(image: np.ndarray, input_wh: tuple[int, int], pad_value: int = 114
 def normalize_to_nchw(images: np.ndarray, mean, std, swap_rb: bool) -> np.ndarray:
     """uint8/float N×H×W×3 (or H×W×3) BGR → float32 N×3×H×W, optionally BGR→RGB, then (x − mean)/std."""
     batch = images[None] if images.ndim == 3 else images
-    x = batch.astype(np.float32)
-    if swap_rb:
-        x = x[..., ::-1]
-    x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+    out = np.empty((batch.shape[0], 3, *batch.shape[1:3]), np.float32)
+    for c in range(3):  # one plane at a time, straight into the NCHW buffer (no HWC float temporaries)
+        plane = out[:, c]
+        np.subtract(batch[..., 2 - c if swap_rb else c], mean[c], out=plane, dtype=np.float32)
+        np.divide(plane, std[c], out=plane)
+    return out
 
 
 def grid_priors(input_hw: tuple[int, int], strides: tuple[int, ...]) -> np.ndarray:
@@ -285,3 +287,33 @@ def depth_to_camera(keypoints_img: np.ndarray, z_crop: np.ndarray, depth_bins_ha
     x = (keypoints_img[..., 0] - cx) / camera.fx * depth
     y = (keypoints_img[..., 1] - cy) / camera.fy * depth
     return np.stack([x, y, depth], axis=-1).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- boxes from keypoints (skip-frame)
+# Growth of a keypoint box about its centre before it stands in for a detection: rtmlib's PoseTracker
+# (`pose_to_bbox(expansion=1.25)`) and mmdeploy's PoseTracker (`pose_bbox_scale 1.25`) both use 1.25
+# (../shared/reference/deployment_landscape.md §1.1–1.2, rtmw_facts.md §5). The crop then pads it by
+# BBOX_PADDING like any detector box.
+KEYPOINT_BOX_EXPANSION = 1.25
+
+
+def keypoints_to_boxes(keypoints: np.ndarray, scores: np.ndarray, threshold: float,
+                       expansion: float = KEYPOINT_BOX_EXPANSION,
+                       image_wh: tuple[int, int] | None = None) -> np.ndarray:
+    """Per person, the bounding box of the keypoints scoring above `threshold`, grown by `expansion` about
+    its centre: [N,K,2] keypoints + [N,K] scores → [N,4] xyxy (float32). Clipped to the image when
+    `image_wh` is given. A person without such a keypoint gets the empty box (0, 0, 0, 0)."""
+    kpts = np.asarray(keypoints, np.float32)
+    if len(kpts) == 0:
+        return np.zeros((0, 4), np.float32)
+    valid = np.asarray(scores).reshape(kpts.shape[:2]) > threshold
+    lo = np.where(valid[..., None], kpts, np.inf).min(axis=1)
+    hi = np.where(valid[..., None], kpts, -np.inf).max(axis=1)
+    seen = valid.any(axis=1)
+    lo, hi = np.where(seen[:, None], lo, 0.0), np.where(seen[:, None], hi, 0.0)
+    center, half = (lo + hi) * 0.5, (hi - lo) * (0.5 * expansion)
+    boxes = np.concatenate([center - half, center + half], axis=1).astype(np.float32)
+    if image_wh is not None:
+        boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0, image_wh[0])
+        boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0, image_wh[1])
+    return boxes

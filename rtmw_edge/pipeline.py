@@ -3,6 +3,7 @@
 Readable top to bottom (rtmw_facts §3):
   detector: letterbox (BGR, pad 114, detector mean/std) → engine → boxes/scores → person NMS
   → keep at most `max_persons` (highest scores)
+    [video with det_interval N: the detector only every N-th frame, boxes from the last keypoints between]
   → top-down crops: box ×1.25, aspect fix, cv2.warpAffine bilinear, border 0, BGR→RGB, pose mean/std
   → ONE batched pose inference for all persons (chunked at the engine's max batch)
   → SimCC decode (optionally flip test) → image coordinates (→ camera-space 3D for RTMW3D)
@@ -20,9 +21,9 @@ import numpy as np
 from . import geometry as G
 from .backends import Engine, load_engine, run_chunked
 from .errors import RtmwEdgeError, UsageError
-from .keypoints import KEYPOINT_SETS
+from .export import DECODED_OUTPUTS, POSE_OUTPUTS
 from .results import FrameResult, persons_from_arrays
-from .zoo import POSE_MEAN_RGB, POSE_STD_RGB
+from .skipframe import SkipFrameDetection
 
 log = logging.getLogger("rtmw_edge")
 
@@ -46,49 +47,47 @@ class PoseModelInfo:
     z_range: float | None = None
     root_z: float | None = None
     focal: tuple[float, float] | None = None
+    outputs: tuple[str, ...] = ()  # graph output names in role order (simcc_x, simcc_y[, simcc_z] or decoded)
 
 
-def pose_info(engine: Engine) -> PoseModelInfo:
-    """Read the pose graph's metadata; for a foreign SimCC graph (e.g. an official mmdeploy export) infer
-    it from the I/O shapes: bins / input size = split ratio, K = keypoints, RTMPose normalisation."""
+def pose_info(engine: Engine, pose_spec: str | None = None) -> PoseModelInfo:
+    """What the pipeline needs to know about a pose engine: its metadata (our exports; TensorRT engines carry
+    it in their manifest), else — for a foreign ONNX (mmdeploy / rtmlib / mmpose export) — the description
+    `pose_models.pose_metadata` builds from its signature and `pose_spec` or the SDK JSON beside it."""
     meta = engine.metadata
-    if meta is not None:
-        if meta.get("task") not in ("pose2d", "pose3d"):
-            raise RtmwEdgeError(f"{engine.path.name} is a {meta.get('task')} model ({meta.get('name')}), "
-                                "not a pose model: check --det/--pose")
-        return PoseModelInfo(
-            name=meta["name"], task=meta["task"], input_size=tuple(meta["input_size"]), mean=tuple(meta["mean"]),
-            std=tuple(meta["std"]), swap_rb=meta.get("color", "rgb") == "rgb",
-            split_ratio=float(meta.get("simcc_split_ratio", 2.0)), num_keypoints=int(meta["num_keypoints"]),
-            keypoint_set=meta.get("keypoint_set"), flip_indices=list(meta.get("flip_indices", [])),
-            decoded=bool(meta.get("decoded")), flip_in_graph=bool(meta.get("flip_test")),
-            z_range=meta.get("z_range"), root_z=meta.get("root_z"),
-            focal=tuple(meta["focal"]) if meta.get("focal") else None)
-    names = engine.output_names
-    if not hasattr(engine, "session"):
-        raise RtmwEdgeError(f"{engine.path.name} has no rtmw_edge metadata (engines built by `rtmw-edge build` "
-                            "carry it in their manifest)")
-    if names[:2] != ["simcc_x", "simcc_y"] or engine.input_shape[2] is None or engine.input_shape[3] is None:
-        raise RtmwEdgeError(f"{engine.path.name} is not a pose model this toolkit knows: no rtmw_edge metadata "
-                            f"and outputs {names} (expected simcc_x, simcc_y with a fixed input size)")
-    h, w = engine.input_shape[2], engine.input_shape[3]
-    out = {o.name: o.shape for o in engine.session.get_outputs()}  # type: ignore[attr-defined]
-    k, bins_x = out["simcc_x"][1], out["simcc_x"][2]
-    if not isinstance(k, int) or not isinstance(bins_x, int):
-        raise RtmwEdgeError(f"{engine.path.name}: cannot infer keypoints/bins from outputs {out}")
-    kset = {17: "coco", 133: "coco-wholebody"}.get(k)
-    flips = KEYPOINT_SETS[kset].flip_indices if kset else []
-    return PoseModelInfo(name=engine.path.stem, task="pose2d", input_size=(w, h), mean=POSE_MEAN_RGB,
-                         std=POSE_STD_RGB, swap_rb=True, split_ratio=bins_x / w, num_keypoints=k,
-                         keypoint_set=kset, flip_indices=flips)
+    if meta is None:
+        if not hasattr(engine, "session"):
+            raise RtmwEdgeError(f"{engine.path.name} has no rtmw_edge metadata (engines built by `rtmw-edge build` "
+                                "carry it in their manifest)")
+        from .pose_models import pose_metadata
+
+        meta = pose_metadata(engine.path, pose_spec, session=engine.session)  # type: ignore[attr-defined]
+    if meta.get("task") not in ("pose2d", "pose3d"):
+        raise RtmwEdgeError(f"{engine.path.name} is a {meta.get('task')} model ({meta.get('name')}), "
+                            "not a pose model: check --det/--pose")
+    return PoseModelInfo(
+        name=meta["name"], task=meta["task"], input_size=tuple(meta["input_size"]), mean=tuple(meta["mean"]),
+        std=tuple(meta["std"]), swap_rb=meta.get("color", "rgb") == "rgb",
+        split_ratio=float(meta.get("simcc_split_ratio", 2.0)), num_keypoints=int(meta["num_keypoints"]),
+        keypoint_set=meta.get("keypoint_set"), flip_indices=list(meta.get("flip_indices", [])),
+        decoded=bool(meta.get("decoded")), flip_in_graph=bool(meta.get("flip_test")),
+        z_range=meta.get("z_range"), root_z=meta.get("root_z"),
+        focal=tuple(meta["focal"]) if meta.get("focal") else None, outputs=tuple(meta.get("outputs") or ()))
 
 
 class TopDownPose:
     """Top-down pose model wrapper: preprocess → infer → postprocess."""
 
-    def __init__(self, engine: Engine, flip_test: bool = False, info: PoseModelInfo | None = None) -> None:
+    def __init__(self, engine: Engine, flip_test: bool = False, info: PoseModelInfo | None = None,
+                 pose_spec: str | None = None) -> None:
         self.engine = engine
-        self.info = info or pose_info(engine)  # given: read from the ONNX beforehand (a remote engine has no file)
+        # given: read from the ONNX beforehand (a remote engine has no file); else from the engine's metadata,
+        # or for a foreign ONNX from `pose_spec` / its SDK JSON
+        self.info = info or pose_info(engine, pose_spec)
+        roles = DECODED_OUTPUTS if self.info.decoded else POSE_OUTPUTS  # the names the decode reads
+        self._roles = {name: role for name, role in zip(self.info.outputs, roles) if name != role}
+        if getattr(engine, "input_shape", (None,))[0] == 1:
+            log.warning("%s has a static batch of 1: persons run one per call (batching is off)", engine.path.name)
         self.flip_test = flip_test and not self.info.flip_in_graph  # a graph with flip test does it already
         if self.flip_test and (self.info.decoded or not self.info.flip_indices):
             raise RtmwEdgeError(f"--flip-test needs SimCC outputs and flip indices; {engine.path.name} "
@@ -100,11 +99,15 @@ class TopDownPose:
         info = self.info
         return G.crop_persons(image, boxes, info.input_size, info.mean, info.std, info.swap_rb)
 
+    def _run(self, crops: np.ndarray) -> dict[str, np.ndarray]:
+        out = run_chunked(self.engine, crops)
+        return {self._roles.get(k, k): v for k, v in out.items()} if self._roles else out
+
     def infer(self, crops: np.ndarray) -> dict[str, np.ndarray]:
         if not self.flip_test:
-            return run_chunked(self.engine, crops)
+            return self._run(crops)
         n = len(crops)
-        out = run_chunked(self.engine, np.concatenate([crops, crops[..., ::-1]]))
+        out = self._run(np.concatenate([crops, crops[..., ::-1]]))
         sx, sy = G.flip_simcc(out["simcc_x"][n:], out["simcc_y"][n:], self.info.flip_indices)
         return {"simcc_x": (out["simcc_x"][:n] + sx) * 0.5, "simcc_y": (out["simcc_y"][:n] + sy) * 0.5}
 
@@ -137,10 +140,16 @@ class TopDownPose:
 
 
 def _registered(spec: str | Path, role: str):
-    """The registry entry `spec` names (checked for its role), or None for a model file (checked to exist)."""
+    """The registry entry `spec` names (checked for its role), or None for a model file or an mmdeploy SDK folder
+    (checked to exist)."""
     path = Path(spec)
     if path.is_dir():
-        raise RtmwEdgeError(f"--{role} {path} is a folder: give a model file (.onnx / .engine) or a registered name")
+        from .pose_models import sdk_files
+
+        if sdk_files(path):
+            return None
+        raise RtmwEdgeError(f"--{role} {path} is a folder without mmdeploy SDK JSON: give a model file "
+                            "(.onnx / .engine), an SDK folder or a registered name")
     if path.suffix.lower() in (".onnx", ".engine", ".plan", ".trt"):
         if not path.is_file():
             raise RtmwEdgeError(f"{role} model file not found: {path}")
@@ -156,10 +165,14 @@ def _registered(spec: str | Path, role: str):
 
 
 def resolve_model(spec: str | Path, role: str) -> Path:
-    """An .onnx/.engine path as given, or a registered model name → its cached ONNX export
-    ($RTMW_EDGE_HOME/onnx/NAME.onnx), made on first use from the official checkpoint."""
+    """An .onnx/.engine path as given, an mmdeploy SDK folder → its ONNX, or a registered model name → its
+    cached ONNX export ($RTMW_EDGE_HOME/onnx/NAME.onnx), made on first use from the official checkpoint."""
     model = _registered(spec, role)
     if model is None:
+        if Path(spec).is_dir():  # an mmdeploy SDK folder (end2end.onnx + pipeline.json/deploy.json/detail.json)
+            from .pose_models import sdk_model_file
+
+            return sdk_model_file(spec)
         return Path(spec)
     from .hub import fetch, home_dir
 
@@ -197,28 +210,36 @@ class PoseEstimator:
     """The whole pipeline for one frame at a time. `estimator(image)` → `FrameResult`.
 
     det / pose: .onnx files (metadata from `rtmw-edge export`; foreign detectors are adapted by
-    `rtmw_edge.detectors`), or registered model names (downloaded and exported once).
+    `rtmw_edge.detectors`, foreign pose graphs by `rtmw_edge.pose_models` with `pose_spec` or the mmdeploy
+    SDK JSON beside them), mmdeploy SDK folders, or registered model names (downloaded and exported once).
+    `det_interval` N > 1: on video, the detector runs every N-th frame and the boxes in between come from
+    the previous frame's keypoints (`rtmw_edge.skipframe`); frames must then be given in order.
     """
 
     def __init__(self, det: str | Path, pose: str | Path, *, backend: str = "auto", flip_test: bool = False,
                  max_persons: int = 32, det_threshold: float = 0.3, nms_iou: float = 0.3,
                  kpt_threshold: float = 0.3, track: bool = False, smooth: bool = False,
-                 camera: G.Camera | None = None, threads: int | None = None, smoothing: dict | None = None) -> None:
+                 camera: G.Camera | None = None, threads: int | None = None, smoothing: dict | None = None,
+                 pose_spec: str | None = None, det_interval: int = 1) -> None:
+        from .backends.onnxruntime import session_options
         from .detectors import EngineDetector, OnnxDetector
 
         if max_persons < 1:
             raise RtmwEdgeError("--max-persons must be at least 1")
         if not 0.0 <= det_threshold <= 1.0:
             raise RtmwEdgeError("--det-threshold must be in [0, 1]")
+        if isinstance(det_interval, bool) or not isinstance(det_interval, int) or det_interval < 1:
+            raise UsageError(f"--det-interval must be a whole number of frames >= 1, not {det_interval!r}")
         det_path, pose_path = resolve_model(det, "det"), resolve_model(pose, "pose")
         if backend == "tensorrt" or det_path.suffix.lower() != ".onnx":  # a TensorRT engine of our detector
             detector = EngineDetector(load_engine(det_path, backend), score_threshold=det_threshold,
                                       nms_iou=0.6, max_detections=1000)
         else:
-            detector = OnnxDetector(det_path, score_threshold=det_threshold, nms_iou=0.6, max_detections=1000)
-        self._assemble(detector, TopDownPose(load_engine(pose_path, backend, threads=threads), flip_test),
-                       max_persons=max_persons, nms_iou=nms_iou, kpt_threshold=kpt_threshold, camera=camera,
-                       track=track, smooth=smooth, smoothing=smoothing)
+            detector = OnnxDetector(det_path, score_threshold=det_threshold, nms_iou=0.6, max_detections=1000,
+                                    session_options=session_options(threads))
+        pose_model = TopDownPose(load_engine(pose_path, backend, threads=threads), flip_test, pose_spec=pose_spec)
+        self._assemble(detector, pose_model, max_persons=max_persons, nms_iou=nms_iou, kpt_threshold=kpt_threshold,
+                       camera=camera, track=track, smooth=smooth, smoothing=smoothing, det_interval=det_interval)
 
     @classmethod
     def from_parts(cls, detector, pose: TopDownPose, **options) -> PoseEstimator:
@@ -230,8 +251,9 @@ class PoseEstimator:
 
     def _assemble(self, detector, pose: TopDownPose, *, max_persons: int = 32, nms_iou: float = 0.3,
                   kpt_threshold: float = 0.3, camera: G.Camera | None = None, track: bool = False,
-                  smooth: bool = False, smoothing: dict | None = None) -> None:
+                  smooth: bool = False, smoothing: dict | None = None, det_interval: int = 1) -> None:
         self.detector, self.pose = detector, pose
+        self.skip = SkipFrameDetection(det_interval, kpt_threshold) if det_interval > 1 else None
         self.max_persons = max_persons
         self.nms_iou = nms_iou
         self.kpt_threshold = kpt_threshold
@@ -259,10 +281,21 @@ class PoseEstimator:
 
         image = as_bgr_uint8(image)
         h, w = image.shape[:2]
-        boxes, scores, dropped = self.detect(image)
-        kpts, kpt_scores, kpts_3d = self.pose(image, boxes, self.camera)
+        if self.skip is None:
+            boxes, scores, dropped = self.detect(image)
+            kpts, kpt_scores, kpts_3d = self.pose(image, boxes, self.camera)
+        else:  # detector on key frames, boxes from the last frame's keypoints in between
+            boxes, scores, dropped, (kpts, kpt_scores, kpts_3d), _ = self.skip.step(
+                image, self.detect, lambda im, b: self.pose(im, b, self.camera))
         persons = persons_from_arrays(boxes, scores, kpts, kpt_scores, kpts_3d)
         if self.tracker is not None:
             persons = self.tracker.update(persons, timestamp)
         return FrameResult(frame=frame, timestamp=timestamp, width=w, height=h, persons=persons,
                            dropped_persons=dropped)
+
+    def reset(self) -> None:
+        """A new stream starts: forget carried boxes (skip-frame detection) and tracks."""
+        if self.skip is not None:
+            self.skip.reset()
+        if self.tracker is not None:
+            self.tracker.reset()

@@ -70,6 +70,8 @@ class RunOptions:
     threads: int | None = None
     loop: bool = False
     strict: bool = False
+    pose_spec: str | None = None   # settings of a foreign pose ONNX: a registered model name
+    det_interval: int = 1          # video: detector every N-th frame, keypoint boxes in between
 
 
 @dataclass
@@ -161,6 +163,13 @@ def validate_options(opts: RunOptions) -> None:
     camera_from_options(opts.focal, opts.principal)
     if opts.ann is not None and opts.coco is None:
         raise UsageError("--ann gives the image ids of --coco results: give --coco too")
+    if opts.det_interval < 1:
+        raise UsageError(f"--det-interval must be at least 1 frame, not {opts.det_interval}")
+    if opts.det_interval > 1 and (opts.backend in ("tensorrt", "torch-cuda", "triton") or opts.triton_url):
+        raise UsageError("--det-interval runs on the CPU pipeline (--backend onnxruntime); the GPU pipeline and a "
+                         "Triton server detect on every frame")
+    if opts.pose_spec and (opts.backend == "triton" or opts.triton_url):
+        raise UsageError("--pose-spec describes a local pose ONNX; with Triton the server's repository decides")
 
 
 def _local_inputs(opts: RunOptions) -> list[str]:
@@ -359,13 +368,18 @@ def run_source(opts: RunOptions, console=None) -> RunSummary:
             estimator = triton_estimator(opts, camera, smoothing)
         else:
             det_path, pose_path = resolve_models(opts.det, opts.pose)  # every missing checkpoint named at once
-            estimator_class = PoseEstimator
+            estimator_class, extra = PoseEstimator, {}
             if opts.backend in ("tensorrt", "torch-cuda"):  # the CUDA-stream pipeline (rtmw_edge/cuda/pipeline.py)
                 from .cuda.pipeline import GpuPoseEstimator as estimator_class
+            elif opts.det_interval > 1 and source.kind in ("image", "url-image", "folder"):
+                warn(f"--det-interval applies to videos and cameras: every photo of this {source.kind} is detected")
+            elif opts.det_interval > 1:
+                extra["det_interval"] = opts.det_interval
             estimator = estimator_class(det_path, pose_path, backend=opts.backend, flip_test=opts.flip_test,
                                         max_persons=opts.max_persons, det_threshold=opts.det_threshold,
                                         kpt_threshold=opts.kpt_threshold, track=opts.track, smooth=opts.smooth,
-                                        camera=camera, threads=opts.threads, smoothing=smoothing or None)
+                                        camera=camera, threads=opts.threads, smoothing=smoothing or None,
+                                        pose_spec=opts.pose_spec, **extra)
         if opts.plot_3d is not None and estimator.info.task != "pose3d":
             raise UsageError("--plot-3d needs an RTMW3D pose model")
         stream = Stream(opts.out_jsonl) if opts.out_jsonl is not None else None

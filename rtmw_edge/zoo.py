@@ -22,6 +22,9 @@ DET_STD_BGR = (57.375, 57.12, 58.395)
 SIZES = {"t": (0.167, 0.375), "s": (0.33, 0.5), "m": (0.67, 0.75), "l": (1.0, 1.0), "x": (1.33, 1.25)}
 
 _OPENMMLAB = "https://download.openmmlab.com/mmpose/v1/"
+# `--pose-spec NAME`: a registered model whose settings apply to a foreign pose ONNX (rtmw_edge.pose_models)
+POSE_SPEC_HELP = ("Foreign pose ONNX without rtmw_edge metadata or SDK JSON: the registered model whose settings "
+                  "apply (e.g. rtmw-m-256x192).")
 
 
 @dataclass(frozen=True)

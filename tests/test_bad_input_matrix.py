@@ -142,6 +142,25 @@ MATRIX: dict[tuple[str, str], tuple[list[str], int, str]] = {
     ("build", "output = input"): (["build", "{pose}", "-o", "{pose}"], 2, "is an input of this command"),
     ("build", "invalid option value"): (["build", "{pose}", "-o", "{out}.engine", "--batch", "8:1:32"], 2,
                                         "needs 1 <= MIN <= OPT <= MAX"),
+    # models import FILE --spec -o (a foreign pose ONNX → a copy with metadata)
+    ("models import", "missing file"): (["models", "import", "{missing}.onnx", "--spec", "rtmpose-t-256x192", "-o",
+                                         "{out}.onnx"], 1, "not found"),
+    ("models import", "empty file"): (["models", "import", "{empty}.onnx", "--spec", "rtmpose-t-256x192", "-o",
+                                       "{out}.onnx"], 1, "not a readable ONNX"),
+    ("models import", "truncated file"): (["models", "import", "{truncated}.onnx", "--spec", "rtmpose-t-256x192",
+                                           "-o", "{out}.onnx"], 1, "not a readable ONNX"),
+    ("models import", "wrong kind of model"): (["models", "import", "{det}", "--spec", "rtmpose-t-256x192", "-o",
+                                                "{out}.onnx"], 1, "not a pose model"),
+    ("models import", "directory instead of file"): (["models", "import", "{dir}", "--spec", "rtmpose-t-256x192",
+                                                      "-o", "{out}.onnx"], 1, "is a folder"),
+    ("models import", "unwritable output"): (["models", "import", "{foreign}", "--spec", "rtmpose-t-256x192", "-o",
+                                              UNWRITABLE + ".onnx"], 2, "cannot create files in /proc"),
+    ("models import", "output = input"): (["models", "import", "{foreign}", "--spec", "rtmpose-t-256x192", "-o",
+                                           "{foreign}"], 2, "is an input of this command"),
+    ("models import", "non-existent model name"): (["models", "import", "{foreign}", "--spec", "rtmw-q-256x192", "-o",
+                                                    "{out}.onnx"], 2, "rtmw-q-256x192"),
+    ("models import", "invalid option value"): (["models", "import", "{foreign}", "--spec", "rtmdet-nano-person",
+                                                 "-o", "{out}.onnx"], 2, "rtmdet-nano-person is a detector"),
     # models list | info | download
     ("models list", "invalid option value"): (["models", "list", "--task", "segmentation"], 2,
                                               "--task must be one of"),
@@ -270,6 +289,9 @@ def files(tmp_path_factory, shared):
     relu = root / "relu.onnx"
     onnx.save(helper.make_model(graph), str(relu))
     (root / "a_folder").mkdir()
+    foreign = onnx.load(str(pose))  # our export without its metadata: a foreign (mmdeploy-layout) pose ONNX
+    del foreign.metadata_props[:]
+    onnx.save(foreign, str(root / "foreign.onnx"))
     real = {".jpg": shared / "images" / "000000000785.jpg", ".onnx": pose, ".pth": pose_ckpt, ".json": ann}
     for suffix, source in real.items():
         (root / f"empty{suffix}").write_bytes(b"")
@@ -277,6 +299,7 @@ def files(tmp_path_factory, shared):
         (root / f"truncated{suffix}").write_bytes(data[: len(data) // 2])
     return {"root": root, "img": images / "000000000785.jpg", "images": images, "pose": pose, "det": det,
             "pose_ckpt": pose_ckpt, "det_ckpt": det_ckpt, "ann": ann, "preds": preds, "relu": relu,
+            "foreign": root / "foreign.onnx",
             "dir": root / "a_folder", "missing": root / "missing", "empty": root / "empty",
             "truncated": root / "truncated", "out": root / "out"}
 

@@ -223,3 +223,59 @@ def test_image_variants(detectors, photos) -> None:
     for bad in (image.astype(np.float32), image[..., :2], np.zeros((0, 5, 3), np.uint8)):
         with pytest.raises(RtmwEdgeError):
             det(bad)
+
+
+def test_yolox_raw_person_score_is_objectness_times_person_probability() -> None:
+    """A confident non-person object (objectness 0.95, p(dog) 0.99, p(person) 0.05) must not become a person,
+    and a person's score is objectness × p(person) exactly (0.8 × 0.9): both fail if the class probability
+    is dropped from the score or another class column is read."""
+    anchors = 40 * 40 + 20 * 20 + 10 * 10  # 320×320 at strides 8/16/32
+    pred = np.zeros((1, anchors, 5 + 80), np.float32)
+    person, dog = 10 * 40 + 10, 30 * 40 + 25  # stride-8 anchors at grid (10, 10) and (25, 30)
+    pred[0, person, 2:4] = np.log(5.0)            # 40×40 px box centred on (80, 80)
+    pred[0, person, 4], pred[0, person, 5] = 0.8, 0.9
+    pred[0, dog, 2:4] = np.log(6.0)
+    pred[0, dog, 4], pred[0, dog, 5], pred[0, dog, 5 + 16] = 0.95, 0.05, 0.99
+    det = OnnxDetector(_tiny({"output": pred}))
+    assert det.signature.kind == "yolox-raw"
+    boxes, scores = det(np.zeros((320, 320, 3), np.uint8))
+    np.testing.assert_allclose(scores, [0.72], rtol=1e-6)
+    np.testing.assert_allclose(boxes, [[60, 60, 100, 100]], atol=1e-4)
+
+
+def _e2e_stub(dets: np.ndarray, labels: np.ndarray) -> onnx.ModelProto:
+    """An mmdeploy end-to-end signature: a Conv stem on the input (→ RTMDet preprocessing) and constant
+    dets [1,N,5] / labels [1,N] outputs."""
+    model = _tiny({"dets": dets, "labels": labels})
+    g = model.graph
+    g.initializer.append(onnx.numpy_helper.from_array(np.zeros((8, 3, 3, 3), np.float32), "stem_w"))
+    g.node.append(helper.make_node("Conv", ["images", "stem_w"], ["stem"], pads=[1, 1, 1, 1]))
+    return model
+
+
+def test_mmdeploy_e2e_keeps_only_the_person_label() -> None:
+    dets = np.array([[[10, 10, 50, 90, 0.9], [100, 20, 200, 60, 0.95], [60, 10, 90, 80, 0.5]]], np.float32)
+    labels = np.array([[0, 2, 0]], np.int64)   # a person, a car (scored higher), a person
+    det = OnnxDetector(_e2e_stub(dets, labels))
+    assert det.signature.kind == "mmdeploy-e2e-rtmdet"
+    boxes, scores = det(np.zeros((320, 320, 3), np.uint8))
+    np.testing.assert_allclose(scores, [0.9, 0.5])
+    np.testing.assert_allclose(boxes, [[10, 10, 50, 90], [60, 10, 90, 80]])
+
+
+def _relabelled(path: Path, offset: int) -> onnx.ModelProto:
+    """The real end-to-end graph with every label moved by `offset` (a detector of some other class)."""
+    model = onnx.load(str(path))
+    g = model.graph
+    out = next(o for o in g.output if o.name == "labels")
+    for node in g.node:
+        node.output[:] = ["labels_raw" if n == "labels" else n for n in node.output]
+    g.initializer.append(onnx.numpy_helper.from_array(np.array(offset, np.int64), "label_offset"))
+    g.node.append(helper.make_node("Add", ["labels_raw", "label_offset"], [out.name]))
+    return model
+
+
+def test_real_e2e_graph_whose_labels_are_not_person_finds_nobody(photos) -> None:
+    image = photos["000000197388.jpg"]
+    assert len(OnnxDetector(_relabelled(RTMDET_E2E, 0))(image)[0]) == 5
+    assert len(OnnxDetector(_relabelled(RTMDET_E2E, 1))(image)[0]) == 0

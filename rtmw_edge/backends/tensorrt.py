@@ -229,8 +229,11 @@ class BuildResult:
 
 def plan_build(onnx_path: str | Path, output: str | Path | None = None, *, batch: str | tuple | None = None,
                workspace: str | int = DEFAULT_WORKSPACE, dla_core: int | None = None, fp16: bool = False,
-               gpu: GpuInfo | None = None, trt=None) -> BuildPlan:
-    """Read the ONNX, detect TensorRT and the GPU, and decide everything the engine depends on."""
+               gpu: GpuInfo | None = None, trt=None, pose_spec: str | None = None) -> BuildPlan:
+    """Read the ONNX, detect TensorRT and the GPU, and decide everything the engine depends on.
+
+    A foreign pose ONNX (no rtmw_edge metadata) gets its description from `pose_spec` or the mmdeploy SDK
+    JSON beside it (`pose_models.pose_metadata`); the manifest carries it like an export's metadata."""
     import onnx
 
     from ..onnx_meta import read_metadata
@@ -247,6 +250,11 @@ def plan_build(onnx_path: str | Path, output: str | Path | None = None, *, batch
     except Exception as exc:
         raise EngineError(f"{onnx_path} is not a readable ONNX model ({type(exc).__name__})") from None
     meta = read_metadata(model)
+    if meta is None:
+        from ..pose_models import is_foreign_pose, pose_metadata
+
+        if pose_spec or is_foreign_pose(onnx_path):
+            meta = pose_metadata(onnx_path, pose_spec)
     precision = onnx_precision(model, meta)
     profiles = derive_profiles(meta, graph_inputs(model), batch_t)
     trt = trt or import_tensorrt()
@@ -326,14 +334,15 @@ def build_engine(onnx_path: str | Path, output: str | Path | None = None, *, bat
                  workspace: str | int = DEFAULT_WORKSPACE, dla_core: int | None = None,
                  timing_cache: str | Path | bool | None = None, fp16: bool = False, force: bool = False,
                  verbose: bool = False, progress: bool = True, console=None,
-                 gpu: GpuInfo | None = None) -> BuildResult:
+                 gpu: GpuInfo | None = None, pose_spec: str | None = None) -> BuildResult:
     """Build `onnx_path` into a TensorRT engine (default engines/<stem>.engine) with its manifest beside it,
     or skip when a matching engine exists (`force` rebuilds).
 
     batch: "MIN:OPT:MAX" or one number (default: pose 1:8:32, detector fixed 1). workspace: "2GiB".
     dla_core: DLA core with GPU fallback (Jetson). timing_cache: path (default <engine folder>/timing.cache),
     False for none. fp16: FP16 builder flag on an FP32 ONNX (TensorRT 10.0–10.11 only; otherwise export
-    an FP16 ONNX). gpu: override the detected GPU identity (tests).
+    an FP16 ONNX). gpu: override the detected GPU identity (tests). pose_spec: settings of a foreign pose
+    ONNX (see `plan_build`).
     """
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -343,7 +352,7 @@ def build_engine(onnx_path: str | Path, output: str | Path | None = None, *, bat
     console = console or Console(stderr=True)
     trt = import_tensorrt()
     plan = plan_build(onnx_path, output, batch=batch, workspace=workspace, dla_core=dla_core, fp16=fp16, gpu=gpu,
-                      trt=trt)
+                      trt=trt, pose_spec=pose_spec)
     engine_path, man_path = plan.engine_path, manifest_path(plan.engine_path)
     for line in describe_plan(plan):
         console.print(line, highlight=False, markup=False)

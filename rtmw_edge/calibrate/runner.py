@@ -82,6 +82,7 @@ class CalibrateOptions:
     target: Target = field(default_factory=Target)
     min_int8_share: float = 0.5
     threads: int | None = None
+    pose_spec: str | None = None   # settings of a foreign pose ONNX (see rtmw_edge.pose_models)
 
 
 @dataclass
@@ -173,6 +174,23 @@ def _null_progress(label: str, total: int | None) -> Callable[[int], None]:
 
 def calibrate(opts: CalibrateOptions, progress: Progress | None = None,
               log: Callable[[str], None] | None = None) -> CalibrateResult:
+    """Calibrate and quantise `opts.model`. A foreign pose ONNX (no rtmw_edge metadata) is calibrated through
+    an imported copy (`pose_models.import_pose_model`, settings from `opts.pose_spec` or its SDK JSON), so
+    the INT8 graph comes out self-describing."""
+    from dataclasses import replace
+
+    from ..pose_models import described_model
+
+    model_path = Path(opts.model)
+    _check_options(opts, model_path, Path(opts.output))
+    with described_model(model_path, opts.pose_spec) as described:
+        if described != model_path:
+            opts = replace(opts, model=described, cache=opts.cache or default_cache(model_path))
+        return _calibrate(opts, progress, log)
+
+
+def _calibrate(opts: CalibrateOptions, progress: Progress | None = None,
+               log: Callable[[str], None] | None = None) -> CalibrateResult:
     import onnx
 
     progress = progress or _null_progress

@@ -221,7 +221,8 @@ class GpuPoseEstimator:
                  track: bool = False, smooth: bool = False, camera: G.Camera | None = None, threads: int | None = None,
                  smoothing: dict | None = None, cuda_graphs: bool = False, match_cpu_rounding: bool = False,
                  profile: bool = False, blocking_sync: bool = False, allow_tf32: bool = False,
-                 det_engine=None, pose_engine=None, det_nms_iou: float = 0.6, det_max_detections: int = 1000) -> None:
+                 det_engine=None, pose_engine=None, det_nms_iou: float = 0.6, det_max_detections: int = 1000,
+                 pose_spec: str | None = None) -> None:
         from ..pipeline import pose_info, resolve_model
 
         if max_persons < 1:
@@ -250,6 +251,15 @@ class GpuPoseEstimator:
         self._own_engines = [e for e, given in ((det_engine, det_given), (pose_engine, pose_given)) if not given]
         self.det_engine, self.pose_engine = det_engine, pose_engine
         self.det = detector_config(det_engine, det_path)
+        if pose_engine.metadata is None and pose_path is not None and pose_path.suffix.lower() == ".onnx":
+            from ..export import POSE_OUTPUTS
+            from ..pose_models import pose_metadata
+
+            meta = pose_metadata(pose_path, pose_spec)  # a foreign pose ONNX: --pose-spec or its SDK JSON
+            if meta["outputs"] != list(POSE_OUTPUTS[:len(meta["outputs"])]):
+                raise RtmwEdgeError(f"{pose_path.name}: outputs {meta['outputs']}; the GPU pipeline reads simcc_x/"
+                                    "simcc_y: `rtmw-edge models import` it first")
+            pose_engine.metadata = meta
         if pose_engine.metadata is None:
             raise RtmwEdgeError(f"{getattr(pose_engine, 'name', 'pose model')}: the GPU pipeline needs a pose model "
                                 "exported by rtmw-edge (its metadata); run foreign graphs with --backend onnxruntime")

@@ -116,6 +116,8 @@ class ModelConfig:
     max_persons: int = _setting(32, "int", _at_least(1))
     det_threshold: float = _setting(0.3, "float", _between(0, 1))
     kpt_threshold: float = _setting(0.3, "float", _between(0, 1))
+    det_interval: int = _setting(1, "int", _at_least(1))   # detector every N-th frame (skip-frame detection)
+    pose_spec: str = _setting("", "str")                   # settings of a foreign pose ONNX (a registered name)
     track: bool = _setting(False, "bool")
     smooth: bool = _setting(False, "bool")
     smooth_min_cutoff: float | None = _setting(None, "float?", _positive)

@@ -55,7 +55,7 @@ def build_estimator(m: ModelConfig):
     from ..pipeline import PoseEstimator
 
     options = dict(flip_test=m.flip_test, max_persons=m.max_persons, det_threshold=m.det_threshold,
-                   kpt_threshold=m.kpt_threshold, threads=m.threads or None)
+                   kpt_threshold=m.kpt_threshold, threads=m.threads or None, pose_spec=m.pose_spec or None)
     if m.backend == "triton":  # the server runs det + pose; no fallback: a down server is retried per frame
         from ..triton.client import TritonPoseEstimator
 
@@ -239,7 +239,8 @@ class Daemon:
         smoothing = {k: v for k, v in (("min_cutoff", cfg.model.smooth_min_cutoff),
                                        ("beta", cfg.model.smooth_beta)) if v is not None}
         self.worker = InferenceWorker(self.estimator, self.cameras, self.metrics, self._on_result,
-                                      track=cfg.model.track, smooth=cfg.model.smooth, smoothing=smoothing)
+                                      track=cfg.model.track, smooth=cfg.model.smooth, smoothing=smoothing,
+                                      det_interval=cfg.model.det_interval)
         self.worker.start()
         for cam in self.cameras:
             cam.start()

@@ -3,10 +3,12 @@ shared `PoseEstimator`, so the engines are loaded once and never called concurre
 
 Per frame: detect → pose (timed separately when the estimator has `detect`/`pose`, as `PoseEstimator`
 does; any other callable ``estimator(image, frame, timestamp) -> FrameResult`` is timed as one
-``inference`` stage) → the camera's own `PoseTracker` (tracking and smoothing are per camera: one
-estimator-wide tracker would mix people of different cameras) → JSON of the `run` schema plus a
-``camera`` field → `on_result` (MQTT and the web loop). A frame that raises is counted and logged (at most
-every 10 s per camera), never fatal. `stop()` lets the frame in flight finish and be published.
+``inference`` stage; with `det_interval` N > 1 the detector runs on every N-th frame of a camera, its
+boxes in between come from that camera's last keypoints, `rtmw_edge.skipframe`) → the camera's own
+`PoseTracker` (tracking and smoothing are per camera: one estimator-wide tracker would mix people of
+different cameras) → JSON of the `run` schema plus a ``camera`` field → `on_result` (MQTT and the web
+loop). A frame that raises is counted and logged (at most every 10 s per camera), never fatal. `stop()`
+lets the frame in flight finish and be published.
 """
 
 from __future__ import annotations
@@ -42,13 +44,15 @@ class Processed:
 class InferenceWorker:
     def __init__(self, estimator, cameras: Sequence[Camera], metrics: Metrics,
                  on_result: Callable[[Processed], None], *, track: bool = False, smooth: bool = False,
-                 smoothing: dict | None = None) -> None:
+                 smoothing: dict | None = None, det_interval: int = 1) -> None:
         self.estimator = estimator
         self.cameras = list(cameras)
         self.metrics = metrics
         self.on_result = on_result
         self.track, self.smooth, self.smoothing = track, smooth, smoothing or {}
         self._trackers: dict[str, tuple[int, object]] = {}
+        self.det_interval = int(det_interval)  # > 1: skip-frame detection per camera (rtmw_edge.skipframe)
+        self._skips: dict[str, tuple[int, object]] = {}
         self._cond = threading.Condition()
         self._pending = False
         self._stop = threading.Event()
@@ -130,15 +134,41 @@ class InferenceWorker:
             result = est(image, frame.seq, frame.wall)
             stage.labels(cam.name, "inference").observe(time.monotonic() - t0)
             return list(result.persons), int(result.dropped_persons)
-        boxes, scores, dropped = est.detect(image)
-        t1 = time.monotonic()
-        stage.labels(cam.name, "detect").observe(t1 - t0)
         intrinsics = cam.intrinsics if cam.intrinsics is not None else getattr(est, "camera", None)
-        kpts, kpt_scores, kpts_3d = est.pose(image, boxes, intrinsics)
-        stage.labels(cam.name, "pose").observe(time.monotonic() - t1)
+
+        def detect(img):
+            t = time.monotonic()
+            out = est.detect(img)
+            stage.labels(cam.name, "detect").observe(time.monotonic() - t)
+            return out
+
+        def pose(img, boxes):
+            t = time.monotonic()
+            out = est.pose(img, boxes, intrinsics)
+            stage.labels(cam.name, "pose").observe(time.monotonic() - t)
+            return out
+
+        skip = self._skip_frames(cam, frame.generation)
+        if skip is None:
+            boxes, scores, dropped = detect(image)
+            kpts, kpt_scores, kpts_3d = pose(image, boxes)
+        else:  # detector on key frames, boxes from this camera's last keypoints in between
+            boxes, scores, dropped, (kpts, kpt_scores, kpts_3d), _ = skip.step(image, detect, pose)
         persons = [Person(bbox=boxes[i], score=float(scores[i]), keypoints=kpts[i], keypoint_scores=kpt_scores[i],
                           keypoints_3d=None if kpts_3d is None else kpts_3d[i]) for i in range(len(boxes))]
         return persons, int(dropped)
+
+    def _skip_frames(self, cam: Camera, generation: int):
+        """The camera's own skip-frame detection state (`det_interval` > 1), restarted with its source."""
+        if self.det_interval <= 1:
+            return None
+        current = self._skips.get(cam.name)
+        if current is None or current[0] != generation:
+            from ..skipframe import SkipFrameDetection
+
+            current = (generation, SkipFrameDetection(self.det_interval, getattr(self.estimator, "kpt_threshold", 0.3)))
+            self._skips[cam.name] = current
+        return current[1]
 
     def _process(self, cam: Camera, frame: CapturedFrame) -> None:
         stage = self.metrics.stage

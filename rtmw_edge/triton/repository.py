@@ -109,7 +109,8 @@ def _role_flag(role: str) -> str:
     return "--det" if role == "det" else "--pose"
 
 
-def _onnx_model_file(path: Path, role: str, pose_batch: tuple[int, int, int] | None) -> ModelFile:
+def _onnx_model_file(path: Path, role: str, pose_batch: tuple[int, int, int] | None,
+                     pose_spec: str | None = None) -> ModelFile:
     from ..detectors import UnknownDetectorError, _load, inspect_detector
     from ..engines import DEFAULT_POSE_BATCH
     from ..onnx_meta import read_metadata
@@ -139,7 +140,7 @@ def _onnx_model_file(path: Path, role: str, pose_batch: tuple[int, int, int] | N
     from ..backends.onnxruntime import OrtEngine
     from ..pipeline import pose_info
 
-    mf.info = pose_info(OrtEngine(path, threads=1))  # foreign SimCC graphs: inferred from the I/O, as the CPU path
+    mf.info = pose_info(OrtEngine(path, threads=1), pose_spec)  # foreign graphs: --pose-spec or the SDK JSON
     if dynamic:
         mf.batch = pose_batch or DEFAULT_POSE_BATCH
     elif pose_batch is not None:
@@ -210,7 +211,8 @@ def _engine_model_file(path: Path, role: str, pose_batch) -> ModelFile:
     return mf
 
 
-def read_model_file(path: str | Path, role: str, pose_batch: tuple[int, int, int] | None = None) -> ModelFile:
+def read_model_file(path: str | Path, role: str, pose_batch: tuple[int, int, int] | None = None,
+                    pose_spec: str | None = None) -> ModelFile:
     """Read and check a detector (`role` "det") or pose model (.onnx or built .engine with its manifest)."""
     path = Path(path)
     if not path.is_file():
@@ -219,7 +221,7 @@ def read_model_file(path: str | Path, role: str, pose_batch: tuple[int, int, int
     if suffix in ENGINE_SUFFIXES:
         return _engine_model_file(path, role, pose_batch)
     if suffix == ".onnx":
-        return _onnx_model_file(path, role, pose_batch)
+        return _onnx_model_file(path, role, pose_batch, pose_spec)
     raise TritonExportError(f"{_role_flag(role)} {path}: expected an .onnx file or a TensorRT engine "
                             f"({', '.join(ENGINE_SUFFIXES)}) built by `rtmw-edge build`")
 
@@ -379,7 +381,8 @@ def export_repository(det: str | Path, pose: str | Path, output: str | Path, *, 
                       pose_batch: str | None = None, flip_test: bool = False, det_threshold: float = 0.3,
                       nms_iou: float = 0.3, max_persons: int = 32, pipeline_name: str = PIPELINE_MODEL,
                       instances: int = DEFAULT_PIPELINE_INSTANCES, queue_delay_us: int = DEFAULT_QUEUE_DELAY_US,
-                      threads: int = 0, force: bool = False, progress: bool = True, console=None) -> ExportResult:
+                      threads: int = 0, force: bool = False, progress: bool = True, console=None,
+                      pose_spec: str | None = None) -> ExportResult:
     """Write the repository (see the module doc); `det`/`pose` are model files or registered names.
 
     Checks the options, then `output` (rtmw_edge.outputs: never over an input; an existing non-empty folder only
@@ -406,7 +409,7 @@ def export_repository(det: str | Path, pose: str | Path, output: str | Path, *, 
     from ..pipeline import resolve_models
 
     det, pose = resolve_models(det, pose)  # registered names: their cached exports (downloaded once)
-    det_file, pose_file = read_model_file(det, "det"), read_model_file(pose, "pose", batch)
+    det_file, pose_file = read_model_file(det, "det"), read_model_file(pose, "pose", batch, pose_spec)
     if cpu and "engine" in (det_file.kind, pose_file.kind):
         raise TritonExportError("--cpu serves ONNX files with ONNX Runtime in the Python backend; TensorRT engines "
                                 "need a GPU server (drop --cpu, or pass the .onnx files)")
