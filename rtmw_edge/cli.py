@@ -1,6 +1,7 @@
 """The `rtmw-edge` command line: parse, call the API, print. No logic of its own.
 
-Every `RtmwEdgeError` becomes one line on stderr and exit code 1; usage errors exit 2 (typer).
+Every `RtmwEdgeError` becomes one line on stderr and exit code 1 (or its class's `exit_code`: 2 for a
+configuration error, like typer's usage errors).
 """
 
 from __future__ import annotations
@@ -326,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         from rich.markup import escape
 
         err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        return 1
+        return getattr(exc, "exit_code", 1)
     except KeyboardInterrupt:
         err.print("interrupted")
         return 130

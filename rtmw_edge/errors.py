@@ -1,10 +1,13 @@
-"""Typed exceptions. The CLI turns every `RtmwEdgeError` into one clear line and exit code 1."""
+"""Typed exceptions. The CLI turns every `RtmwEdgeError` into one clear line and exit code 1 (or the class's
+`exit_code`)."""
 
 from __future__ import annotations
 
 
 class RtmwEdgeError(Exception):
     """Base class of every error the toolkit raises on purpose (bad input, missing files, ...)."""
+
+    exit_code = 1  # what the CLI exits with
 
 
 class UnknownModelError(RtmwEdgeError, KeyError):

@@ -41,7 +41,9 @@ consumer as `RtmwEdgeError`. These sources are single-pass: when the iteration e
 (event + join with timeout) and the capture is released; `close()` and ``with`` do the same explicitly.
 For live sources (camera, stream) a full queue drops its *oldest* frame instead of blocking, so a slow
 consumer sees recent frames rather than an ever-growing delay (counted in `Source.dropped`; indices keep
-counting captured frames, so drops show as gaps); use ``prefetch=1`` for the lowest latency.
+counting captured frames, so drops show as gaps); use ``prefetch=1`` for the lowest latency. A frame that
+cannot be decoded (a corrupt JPEG in an MJPEG stream, a damaged frame of a file) is skipped and counted in
+`Source.corrupt`; it does not end the file or stream.
 
 Timestamps: video files use the position OpenCV reports (``CAP_PROP_POS_MSEC``), else index / fps, and
 are kept strictly increasing; live sources use ``time.monotonic()`` at capture, relative to the first
@@ -84,6 +86,7 @@ __all__ = [
     "ImageSource",
     "Source",
     "decode_image",
+    "mask_credentials",
     "open_source",
     "read_image",
 ]
@@ -98,6 +101,8 @@ _IMREAD_FLAGS = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR
 _STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps")
 _GST_CAMERAS = ("nvarguscamerasrc", "nvv4l2camerasrc", "v4l2src", "libcamerasrc", "autovideosrc")
 _JOIN_TIMEOUT_S = 1.0
+_CORRUPT_RETRIES = 3     # failed reads in a row that may still be corrupt frames rather than the end
+_CORRUPT_WINDOW_S = 1.0  # ... as long as they fail fast (a read that timed out is a lost stream)
 _POLL_S = 0.05
 _USER_AGENT = "rtmw-edge"
 
@@ -195,6 +200,7 @@ class Source(ABC):
         self.height: int | None = None
         self.skipped = 0  # unreadable images skipped with skip_bad=True
         self.dropped = 0  # live frames dropped because the consumer was slower than the source
+        self.corrupt = 0  # video/stream frames that could not be decoded and were skipped
         self._closed = False
 
     @property
@@ -309,7 +315,7 @@ class CaptureSource(Source):
             width, height = self._cap.get(cv2.CAP_PROP_FRAME_WIDTH), self._cap.get(cv2.CAP_PROP_FRAME_HEIGHT)
             if width > 0 and height > 0:
                 self.width, self.height = int(width), int(height)
-            first = self._read_image(self._cap)  # fail here, in open_source, when nothing can be read
+            first = self._next_image(self._cap)  # fail here, in open_source, when nothing can be read
             if first is None:
                 what = {"video": "video has no readable frames", "camera": "opened but delivered no frame"}
                 raise RtmwEdgeError(f"{description}: {what.get(kind, 'no frame received')}")
@@ -331,6 +337,26 @@ class CaptureSource(Source):
             return as_bgr_uint8(image)
         except RtmwEdgeError as exc:
             raise RtmwEdgeError(f"{self.description}: bad frame: {exc}") from None
+
+    def _next_image(self, cap: cv2.VideoCapture) -> np.ndarray | None:
+        """The next frame, skipping undecodable ones; None at the end.
+
+        OpenCV's read fails on a frame FFmpeg cannot decode (a corrupt JPEG in an MJPEG stream, a damaged
+        frame of a file) and succeeds again on the next one. So a failed read is retried: when a later read
+        (at most `_CORRUPT_RETRIES`, while they fail within `_CORRUPT_WINDOW_S`) delivers, the failures were
+        corrupt frames, skipped and counted in `corrupt`; otherwise it is the end of the file or stream.
+        """
+        start = time.monotonic()
+        image = self._read_image(cap)
+        failed = 0
+        while (image is None and failed < _CORRUPT_RETRIES and not self._stop.is_set()
+               and time.monotonic() - start < _CORRUPT_WINDOW_S):
+            failed += 1
+            image = self._read_image(cap)
+        if image is not None and failed:
+            self.corrupt += failed
+            log.debug("%s: skipped %d undecodable frame(s)", self.description, failed)
+        return image
 
     @staticmethod
     def _position_s(cap: cv2.VideoCapture) -> float | None:
@@ -384,11 +410,11 @@ class CaptureSource(Source):
                 if not self._put(Frame(image, index, timestamp, f"frame_{index:06d}"), may_drop=True):
                     return
                 index, in_pass = index + 1, in_pass + 1
-                image = self._read_image(cap)
+                image = self._next_image(cap)
                 if image is None and self.loop and not self._stop.is_set():
                     cap = self._restart(cap)
                     offset, prev, in_pass = offset + prev + period, -math.inf, 0
-                    image = self._read_image(cap)
+                    image = self._next_image(cap)
                 captured = time.monotonic()
                 pos = self._position_s(cap) if not self.live and image is not None else None
             self._put(_END, may_drop=False)
@@ -459,20 +485,26 @@ class CaptureSource(Source):
 
 
 # --------------------------------------------------------------------------- opening
-def _mask_url(url: str) -> str:
-    """The URL with any password replaced by ***, for messages and logs."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-    except ValueError:
-        return url
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if ":" in host:  # IPv6 literal
-        host = f"[{host}]"
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^\s/?#]*)@")
+_SECRET_PARAM = re.compile(r"(?P<key>\b(?:user-pw|password|passwd|pwd|token|access_token|api_key|apikey)=)"
+                           r"(?P<value>[^\s&;!\"']+)", re.IGNORECASE)
+
+
+def mask_credentials(text: str) -> str:
+    """TEXT with the secrets of every URL in it replaced by ***, for messages and logs.
+
+    ``scheme://user:password@host`` → ``scheme://user:***@host`` (the last ``@`` before the path ends the
+    user info, so a password containing ``@`` is masked whole); ``scheme://secret@host`` (a user part alone,
+    often a token) → ``scheme://***@host``; ``password=``, ``token=``, ``access_token=``, GStreamer's
+    ``user-pw=`` and similar parameters → ``key=***``. Works on whole URLs and on any text that contains them
+    (error messages, GStreamer pipelines).
+    """
+
+    def userinfo(m: re.Match) -> str:
+        user, colon, _ = m.group("userinfo").partition(":")
+        return f"{m.group('scheme')}{user}:***@" if colon else f"{m.group('scheme')}***@"
+
+    return _SECRET_PARAM.sub(lambda m: m.group("key") + "***", _USERINFO.sub(userinfo, text))
 
 
 def _open_camera(index: int) -> cv2.VideoCapture:
@@ -488,7 +520,7 @@ def _open_stream(url: str) -> cv2.VideoCapture:
     cap = cv2.VideoCapture(url, cv2.CAP_ANY, params)
     if not cap.isOpened():
         cap.release()
-        raise RtmwEdgeError(f"cannot open stream {_mask_url(url)} (unreachable, wrong address or unsupported)")
+        raise RtmwEdgeError(f"cannot open stream {mask_credentials(url)} (unreachable, wrong address or unsupported)")
     return cap
 
 
@@ -502,7 +534,8 @@ def _open_gstreamer(pipeline: str) -> cv2.VideoCapture:
     cap = cv2.VideoCapture(pipeline, cv2.CAP_GSTREAMER)
     if not cap.isOpened():
         cap.release()
-        raise RtmwEdgeError(f"cannot open GStreamer pipeline (check it with gst-launch-1.0): {pipeline}")
+        raise RtmwEdgeError("cannot open GStreamer pipeline (check it with gst-launch-1.0): "
+                            f"{mask_credentials(pipeline)}")
     return cap
 
 
@@ -518,7 +551,7 @@ def _open_video(path: Path) -> cv2.VideoCapture:
 
 
 def _download(url: str, timeout: float) -> bytes:
-    shown = _mask_url(url)
+    shown = mask_credentials(url)
     request = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as resp:  # scheme checked by the caller
@@ -568,14 +601,14 @@ def open_source(spec: str | int | os.PathLike[str], *, prefetch: int = 4, loop: 
 
     scheme = urllib.parse.urlsplit(text).scheme.lower() if "://" in text else ""
     if scheme in _STREAM_SCHEMES:
-        return CaptureSource("stream", _mask_url(text), lambda: _open_stream(text), prefetch=prefetch)
+        return CaptureSource("stream", mask_credentials(text), lambda: _open_stream(text), prefetch=prefetch)
     if scheme in ("http", "https"):
         url_path = urllib.parse.unquote(urllib.parse.urlsplit(text).path)
         if url_path.lower().endswith(IMAGE_SUFFIXES):
             name = url_path.rsplit("/", 1)[-1]
-            image = decode_image(_download(text, timeout), f"{_mask_url(text)}")
-            return ImageSource("url-image", _mask_url(text), image=image, name=name, loop=loop)
-        return CaptureSource("stream", _mask_url(text), lambda: _open_stream(text), prefetch=prefetch)
+            image = decode_image(_download(text, timeout), f"{mask_credentials(text)}")
+            return ImageSource("url-image", mask_credentials(text), image=image, name=name, loop=loop)
+        return CaptureSource("stream", mask_credentials(text), lambda: _open_stream(text), prefetch=prefetch)
     if scheme == "file":
         spec = urllib.request.url2pathname(urllib.parse.urlsplit(text).path)
 

@@ -12,7 +12,7 @@ from rtmw_edge.engines import manifest_path
 from rtmw_edge.errors import RtmwEdgeError
 from rtmw_edge.export import export_onnx
 from rtmw_edge.serve.config import ModelConfig
-from rtmw_edge.serve.daemon import build_estimator
+from rtmw_edge.serve.daemon import active_backends, build_estimator
 
 
 def _engine_with_manifest(tmp_path, onnx_path, name):
@@ -28,9 +28,11 @@ def test_engines_fall_back_to_the_onnx_they_were_built_from(tmp_path, caplog):
     cfg = ModelConfig(det=str(_engine_with_manifest(tmp_path, det_onnx, "det")),
                       pose=str(_engine_with_manifest(tmp_path, pose_onnx, "pose")), backend="tensorrt")
     with caplog.at_level(logging.WARNING, logger="rtmw_edge.serve"):
-        estimator = build_estimator(cfg)  # TensorRT is not installed here
+        estimator, reason = build_estimator(cfg)  # TensorRT is not installed here
     assert estimator.pose.engine.path == pose_onnx
     assert "falling back to ONNX Runtime" in caplog.text
+    assert reason and "tensorrt" in reason.lower()
+    assert active_backends(estimator) == {"det": "onnxruntime", "pose": "onnxruntime"}
 
 
 def test_configured_fallback_and_no_fallback(tmp_path):
@@ -38,6 +40,7 @@ def test_configured_fallback_and_no_fallback(tmp_path):
     det = str(SHARED / "models" / "rtmdet-nano_person_320_rawhead.onnx")
     missing = tmp_path / "gone.engine"
     cfg = ModelConfig(det=det, pose=str(missing), backend="tensorrt", fallback_pose=str(pose_onnx))
-    assert build_estimator(cfg).pose.engine.path == pose_onnx
+    estimator, reason = build_estimator(cfg)
+    assert estimator.pose.engine.path == pose_onnx and reason
     with pytest.raises(RtmwEdgeError):  # no manifest, no configured fallback: the original error
         build_estimator(ModelConfig(det=det, pose=str(missing), backend="tensorrt"))
