@@ -347,7 +347,7 @@ class Daemon:
 
 
 def _write_config(path: Path, clip: Path, door_port: int, args, cameras: str = "cam,door",
-                  extra: str = "") -> None:
+                  extra: str = "", more_cameras: str = "") -> None:
     model = ""
     if args.estimator == "real":
         model = (f'[model]\ndet = "{args.det}"\npose = "{args.pose}"\nthreads = 1\nmax_persons = 2\n')
@@ -360,7 +360,7 @@ def _write_config(path: Path, clip: Path, door_port: int, args, cameras: str = "
     path.write_text(
         f'[server]\nport = 0\ntoken = "{TOKEN}"\nready_when = "any"\nmax_clients = 500\n'
         f"header_timeout_s = {args.header_timeout}\ninference_stall_s = {args.stall}\n{extra}\n{model}"
-        + "".join(cams[c] for c in cameras.split(",")))
+        + "".join(cams[c] for c in cameras.split(",")) + more_cameras)
 
 
 class RefusingCamera:
@@ -407,10 +407,10 @@ def run(args) -> dict:
         report["main"] = _main_phases(d, args, config, clip, door.port)
     finally:
         d.stop()
-    report["secrets"] = _secrets(args, clip, door.port, work)
+    report["secrets"], killed = _secrets_and_liveness(args, clip, door.port, work)
+    if killed is not None:
+        report["killed_inference"] = killed
     report["sigterm"] = _sigterm_trials(args, config, work)
-    if args.estimator == "stub":
-        report["killed_inference"] = _killed_inference(args, config, work)
     door.close()
     report["ok"] = _verdict(report)
     return report
@@ -422,7 +422,7 @@ def _main_phases(d: Daemon, args, config: Path, clip: Path, door_port: int) -> d
     w_base = (t0, t0 + base)
     w_flood = (w_base[1] + 3.0, w_base[1] + 3.0 + s)          # flood starts 3 s before its window
     w_hammer = (w_flood[1] + 3.0, w_flood[1] + 3.0 + args.hammer_seconds)
-    w_hup = (w_hammer[1] + 1.0, w_hammer[1] + 1.0 + 12.0)
+    w_hup = (w_hammer[1] + 1.0, w_hammer[1] + 1.0 + args.hup_seconds)
     until = w_hup[1] + 1.0
     clients = _spawn("clients", port, args.clients, "cam", until, json.dumps([w_base, w_flood, w_hammer, w_hup]))
     prober = Prober(port)
@@ -452,12 +452,12 @@ def _main_phases(d: Daemon, args, config: Path, clip: Path, door_port: int) -> d
     sleep_until(w_hup[0])
     _write_config(config, clip, door_port, args, cameras="cam,yard")
     d.proc.send_signal(signal.SIGHUP)
-    time.sleep(4.0)
+    time.sleep(args.hup_seconds / 3)
     after_hup = json.loads(_get(port, "/readyz")[1])
     config_text = config.read_text()
     config.write_text(config_text + "\n[server]\nbogus = 1\n")
     d.proc.send_signal(signal.SIGHUP)
-    time.sleep(2.0)
+    time.sleep(args.hup_seconds / 6)
     alive_after_bad = d.proc.poll() is None
     config.write_text(config_text)
     sleep_until(until)
@@ -510,32 +510,62 @@ def _main_phases(d: Daemon, args, config: Path, clip: Path, door_port: int) -> d
     return out
 
 
-def _secrets(args, clip: Path, door_port: int, work: Path) -> dict:
+def _secrets_and_liveness(args, clip: Path, door_port: int, work: Path) -> tuple[dict, dict | None]:
     """A daemon with the access log on, a camera URL with a password (its failures logged), and clients that
-    send the token in the header and in the query: the token and the password must be nowhere."""
+    send the token in the header and in the query: the token and the password must be nowhere. Then (stub
+    inference) its inference thread is killed: how long until /healthz fails."""
+    from test_serve_support import FakeNetworkCamera
+
     config = work / "secrets.toml"
-    _write_config(config, clip, door_port, args, extra="access_log = true")
+    mjpeg = FakeNetworkCamera(fps=20.0, corrupt_every=10)  # FFmpeg complains on stderr about each bad part
+    mjpeg.start()
+    url = mjpeg.url.replace("http://", f"http://viewer:{CAM_PASSWORD}@")
+    _write_config(config, clip, door_port, args, extra="access_log = true",
+                  more_cameras=f'[cameras.mjpeg]\nsource = "{url}"\n')
     d = Daemon(config, work / "secrets.log", args.estimator, args.nofile, args.delay, work / "die")
+    killed = None
     try:
         d.wait_ready()
         for path in ("/healthz", f"/metrics?access_token={TOKEN}", "/latest/cam"):
             _get(d.port, path)
         urllib.request.urlopen(f"http://127.0.0.1:{d.port}/readyz?access_token={TOKEN}", timeout=5).read()
-        until = time.monotonic() + 3.0
+        until = time.monotonic() + 2.0
         _result(_spawn("clients", d.port, 2, "cam", until, json.dumps([[0, until]])), 60)
         _, body = _get(d.port, "/metrics")
+        samples = _metrics(d.port)
         check = subprocess.run([sys.executable, "-m", "rtmw_edge.cli", "serve", "--config", str(config), "--check"],
                                capture_output=True, text=True, cwd=ROOT, timeout=120)
+        if args.estimator == "stub":
+            killed = _kill_inference(d, work / "die", args.stall)
     finally:
         d.stop()
+        mjpeg.stop()
+        (work / "die").unlink(missing_ok=True)
     texts = {"log": d.log.read_text(errors="replace"), "check": check.stdout + check.stderr,
              "metrics": body.decode()}
-    return {"found": {name: [s for s in (TOKEN, CAM_PASSWORD) if s in text] for name, text in texts.items()},
-            "access_lines": texts["log"].count('"event": "access"'),
-            "masked_token_in_access_log": "access_token=***" in texts["log"],
-            "masked_password_in_log": f"viewer:***@127.0.0.1:{door_port}" in texts["log"],
-            "native_lines": texts["log"].count('"event": "native_log"'),
-            "non_json_lines": sum(1 for e in d.lines() if e.get("event") == "NOT JSON")}
+    secrets = {"found": {name: [s for s in (TOKEN, CAM_PASSWORD) if s in text] for name, text in texts.items()},
+               "access_lines": texts["log"].count('"event": "access"'),
+               "masked_token_in_access_log": "access_token=***" in texts["log"],
+               "masked_password_in_log": f"viewer:***@127.0.0.1:{door_port}" in texts["log"],
+               "native_lines": texts["log"].count('"event": "native_log"'),
+               "non_json_lines": sum(1 for e in d.lines() if e.get("event") == "NOT JSON"),
+               "corrupt_mjpeg": {"sent_bad": mjpeg.corrupted,
+                                 "counted": _sum(samples, "rtmw_edge_frames_dropped_total", camera="mjpeg",
+                                                 reason="corrupt"),
+                                 "reconnects": _sum(samples, "rtmw_edge_reconnects_total", camera="mjpeg"),
+                                 "processed": _sum(samples, "rtmw_edge_frames_processed_total", camera="mjpeg")}}
+    return secrets, killed
+
+
+def _kill_inference(d: Daemon, die_file: Path, stall: float) -> dict:
+    before = _get(d.port, "/healthz")[0]
+    die_file.write_text("now")
+    t = time.monotonic()
+    status = 200
+    while status == 200 and time.monotonic() - t < stall + 5:
+        status = _get(d.port, "/healthz")[0]
+        time.sleep(0.02)
+    return {"before": before, "after": status, "seconds": round(time.monotonic() - t, 3), "stall_s": stall}
 
 
 def _sigterm_trials(args, config: Path, work: Path) -> list[dict]:
@@ -573,24 +603,6 @@ def _wait_clients(port: int, n: int, timeout: float = 60.0) -> None:
         time.sleep(0.2)
 
 
-def _killed_inference(args, config: Path, work: Path) -> dict:
-    d = Daemon(config, work / "killed.log", "stub", args.nofile, args.delay, work / "die")
-    try:
-        d.wait_ready()
-        before = _get(d.port, "/healthz")[0]
-        (work / "die").write_text("now")
-        t = time.monotonic()
-        status = 200
-        while status == 200 and time.monotonic() - t < args.stall + 5:
-            status = _get(d.port, "/healthz")[0]
-            time.sleep(0.02)
-        return {"before": before, "after": status, "seconds": round(time.monotonic() - t, 3),
-                "stall_s": args.stall}
-    finally:
-        (work / "die").unlink(missing_ok=True)
-        d.stop()
-
-
 def _verdict(r: dict) -> dict:
     m, g = r["main"], GOALS
     checks = {
@@ -606,7 +618,9 @@ def _verdict(r: dict) -> dict:
         "sigterm": all(t["exit_code"] == 0 and t["seconds"] < g["sigterm_max_s"] for t in r["sigterm"]),
         "sigterm_close_1001": all(set(t["close_codes"]) <= {"1001"} for t in r["sigterm"]),
         "secrets": not any(r["secrets"]["found"].values()),
-        "json_logs": r["secrets"]["non_json_lines"] == 0,
+        "json_logs": r["secrets"]["non_json_lines"] == 0 and r["secrets"]["native_lines"] > 0,
+        "corrupt_frames_skipped": r["secrets"]["corrupt_mjpeg"]["counted"] > 0
+        and r["secrets"]["corrupt_mjpeg"]["reconnects"] == 0,
     }
     if "killed_inference" in r:
         k = r["killed_inference"]
@@ -631,11 +645,24 @@ def main() -> int:
             raise SystemExit(f"unknown role {role}")
         print(json.dumps(out))
         return 0
+    args = parse_args(sys.argv[1:])
+    if args.estimator == "real":
+        _real_models(args)
+    report = run(args)
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+    return 0 if all(report["ok"].values()) else 1
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--estimator", choices=("stub", "real"), default="stub")
     parser.add_argument("--seconds", type=float, default=60.0, help="the half-open flood phase")
     parser.add_argument("--baseline", type=float, default=10.0, help="the clients alone")
     parser.add_argument("--hammer-seconds", type=float, default=20.0)
+    parser.add_argument("--hup-seconds", type=float, default=12.0, help="the SIGHUP phase")
     parser.add_argument("--half-open", type=int, default=1000)
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--hammer", type=int, default=50)
@@ -648,19 +675,12 @@ def main() -> int:
     parser.add_argument("--instant-reconnect", action="store_true", help="the flood re-opens a closed "
                         "connection at once (default: once per second, as slowloris does)")
     parser.add_argument("--out", type=Path)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     args.flood_mode = ["instant"] if args.instant_reconnect else []
-    if args.estimator == "real":
-        _real_models(args)
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     if hard != resource.RLIM_INFINITY and hard < args.nofile:
-        args.nofile = hard
-    report = run(args)
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
-    return 0 if all(report["ok"].values()) else 1
+        args.nofile = hard  # a limit can only go up to the hard one
+    return args
 
 
 def _real_models(args) -> None:

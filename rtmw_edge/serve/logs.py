@@ -180,7 +180,7 @@ def _log_uncaught_exceptions() -> None:
         name = args.thread.name if args.thread is not None else "?"
         log.critical("uncaught exception in thread %s: %s", name, args.exc_type.__name__,
                      exc_info=(args.exc_type, args.exc_value, args.exc_traceback),
-                     extra={"event": "uncaught_exception", "thread": name})
+                     extra={"event": "uncaught_exception", "thread_name": name})
 
     threading.excepthook = thread_hook
 

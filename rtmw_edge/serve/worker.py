@@ -137,7 +137,6 @@ class InferenceWorker:
         except BaseException as exc:  # not an Exception of one frame (those are caught per frame): the thread ends
             log.critical("the inference thread died: %s: %s", type(exc).__name__, exc, exc_info=True,
                          extra={"event": "inference_thread_died"})
-            raise
 
     def _loop(self) -> None:
         while not self._stop.is_set():
