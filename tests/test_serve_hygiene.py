@@ -481,9 +481,11 @@ def test_healthz_fails_when_inference_stalls_for_the_stall_time_and_recovers(tmp
 
 
 # =========================================================================== reload, dropped clients
-def test_reload_adds_removes_and_changes_cameras_keeping_other_clients(tmp_path, clip):
+def test_reload_adds_removes_and_changes_cameras_keeping_other_clients(tmp_path, clip, caplog):
+    caplog.set_level(logging.INFO, logger="rtmw_edge.serve")
     other = write_video(tmp_path / "other.avi", (64, 48), fps=25, gray_frames=25)
     cams = {"a": f'[cameras.a]\nsource = "{clip}"\nloop = true\n',
+            "A": f'[cameras.a]\nsource = "{clip}"\nloop = true\nmax_fps = 50\n',  # camera a, changed
             "b": f'[cameras.b]\nsource = "{clip}"\nloop = true\n',
             "c": f'[cameras.c]\nsource = "{other}"\nloop = true\n'}
     path = tmp_path / "reload.toml"
@@ -516,7 +518,7 @@ def test_reload_adds_removes_and_changes_cameras_keeping_other_clients(tmp_path,
             stop = asyncio.Event()
             tasks = [asyncio.ensure_future(client(c, stop)) for c in ("a", "b", None)]
             await asyncio.sleep(1.0)
-            write("ac", token="rotated-token-1", port=9)  # b removed, c added, token rotated, port changed
+            write("Ac", token="rotated-token-1", port=9)  # a changed, b removed, c added, token rotated, port
             applied = await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(d.daemon.reload(), d._loop))
             mark = {k: len(v) for k, v in counts.items()}
             await asyncio.sleep(1.5)
@@ -534,9 +536,12 @@ def test_reload_adds_removes_and_changes_cameras_keeping_other_clients(tmp_path,
         assert d.port == port  # server.port needs a restart: not applied
     assert result["applied"] is True
     assert sorted(ready["cameras"]) == ["a", "c"]
+    reloaded = next(r for r in caplog.records if getattr(r, "event", "") == "reloaded")
+    assert (reloaded.added, reloaded.removed, reloaded.changed) == (["c"], ["b"], ["a"])
+    assert reloaded.restart_needed == ["server.port"], "a changed port needs a restart: said, not applied"
     assert ends["b"] == 1001, "the removed camera's client was closed (going away)"
-    assert "a" not in ends or ends["a"] is None, "camera a's client stayed connected"
-    assert len(counts["a"]) > result["mark"]["a"] + 3, "and kept receiving frames"
+    assert "a" not in ends or ends["a"] is None, "the changed camera's client stayed connected"
+    assert len(counts["a"]) > result["mark"]["a"] + 3, "and kept receiving frames (from the re-opened source)"
     assert "c" in counts["*"][result["mark"]["*"]:], "the all-cameras client gets the added camera"
     assert metric(samples, "rtmw_edge_clients_dropped_total", kind="websocket", reason="camera_removed") == 1
     assert metric(samples, "rtmw_edge_config_reloads_total", result="applied") == 1

@@ -120,6 +120,12 @@ def _onnx_fallback(model: str, configured: str) -> str | None:
     return onnx if onnx and Path(onnx).is_file() else None
 
 
+def _start_after(old: Camera, new: Camera, timeout: float = 2.0) -> None:
+    """Start NEW once OLD's grabber thread ended (at most TIMEOUT later), without waiting here."""
+    threading.Thread(target=lambda: (old.join(timeout), new.start()), name=f"rtmw-edge-restart-{new.name}",
+                     daemon=True).start()
+
+
 def _in_thread(fn: Callable[[], Any], name: str) -> asyncio.Future:
     """Run FN in a daemon thread (unlike an executor, never holds up the interpreter's exit)."""
     loop = asyncio.get_running_loop()
@@ -407,7 +413,10 @@ class Daemon:
             if name in added or name in changed:
                 cam = Camera(cfg, self.metrics, self._wake, opener=self._opener)
                 self.hub.add_camera(name)
-                cam.start()
+                if name in changed:  # a device (USB camera) opens once: the old grabber lets go first
+                    _start_after(current[name], cam)
+                else:
+                    cam.start()
             else:
                 cam = current[name]
             cameras.append(cam)
