@@ -24,6 +24,7 @@ import numpy as np
 
 from . import geometry as G
 from .errors import RtmwEdgeError
+from .outputs import atomic_path
 
 # a confident threshold keeps edge fragments of neighbouring tiles from counting as people
 DET_THRESHOLD = 0.5
@@ -211,7 +212,6 @@ def plot(report: dict, path: str | Path) -> Path:
     from .errors import require
 
     require("matplotlib", "viz")
-    import os
 
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -240,7 +240,6 @@ def plot(report: dict, path: str | Path) -> Path:
     ax2.legend(fontsize=7)
     fig.tight_layout()
     path = Path(path)
-    tmp = path.with_name(path.stem + ".partial" + path.suffix)
-    fig.savefig(str(tmp))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(str(tmp))
     return path

@@ -1,11 +1,11 @@
 """The `rtmw-edge` command line: parse, call the API, print. No logic of its own.
 
-Every `RtmwEdgeError` becomes one line on stderr and exit code 1 (or its class's `exit_code`: 2 for a
-configuration error, like typer's usage errors).
+Every `RtmwEdgeError` becomes one line on stderr and exit code 1; usage errors exit 2 (typer).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -37,6 +37,7 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
     pass
 
 
+TASKS = ("pose2d", "pose3d", "detector", "pose")
 _AP_LABEL = {"wholebody_ap": "whole-body", "coco_ap": "COCO body", "person_ap": "person"}
 
 
@@ -51,8 +52,11 @@ def _headline_ap(spec) -> str:
 def models_list(task: str | None = typer.Option(None, help="Only pose2d, pose3d, detector or pose."),
                 as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
     """Table of registered models: task, keypoints, input size, parameters, published AP."""
+    from .errors import UsageError
     from .zoo import get_spec, list_models
 
+    if task is not None and task not in TASKS:
+        raise UsageError(f"--task must be one of {', '.join(TASKS)}, not {task!r}")
     specs = [get_spec(n) for n in list_models(task)]
     if as_json:
         out.print_json(json.dumps([{"name": s.name, "task": s.task, "keypoints": s.num_keypoints,
@@ -88,11 +92,13 @@ def models_download(name: str = typer.Argument(..., help="Registered model name.
                     directory: Path | None = typer.Option(None, "--dir", help="Where to keep it "
                                                              "(default: $RTMW_EDGE_HOME/checkpoints).")) -> None:
     """Download the official checkpoint (resumable, hash-checked) into the cache."""
-    from .hub import fetch
+    from .hub import checkpoints_dir, fetch
+    from .outputs import check_output
     from .zoo import get_spec
 
     spec = get_spec(name)
-    path = fetch(spec.checkpoint_url, directory=directory, sha256=sha256, hash_prefix=spec.hash_prefix)
+    folder = check_output(directory or checkpoints_dir(), option="--dir", kind="dir")
+    path = fetch(spec.checkpoint_url, directory=folder, sha256=sha256, hash_prefix=spec.hash_prefix)
     out.print(f"{name}: {path}")
 
 
@@ -112,11 +118,12 @@ def export_cmd(name: str = typer.Argument(..., help="Registered model name (see 
                trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint",
                                                      help="Allow any pickled object in it.")) -> None:
     """Export a registered model to a self-describing ONNX graph for ONNX Runtime and TensorRT."""
-    from .export import ExportError, export_onnx
+    from .errors import UsageError
+    from .export import export_onnx
 
     if batch != "dynamic":
         if not batch.isdigit():
-            raise ExportError(f"--batch must be 'dynamic' or a positive integer, not {batch!r}")
+            raise UsageError(f"--batch must be 'dynamic' or a positive integer, not {batch!r}")
         batch = int(batch)
     path = export_onnx(name, output, checkpoint=checkpoint, random_init=random_init, opset=opset, batch=batch,
                        decode=decode, flip_test=flip_test, precision=precision, simplify=not no_simplify,
@@ -135,13 +142,21 @@ def check_cmd(candidate: Path = typer.Argument(..., help="The converted model (.
               max_px: float = typer.Option(1.0, help="Pose: max p95 keypoint displacement (crop pixels)."),
               min_oks: float = typer.Option(0.95, help="Pose: min mean OKS against the reference."),
               min_recall: float = typer.Option(1.0, help="Detector: min recall of reference detections."),
+              min_iou: float = typer.Option(0.85, help="Detector: min mean IoU of the recovered detections."),
               json_out: Path | None = typer.Option(None, "--json", help="Also write the report as JSON."),
               trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint")) -> None:
     """Compare a converted model with its reference on real photos; exit 1 past the tolerances."""
     from .check import Tolerances, check_model
+    from .errors import UsageError
+    from .outputs import atomic_output, check_output
 
+    if max_samples < 1:
+        raise UsageError(f"--max-samples must be at least 1, not {max_samples}")
+    if not all(0.0 <= v <= 1.0 for v in (min_oks, min_recall, min_iou)) or max_rel < 0 or max_px < 0:
+        raise UsageError("--min-oks/--min-recall/--min-iou must be in [0, 1], --max-rel/--max-px >= 0")
+    json_out = check_output(json_out, option="--json", inputs=[candidate, against, images])
     report = check_model(candidate, against, images, max_samples=max_samples, trust_checkpoint=trust_checkpoint,
-                         tolerances=Tolerances(max_rel, max_px, min_oks, min_recall))
+                         tolerances=Tolerances(max_rel, max_px, min_oks, min_recall, min_iou))
     table = Table(title=f"check {report.candidate} against {report.reference} ({report.samples} samples)")
     table.add_column("measure")
     table.add_column("value", justify="right")
@@ -153,7 +168,8 @@ def check_cmd(candidate: Path = typer.Argument(..., help="The converted model (.
         table.add_row(f"{part}: mean px / OKS", f"{d['mean_px']:.3g} / {d['oks']:.4f}")
     out.print(table)
     if json_out is not None:
-        json_out.write_text(json.dumps(report.to_dict(), indent=2))
+        with atomic_output(json_out) as f:
+            json.dump(report.to_dict(), f, indent=2)
     if not report.passed:
         for failure in report.failures:
             out.print(f"[red]FAIL[/red] {failure}")
@@ -166,8 +182,12 @@ def run_cmd(source: str = typer.Argument(..., help="Image, folder, video, camera
             det: str = typer.Option("rtmdet-nano-person", "--det", help="Detector: .onnx or registered name."),
             pose: str = typer.Option("rtmw-m-256x192", "--pose", help="Pose model: .onnx or registered name."),
             backend: str = typer.Option("auto", help="auto, onnxruntime, tensorrt or torch-cuda (GPU pipeline)."),
-            out_jsonl: Path | None = typer.Option(None, "--out", help="JSON lines, one object per frame."),
-            coco: Path | None = typer.Option(None, "--coco", help="COCO keypoint results JSON."),
+            out_jsonl: str | None = typer.Option(None, "--out", help="JSON lines, one object per frame, written "
+                                                 "as they come ('-': standard output)."),
+            coco: Path | None = typer.Option(None, "--coco", help="COCO keypoint results JSON (image ids from --ann "
+                                             "or from COCO-style file names)."),
+            ann: Path | None = typer.Option(None, "--ann", help="COCO annotation whose file names give --coco its "
+                                            "image ids."),
             save: Path | None = typer.Option(None, "--save", help="Annotated output: .jpg/.png (one image), "
                                              ".mp4/.avi (video) or a folder (one image per frame)."),
             plot_3d: Path | None = typer.Option(None, "--plot-3d", help="RTMW3D: 3D skeleton PNG of the last frame."),
@@ -175,25 +195,36 @@ def run_cmd(source: str = typer.Argument(..., help="Image, folder, video, camera
             flip_test: bool = typer.Option(False, "--flip-test", help="Average with the mirrored crop."),
             track: bool = typer.Option(False, "--track", help="Stable track ids across frames."),
             smooth: bool = typer.Option(False, "--smooth", help="One-Euro keypoint smoothing (implies --track)."),
-            smooth_min_cutoff: float | None = typer.Option(None, help="One-Euro min cutoff."),
-            smooth_beta: float | None = typer.Option(None, help="One-Euro speed coefficient."),
+            smooth_min_cutoff: float | None = typer.Option(None, help="One-Euro min cutoff (Hz, > 0)."),
+            smooth_beta: float | None = typer.Option(None, help="One-Euro speed coefficient (>= 0)."),
             max_persons: int = typer.Option(32, "--max-persons", help="Keep at most this many (highest scores)."),
             det_threshold: float = typer.Option(0.3, "--det-threshold", help="Detector score threshold."),
             kpt_threshold: float = typer.Option(0.3, "--kpt-threshold", help="Keypoint score threshold for drawing."),
             focal: str | None = typer.Option(None, help="RTMW3D camera focal length 'fx,fy' in pixels."),
             principal: str | None = typer.Option(None, help="RTMW3D principal point 'cx,cy' (default: centre)."),
             threads: int | None = typer.Option(None, help="ONNX Runtime intra-op threads (default: all cores)."),
-            loop: bool = typer.Option(False, "--loop", help="Restart a video file at its end.")) -> None:
-    """Detect people and estimate their keypoints (2D, or 3D with RTMW3D) on images, videos and cameras."""
+            loop: bool = typer.Option(False, "--loop", help="Restart a video file at its end."),
+            strict: bool = typer.Option(False, "--strict", help="Stop at the first unreadable image or frame "
+                                        "(default: skip it with a warning, exit 1 at the end).")) -> None:
+    """Detect people and estimate their keypoints (2D, or 3D with RTMW3D) on images, videos and cameras.
+
+    Progress, warnings and the summary go to standard error; standard output carries only `--out -`."""
     from .run import RunOptions, run_source
 
-    opts = RunOptions(source=source, det=det, pose=pose, backend=backend, out_jsonl=out_jsonl, coco=coco, save=save,
+    opts = RunOptions(source=source, det=det, pose=pose, backend=backend,
+                      out_jsonl=None if out_jsonl is None else Path(out_jsonl), coco=coco, ann=ann, save=save,
                       plot_3d=plot_3d, show=show, flip_test=flip_test, track=track, smooth=smooth,
                       smooth_min_cutoff=smooth_min_cutoff, smooth_beta=smooth_beta, max_persons=max_persons,
                       det_threshold=det_threshold, kpt_threshold=kpt_threshold, focal=focal, principal=principal,
-                      threads=threads, loop=loop)
-    summary = run_source(opts, console=out)
-    out.print(summary)
+                      threads=threads, loop=loop, strict=strict)
+    log = Console(stderr=True)
+    summary = run_source(opts, console=log)
+    log.print(str(summary), highlight=False, markup=False, soft_wrap=True)
+    if summary.interrupted is not None:
+        raise summary.interrupted
+    if summary.skipped:
+        raise RtmwEdgeError(f"{summary.skipped} unreadable {summary.skipped_kind}(s) skipped (warnings above); the "
+                            "outputs hold the others (--strict stops at the first one)")
 
 
 @app.command("eval")
@@ -208,21 +239,23 @@ def eval_cmd(ann: Path = typer.Option(..., "--ann", help="COCO / COCO-WholeBody 
                                                      "JSON instead of running models."),
              out_json: Path | None = typer.Option(None, "--out", help="Write the metrics as JSON.")) -> None:
     """Keypoint AP/AR (pycocotools) per body part and whole body on COCO-WholeBody (or body on COCO)."""
+    from .errors import UsageError
     from .evaluate import METRICS, evaluate_predictions, run_eval
-    from .results import AtomicWriter
+    from .outputs import atomic_output, check_output
 
+    out_json = check_output(out_json, option="--out", inputs=[ann, images, pose, det, predictions])
     if predictions is not None:
         extra = [flag for flag, given in (("--pose", pose), ("--det", det), ("--gt-boxes", gt_boxes),
                                           ("--images", images), ("--flip-test", flip_test)) if given]
         if extra:
-            raise RtmwEdgeError(f"--predictions scores an existing results file; drop {', '.join(extra)}")
+            raise UsageError(f"--predictions scores an existing results file; drop {', '.join(extra)}")
         metrics = evaluate_predictions(ann, predictions)
         title = f"{predictions.name} on {ann.name}"
     else:
         if pose is None or images is None:
-            raise RtmwEdgeError("eval needs --pose and --images to run models (or --predictions to score a file)")
+            raise UsageError("eval needs --pose and --images to run models (or --predictions to score a file)")
         if gt_boxes == (det is not None):
-            raise RtmwEdgeError("eval needs exactly one of --det DETECTOR or --gt-boxes")
+            raise UsageError("eval needs exactly one of --det DETECTOR or --gt-boxes")
         metrics, _ = run_eval(ann, images, pose, det=det, gt_boxes=gt_boxes, backend=backend, flip_test=flip_test)
         title = f"{Path(pose).name} ({'GT boxes' if gt_boxes else Path(det).name}) on {ann.name}"
     table = Table(title=title)
@@ -233,7 +266,7 @@ def eval_cmd(ann: Path = typer.Option(..., "--ann", help="COCO / COCO-WholeBody 
         table.add_row(part, *("-" if values[m] is None else f"{values[m]:.4f}" for m in METRICS))
     out.print(table)
     if out_json is not None:
-        with AtomicWriter(out_json) as f:
+        with atomic_output(out_json) as f:
             json.dump(metrics, f, indent=2)
         out.print(f"metrics → {out_json}")
 
@@ -253,15 +286,22 @@ def bench_cmd(det: str = typer.Option("rtmdet-nano-person", "--det", help="Detec
               plot_out: Path | None = typer.Option(None, "--plot", help="Write the stage/person plot as PNG.")) -> None:
     """Per-stage latency (p50/p90/p99), end-to-end FPS and the cost of each extra person."""
     from .bench import Config, benchmark, person_tiles, plot
-    from .errors import RtmwEdgeError
-    from .results import AtomicWriter
+    from .errors import UsageError
+    from .outputs import atomic_output, check_output
 
     try:
         counts = sorted({int(v) for v in persons.split(",")})
     except ValueError:
-        raise RtmwEdgeError(f"--persons must be comma-separated integers, not {persons!r}") from None
+        raise UsageError(f"--persons must be comma-separated integers, not {persons!r}") from None
     if not counts or counts[0] < 1 or frames < 1:
-        raise RtmwEdgeError("--persons values and --frames must be at least 1")
+        raise UsageError("--persons values and --frames must be at least 1")
+    if threads is not None and threads < 1:
+        raise UsageError(f"--threads must be at least 1, not {threads}")
+    if plot_out is not None and plot_out.suffix.lower() != ".png":
+        raise UsageError("--plot writes a PNG picture: give a .png file name")
+    inputs = [det, *pose, ann, images]
+    json_out = check_output(json_out, option="--out", inputs=inputs, others=[plot_out])
+    plot_out = check_output(plot_out, option="--plot", inputs=inputs, others=[json_out])
     shared = Path(__file__).resolve().parents[2] / "shared" / "images"
     ann = ann or shared / "test_coco.json"
     images = images or ann.parent
@@ -294,7 +334,7 @@ def bench_cmd(det: str = typer.Option("rtmdet-nano-person", "--det", help="Detec
             out.print(f"{cfg['name']}: {cfg['ms_per_extra_person']:.1f} ms per extra person")
     out.print(table)
     if json_out is not None:
-        with AtomicWriter(json_out) as f:
+        with atomic_output(json_out) as f:
             json.dump(report, f, indent=2)
     if plot_out is not None:
         plot(report, plot_out)
@@ -316,22 +356,77 @@ def _register_command_modules() -> None:
 _register_command_modules()
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Console entry point: typer app with one-line errors instead of tracebacks."""
-    err = Console(stderr=True)
-    try:
-        app(args=argv)  # standalone: usage errors print and exit 2 through SystemExit
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    except RtmwEdgeError as exc:
-        from rich.markup import escape
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
 
-        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        return getattr(exc, "exit_code", 1)
-    except KeyboardInterrupt:
+
+def _install_sigterm() -> object:
+    """SIGTERM raises `Terminated` in the main thread (like Ctrl-C's KeyboardInterrupt), so every command
+    finalises or removes its outputs on the way out; returns the previous handler."""
+    import signal
+    import threading
+
+    from .errors import Terminated
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def terminate(signum, frame):
+        raise Terminated()
+
+    return signal.signal(signal.SIGTERM, terminate)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: one `error:` line instead of a traceback, and exit codes scripts can rely on:
+    0 success, 1 error while working, 2 usage error (before any work), 3 a command's own verdict (calibrate's
+    target missed, build --check stale), 130 Ctrl-C, 143 SIGTERM."""
+    import os
+    import signal
+
+    import typer.core
+    from rich.markup import escape
+
+    from .errors import Terminated
+
+    click = getattr(typer.core, "_click", None) or typer.core.click  # typer ≥ 0.22 vendors click as _click
+    err = Console(stderr=True)
+
+    def error(message: str) -> None:
+        err.print(f"[red]error:[/red] {escape(_one_line(message))}", highlight=False, soft_wrap=True)
+
+    previous = _install_sigterm()
+    try:
+        code = app(args=argv, standalone_mode=False, prog_name="rtmw-edge")
+        return code if isinstance(code, int) else 0
+    except click.ClickException as exc:  # usage: unknown option, missing argument, bad value
+        command = exc.ctx.command_path if getattr(exc, "ctx", None) is not None else "rtmw-edge"
+        error(f"{exc.format_message()} (see `{command} --help`)")
+        return 2
+    except RtmwEdgeError as exc:
+        error(str(exc))
+        return exc.exit_code
+    except (KeyboardInterrupt, typer.Abort):
         err.print("interrupted")
         return 130
-    return 0
+    except Terminated:
+        err.print("terminated")
+        return 143
+    except BrokenPipeError:  # `rtmw-edge run x --out - | head`: the reader left
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except Exception as exc:  # a bug: still one line (RTMW_EDGE_DEBUG=1 shows the traceback)
+        if os.environ.get("RTMW_EDGE_DEBUG"):
+            raise
+        error(f"internal error: {type(exc).__name__}: {exc} (please report it; RTMW_EDGE_DEBUG=1 shows the "
+              "traceback)")
+        return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import typer
 
-from .errors import RtmwEdgeError
+from .errors import UsageError
+
+EXIT_TARGET_MISSED = 3  # the INT8 model and report are written, but the fidelity target was not met
 
 
 def register(app: typer.Typer) -> None:
@@ -56,7 +58,10 @@ def calibrate_cmd(
                                          "share of conv MACs in INT8."),
     threads: int | None = typer.Option(None, "--threads", help="ONNX Runtime threads."),
 ) -> None:
-    """Calibrate and quantise to explicit Q/DQ INT8; write a fidelity report on held-out images."""
+    """Calibrate and quantise to explicit Q/DQ INT8; write a fidelity report on held-out images.
+
+    Exit 0 when the held-out fidelity target is met, 3 when it is not (the model and report are still
+    written), 2 for bad options or output paths (checked before any work), 1 for other errors."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
@@ -67,7 +72,7 @@ def calibrate_cmd(
     from .calibrate.runner import CalibrateOptions, calibrate
 
     if method not in METHODS:
-        raise RtmwEdgeError(f"--method must be one of {', '.join(METHODS)}, not {method!r}")
+        raise UsageError(f"--method must be one of {', '.join(METHODS)}, not {method!r}")
     source = Source(images=images, coco=coco, video=video, eval_images=eval_images)
     opts = CalibrateOptions(
         model=model, output=output, source=source, num=num, method=method, percentile=percentile, det=det,
@@ -107,9 +112,11 @@ def calibrate_cmd(
         for part, d in fid.get("parts", {}).items():
             table.add_row(f"  {part}: OKS", f"{d['oks']:.4f}")
     out.print(table)
+    if result.report_paths:
+        out.print(f"report: {result.report_paths[0]}")
     if rep.get("target"):
         met = rep["target"]["met"]
         verdict = "[green]met[/green]" if met else "[red]NOT met[/red]"
         out.print(f"target ({rep['target']['description']}): {verdict}")
-    if result.report_paths:
-        out.print(f"report: {result.report_paths[0]}")
+        if not met:  # the INT8 model and the report are written; scripts and CI see the verdict
+            raise typer.Exit(EXIT_TARGET_MISSED)

@@ -40,7 +40,23 @@ def build_cmd(onnx: Path = typer.Argument(..., help="The ONNX to build (from `rt
               verbose: bool = typer.Option(False, "--verbose", help="Show TensorRT's info/verbose messages.")) -> None:
     """Build a TensorRT engine from an ONNX (cached: skipped when a matching engine exists)."""
     from .backends.tensorrt import build_engine, check_engine
+    from .engines import EngineError, default_engine_path, manifest_path, parse_batch
+    from .errors import UsageError
+    from .onnx_meta import read_metadata
+    from .outputs import check_output
 
+    try:
+        parse_batch(batch)
+    except EngineError as exc:
+        raise UsageError(str(exc)) from None
+    if dla is not None and dla < 0:
+        raise UsageError(f"--dla must be a DLA core number (0, 1), not {dla}")
+    read_metadata(onnx)  # a missing, empty or truncated ONNX: one line before TensorRT is even loaded
+    if not check:  # every file the build writes, before TensorRT is even loaded
+        engine = check_output(default_engine_path(onnx, output), option="-o", inputs=[onnx])
+        check_output(manifest_path(engine), option="-o", inputs=[onnx])
+        if timing_cache is not None and not no_timing_cache:
+            check_output(timing_cache, option="--timing-cache", inputs=[onnx], others=[engine])
     options = {"batch": batch, "workspace": workspace, "dla_core": dla, "fp16": fp16}
     if check:
         plan, status = check_engine(onnx, output, **options)
@@ -116,7 +132,12 @@ def selftest_cmd(workdir: Path | None = typer.Option(None, "--workdir", help="Ke
     Exports rtmpose-t and rtmdet-nano (random weights), builds their engines on this GPU and compares them
     with ONNX Runtime through `check`. Exit 0 when every engine matches, 1 otherwise."""
     from .backends.tensorrt import import_tensorrt, selftest
+    from .check import list_images
+    from .outputs import check_output
 
+    if images is not None:
+        list_images(images)
+    workdir = check_output(workdir, option="--workdir", inputs=[images], kind="dir")
     import_tensorrt()  # one clear line and exit 1 when TensorRT is missing
     folder = workdir or Path(tempfile.mkdtemp(prefix="rtmw-edge-selftest-"))
     try:

@@ -17,12 +17,10 @@ carry these decisions out live in `backends/tensorrt.py` (the only module that i
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import re
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -270,25 +268,9 @@ def file_sha256(path: str | Path) -> str:
     return sha256_file(Path(path))
 
 
-def atomic_write_bytes(path: str | Path, data) -> None:
-    """Write `data` (bytes or any buffer, e.g. TensorRT's IHostMemory) to a temporary file in the same
-    folder, fsync, then rename over `path`: readers see the old file or the whole new one, never a part."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(memoryview(data))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def atomic_write_json(path: str | Path, value) -> None:
+    from .outputs import atomic_write_bytes
+
     atomic_write_bytes(path, (json.dumps(value, indent=2, sort_keys=True) + "\n").encode())
 
 

@@ -1,5 +1,6 @@
-"""Typed exceptions. The CLI turns every `RtmwEdgeError` into one clear line and exit code 1 (or the class's
-`exit_code`)."""
+"""Typed exceptions. The CLI turns every `RtmwEdgeError` into one clear line and its `exit_code`:
+1 for errors met while working (a missing or corrupt input, a failed write), 2 for usage errors found
+before any work starts (invalid option values, output paths that cannot or must not be written)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,24 @@ from __future__ import annotations
 class RtmwEdgeError(Exception):
     """Base class of every error the toolkit raises on purpose (bad input, missing files, ...)."""
 
-    exit_code = 1  # what the CLI exits with
+    exit_code = 1
 
 
-class UnknownModelError(RtmwEdgeError, KeyError):
+class UsageError(RtmwEdgeError):
+    """A command line that cannot work: invalid option values or combinations (CLI exit code 2)."""
+
+    exit_code = 2
+
+
+class OutputPathError(UsageError):
+    """An output path that cannot or must not be written (checked before any work starts)."""
+
+
+class OutputWriteError(RtmwEdgeError):
+    """Writing an output failed mid-way (disk full, permissions changed); no partial file is left."""
+
+
+class UnknownModelError(UsageError, KeyError):
     """A model name that is not in the registry."""
 
     def __str__(self) -> str:  # KeyError would quote the message
@@ -27,6 +42,10 @@ class DownloadError(RtmwEdgeError):
 
 class MissingDependencyError(RtmwEdgeError):
     """An optional dependency (torch, tensorrt, cuda-python, ...) is needed but not installed."""
+
+
+class Terminated(BaseException):  # noqa: N818 - named like KeyboardInterrupt, its sibling
+    """SIGTERM arrived (raised in the main thread by the CLI's handler): finalise outputs, exit 143."""
 
 
 def require(module: str, extra: str):

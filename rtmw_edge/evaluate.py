@@ -9,7 +9,7 @@ neither true nor false positive). The person's `area`, `bbox` and `iscrowd` are 
 that part's official ones. Plain COCO (17 keypoints) is the body part alone with COCO's sigmas.
 
 `run_eval` runs the CPU pipeline over an annotation file's images (ground-truth person boxes or the detector),
-turns the people into COCO results with `CocoResultsSink`'s rescoring and scores them.
+turns the people into COCO results with `results.coco_items`' rescoring and scores them.
 """
 
 from __future__ import annotations
@@ -40,6 +40,8 @@ _STATS_INDEX = {"AP": 0, "AP50": 1, "AP75": 2, "AR": 5, "AR50": 6}
 # --------------------------------------------------------------------------- loading and checking
 def _load_json(path: str | os.PathLike[str], what: str):
     path = Path(path)
+    if path.is_dir():
+        raise RtmwEdgeError(f"{path} is a folder: give the {what} file")
     if not path.is_file():
         raise RtmwEdgeError(f"{what} file not found: {path}")
     try:
@@ -225,13 +227,13 @@ def run_eval(ann_path: str | os.PathLike[str], images_dir: str | os.PathLike[str
 
     gt_boxes=True: the non-crowd ground-truth person boxes are the person boxes (box score 1; no detector).
     Otherwise `det` finds the people (`PoseEstimator`'s detector, NMS and limits). The instance score is
-    `CocoResultsSink`'s: box score × mean of the keypoint scores > 0.
+    `results.coco_items`': box score × mean of the keypoint scores > 0.
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from .backends import load_engine
     from .pipeline import PoseEstimator, TopDownPose, resolve_model
-    from .results import CocoResultsSink, FrameResult, Person
+    from .results import FrameResult, Person, coco_items
     from .sources import read_image
 
     if gt_boxes == (det is not None):
@@ -261,7 +263,7 @@ def run_eval(ann_path: str | os.PathLike[str], images_dir: str | os.PathLike[str
     for a in _person_annotations(data):
         by_image.setdefault(a["image_id"], []).append(a)
 
-    sink = CocoResultsSink(os.devnull)  # only its rescoring and layout: never closed, nothing written
+    predictions: list[dict] = []
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   transient=True, disable=not progress) as bar:
         task = bar.add_task(f"eval {Path(ann_path).name}", total=len(files))
@@ -275,9 +277,8 @@ def run_eval(ann_path: str | os.PathLike[str], images_dir: str | os.PathLike[str
             kpts, kpt_scores, _ = pose_model(image, boxes)
             persons = [Person(bbox=boxes[i], score=float(box_scores[i]), keypoints=kpts[i],
                               keypoint_scores=kpt_scores[i]) for i in range(len(boxes))]
-            sink.add(FrameResult(frame=0, timestamp=0.0, width=image.shape[1], height=image.shape[0],
-                                 persons=persons), image_id=image_id)
+            predictions += coco_items(FrameResult(frame=0, timestamp=0.0, width=image.shape[1],
+                                                  height=image.shape[0], persons=persons), image_id)
             bar.advance(task)
-    predictions = sink.items
     keypoint_set = "coco-wholebody" if info.num_keypoints == 133 and is_wholebody_annotation(data) else "coco"
     return evaluate_predictions(ann_path, predictions, keypoint_set), predictions

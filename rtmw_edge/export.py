@@ -19,9 +19,10 @@ import tempfile
 from pathlib import Path
 
 from . import __version__
-from .errors import RtmwEdgeError, require
+from .errors import RtmwEdgeError, UsageError, require
 from .hub import sha256_file
 from .onnx_meta import save_model_atomically, write_metadata
+from .outputs import check_output
 from .zoo import ModelSpec, get_spec
 
 POSE_OUTPUTS = ("simcc_x", "simcc_y", "simcc_z")
@@ -34,7 +35,7 @@ FP16_PREFIXES = ("/model/backbone/", "/model/neck/", "/model/head/final_layer", 
 
 
 class ExportError(RtmwEdgeError):
-    """The export could not be done (bad arguments, wrong checkpoint, tracing failure)."""
+    """The export could not be done (wrong checkpoint, tracing failure); bad arguments are `UsageError`s."""
 
 
 @contextlib.contextmanager
@@ -293,25 +294,31 @@ def export_onnx(name: str, output: str | Path, *, checkpoint: str | Path | None 
     spec = get_spec(name)
     output = Path(output)
     if precision not in ("fp32", "fp16"):
-        raise ExportError(f"precision must be fp32 or fp16, not {precision!r}")
+        raise UsageError(f"precision must be fp32 or fp16, not {precision!r}")
     if batch != "dynamic":
         import operator
 
         if isinstance(batch, bool) or not hasattr(batch, "__index__") or operator.index(batch) < 1:
-            raise ExportError(f"batch must be 'dynamic' or a positive integer, not {batch!r}")
+            raise UsageError(f"batch must be 'dynamic' or a positive integer, not {batch!r}")
         batch = operator.index(batch)
     if opset < 13:
-        raise ExportError(f"opset {opset} is too old: TensorRT 10 and Q/DQ need opset >= 13")
+        raise UsageError(f"opset {opset} is too old: TensorRT 10 and Q/DQ need opset >= 13")
     if model is None and checkpoint is None and not random_init:
-        raise ExportError("give --checkpoint PATH (official weights) or --random-init")
+        raise UsageError("give --checkpoint PATH (official weights) or --random-init")
     if spec.task == "pose3d" and flip_test:
-        raise ExportError("flip test is not defined for RTMW3D (its official test config does not use it)")
+        raise UsageError("flip test is not defined for RTMW3D (its official test config does not use it)")
     if not spec.is_pose and (decode or flip_test):
-        raise ExportError("--decode and --flip-test apply to pose models; detectors always decode boxes")
+        raise UsageError("--decode and --flip-test apply to pose models; detectors always decode boxes")
     if spec.is_pose and nms:
-        raise ExportError("--nms applies to detectors only")
-    if not output.parent.exists():
-        raise ExportError(f"output folder does not exist: {output.parent}")
+        raise UsageError("--nms applies to detectors only")
+    if topk < 1:
+        raise UsageError(f"--topk must be at least 1, not {topk}")
+    output = check_output(output, option="-o", inputs=[checkpoint])
+    if checkpoint is not None and not Path(checkpoint).is_file():
+        from .errors import CheckpointError
+
+        what = "is a folder, not a checkpoint file" if Path(checkpoint).is_dir() else "not found"
+        raise CheckpointError(f"checkpoint {checkpoint} {what}")
 
     torch = require("torch", "export")
     import onnx

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, BinaryIO
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
 
-from rtmw_edge.errors import DownloadError
+from rtmw_edge.errors import DownloadError, UsageError
 
 __all__ = [
     "checkpoints_dir",
@@ -98,11 +98,11 @@ def _normalize_hashes(sha256: str | None, hash_prefix: str | None) -> tuple[str 
     if sha256 is not None:
         sha256 = sha256.strip().lower()
         if not _FULL_SHA256.fullmatch(sha256):
-            raise DownloadError(f"invalid sha256 {sha256!r}: expected 64 hex digits")
+            raise UsageError(f"invalid sha256 {sha256!r}: expected 64 hex digits")
     if hash_prefix is not None:
         hash_prefix = hash_prefix.strip().lower()
         if not re.fullmatch(r"[0-9a-f]{1,64}", hash_prefix):
-            raise DownloadError(f"invalid sha256 prefix {hash_prefix!r}: expected hex digits")
+            raise UsageError(f"invalid sha256 prefix {hash_prefix!r}: expected hex digits")
     return sha256, hash_prefix
 
 
@@ -116,9 +116,9 @@ def _mismatch(digest: str, sha256: str | None, hash_prefix: str | None) -> str |
 
 
 def _write_sidecar(path: Path, digest: str) -> None:
-    tmp = path.with_name(path.name + ".sha256.tmp")
-    tmp.write_text(digest + "\n", encoding="ascii")
-    os.replace(tmp, _sidecar(path))
+    from .outputs import atomic_write_text
+
+    atomic_write_text(_sidecar(path), digest + "\n")
 
 
 def _content_range(value: str | None) -> tuple[int | None, int | None]:

@@ -37,12 +37,16 @@ def read_metadata(model_or_path) -> dict | None:
         import onnx
 
         path = Path(model_or_path)
+        if path.is_dir():
+            raise RtmwEdgeError(f"{path} is a folder, not an ONNX file")
         if not path.is_file():
             raise RtmwEdgeError(f"ONNX file not found: {path}")
         try:
             model = onnx.load(str(path), load_external_data=False)
         except Exception as exc:  # protobuf raises DecodeError and friends
             raise RtmwEdgeError(f"{path} is not a readable ONNX model ({type(exc).__name__})") from None
+        if not model.graph.input and not model.graph.node:  # an empty file parses as an empty ModelProto
+            raise RtmwEdgeError(f"{path} is not a readable ONNX model (empty: no graph)")
     else:
         model = model_or_path
     for prop in model.metadata_props:
@@ -56,20 +60,10 @@ def read_metadata(model_or_path) -> dict | None:
 
 def save_model_atomically(model, output: str | Path) -> Path:
     """Write an onnx.ModelProto under a temporary name and rename it: never a half-written model file."""
-    import contextlib
-    import os
-    import tempfile
-
     import onnx
 
-    output = Path(output)
-    fd, tmp = tempfile.mkstemp(prefix=output.name + ".", suffix=".tmp", dir=output.parent)
-    os.close(fd)
-    try:
-        onnx.save(model, tmp)
-        os.replace(tmp, output)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return output
+    from .outputs import atomic_path
+
+    with atomic_path(output) as tmp:
+        onnx.save(model, str(tmp))
+    return Path(output)

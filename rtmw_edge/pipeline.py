@@ -19,7 +19,7 @@ import numpy as np
 
 from . import geometry as G
 from .backends import Engine, load_engine, run_chunked
-from .errors import RtmwEdgeError
+from .errors import RtmwEdgeError, UsageError
 from .keypoints import KEYPOINT_SETS
 from .results import FrameResult, Person
 from .zoo import POSE_MEAN_RGB, POSE_STD_RGB
@@ -136,22 +136,33 @@ class TopDownPose:
         return self.postprocess(outputs, centers, scales, (image.shape[1], image.shape[0]), camera)
 
 
-def resolve_model(spec: str | Path, role: str) -> Path:
-    """An .onnx/.engine path as given, or a registered model name → its cached ONNX export
-    ($RTMW_EDGE_HOME/onnx/NAME.onnx), made on first use from the official checkpoint."""
+def _registered(spec: str | Path, role: str):
+    """The registry entry `spec` names (checked for its role), or None for a model file (checked to exist)."""
     path = Path(spec)
+    if path.is_dir():
+        raise RtmwEdgeError(f"--{role} {path} is a folder: give a model file (.onnx / .engine) or a registered name")
     if path.suffix.lower() in (".onnx", ".engine", ".plan", ".trt"):
         if not path.is_file():
             raise RtmwEdgeError(f"{role} model file not found: {path}")
-        return path
-    from .hub import fetch, home_dir
+        return None
     from .zoo import get_spec
 
     model = get_spec(str(spec))  # UnknownModelError lists close names
     if role == "pose" and not model.is_pose:
-        raise RtmwEdgeError(f"{model.name} is a detector, not a pose model: check --pose")
+        raise UsageError(f"{model.name} is a detector, not a pose model: check --pose")
     if role == "det" and model.is_pose:
-        raise RtmwEdgeError(f"{model.name} is a pose model, not a detector: check --det")
+        raise UsageError(f"{model.name} is a pose model, not a detector: check --det")
+    return model
+
+
+def resolve_model(spec: str | Path, role: str) -> Path:
+    """An .onnx/.engine path as given, or a registered model name → its cached ONNX export
+    ($RTMW_EDGE_HOME/onnx/NAME.onnx), made on first use from the official checkpoint."""
+    model = _registered(spec, role)
+    if model is None:
+        return Path(spec)
+    from .hub import fetch, home_dir
+
     cached = home_dir() / "onnx" / f"{model.name}.onnx"
     if cached.is_file():
         return cached
@@ -161,6 +172,25 @@ def resolve_model(spec: str | Path, role: str) -> Path:
     cached.parent.mkdir(parents=True, exist_ok=True)
     log.info("exporting %s to %s (once)", model.name, cached)
     return export_onnx(model.name, cached, checkpoint=checkpoint)
+
+
+def resolve_models(det: str | Path, pose: str | Path) -> tuple[Path, Path]:
+    """`resolve_model` for the detector and the pose model together: both are checked before anything is
+    downloaded, and when checkpoints cannot be downloaded (offline) one error names every missing file."""
+    from .errors import DownloadError
+
+    _registered(det, "det"), _registered(pose, "pose")
+    paths, missing = [], []
+    for spec, role in ((det, "det"), (pose, "pose")):
+        try:
+            paths.append(resolve_model(spec, role))
+        except DownloadError as exc:
+            missing.append(exc)
+    if len(missing) == 1:
+        raise missing[0]
+    if missing:
+        raise DownloadError(f"{len(missing)} checkpoints are missing: " + "; ".join(str(e) for e in missing))
+    return paths[0], paths[1]
 
 
 class PoseEstimator:

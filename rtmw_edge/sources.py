@@ -29,8 +29,10 @@ unlike it OpenCV applies the EXIF orientation (phone photos come out upright). S
   naming the file. Truncated JPEGs are detected even where OpenCV (4.x) would return a gray-filled image.
 
 A folder with an unreadable image raises by default: a frame never silently vanishes. With
-``skip_bad=True`` such files are logged (warning) and counted in `Source.skipped`. An empty folder, or one
-where no image is readable, raises.
+``skip_bad=True`` such files are reported (``on_skip(message)``, by default a logged warning) and counted in
+`Source.skipped`. An empty folder, or one where no image is readable, raises. In a video file, a frame the
+decoder cannot read before the file's frame count is reached is skipped and counted the same way (at most
+`MAX_CORRUPT_RUN` in a row); the read goes on with the next frame.
 
 Video files, cameras and streams are read by a background daemon thread that decodes up to `prefetch`
 frames ahead into a bounded queue, so decoding overlaps inference. The first frame is read when the source
@@ -105,6 +107,7 @@ _CORRUPT_RETRIES = 3     # failed reads in a row that may still be corrupt frame
 _CORRUPT_WINDOW_S = 1.0  # ... as long as they fail fast (a read that timed out is a lost stream)
 _POLL_S = 0.05
 _USER_AGENT = "rtmw-edge"
+MAX_CORRUPT_RUN = 100  # consecutive unreadable video frames before the file is taken as ended
 
 
 @dataclass
@@ -238,8 +241,9 @@ class ImageSource(Source):
 
     def __init__(self, kind: str, description: str, paths: list[Path] | None = None, *,
                  image: np.ndarray | None = None, name: str = "", skip_bad: bool = False,
-                 loop: bool = False) -> None:
+                 loop: bool = False, on_skip: Callable[[str], None] | None = None) -> None:
         super().__init__(description)
+        self.on_skip = on_skip or (lambda message: log.warning("skipping unreadable image: %s", message))
         self.kind = kind
         self.paths = list(paths or [])
         self._image, self._name = image, name  # an already decoded image (single file, URL)
@@ -249,6 +253,11 @@ class ImageSource(Source):
         self.frame_count = 1 if image is not None else len(self.paths)
         if image is not None:
             self._saw(image)
+
+    @property
+    def names(self) -> list[str]:
+        """The file names of the frames, in order."""
+        return [self._name] if self._image is not None else [p.name for p in self.paths]
 
     def _items(self) -> Iterator[tuple[str, np.ndarray]]:
         if self._image is not None:
@@ -264,7 +273,7 @@ class ImageSource(Source):
                     raise
                 self._bad.add(path)
                 self.skipped = len(self._bad)
-                log.warning("skipping unreadable image: %s", exc)
+                self.on_skip(str(exc))
                 continue
             yield path.name, image
 
@@ -296,9 +305,11 @@ class CaptureSource(Source):
     """A video file, camera or stream read by OpenCV in a background thread (see the module docstring)."""
 
     def __init__(self, kind: str, description: str, open_capture: Callable[[], cv2.VideoCapture], *,
-                 prefetch: int = 4, loop: bool = False) -> None:
+                 prefetch: int = 4, loop: bool = False, on_skip: Callable[[str], None] | None = None) -> None:
         super().__init__(description)
         self.kind = kind
+        self.on_skip = on_skip or (lambda message: log.warning("%s", message))
+        self._reads = 0  # frames read or skipped in this pass of a video file
         self.loop = loop and kind == "video"
         self._open_capture = open_capture
         self._queue: queue.Queue[object] = queue.Queue(maxsize=prefetch)
@@ -329,10 +340,22 @@ class CaptureSource(Source):
 
     # -- reader thread
     def _read_image(self, cap: cv2.VideoCapture) -> np.ndarray | None:
-        """The next frame as uint8 BGR, None at the end; an empty (0×0) or odd frame raises RtmwEdgeError."""
+        """The next frame as uint8 BGR, None at the end; an empty (0×0) or odd frame raises RtmwEdgeError.
+
+        In a video file, a frame that cannot be decoded before the container's frame count is reached is
+        corrupt, not the end: it is skipped and counted (``skipped``), and the next frame is read."""
         ok, image = cap.read()
+        run = 0
+        while (not ok or image is None) and self.kind == "video" and self.frame_count is not None \
+                and self._reads + 1 < self.frame_count and run < MAX_CORRUPT_RUN:
+            self._reads += 1
+            run += 1
+            self.skipped += 1
+            self.on_skip(f"{self.description}: skipped an unreadable frame (about frame {self._reads - 1})")
+            ok, image = cap.read()
         if not ok or image is None:
             return None
+        self._reads += 1
         try:
             return as_bgr_uint8(image)
         except RtmwEdgeError as exc:
@@ -386,6 +409,7 @@ class CaptureSource(Source):
         return False
 
     def _restart(self, cap: cv2.VideoCapture) -> cv2.VideoCapture:
+        self._reads = 0
         if cap.set(cv2.CAP_PROP_POS_FRAMES, 0):
             return cap
         cap.release()  # some backends cannot seek: open the file again
@@ -578,13 +602,15 @@ def _is_gstreamer(text: str) -> bool:
 
 
 def open_source(spec: str | int | os.PathLike[str], *, prefetch: int = 4, loop: bool = False,
-                skip_bad: bool = False, timeout: float = URL_TIMEOUT_S) -> Source:
+                skip_bad: bool = False, timeout: float = URL_TIMEOUT_S,
+                on_skip: Callable[[str], None] | None = None) -> Source:
     """Open SPEC (see the module docstring for the rules) as a `Source` of frames.
 
     prefetch: frames decoded ahead by the reader thread (video/camera/stream), ≥ 1.
     loop: restart a video file (or cycle images) at the end; no effect on live sources.
-    skip_bad: in a folder, log and skip unreadable images instead of raising.
+    skip_bad: in a folder, report and skip unreadable images instead of raising.
     timeout: seconds for downloading an image URL.
+    on_skip: called with one line per skipped image or video frame (default: a logged warning).
     """
     if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 1:
         raise RtmwEdgeError(f"prefetch must be an integer ≥ 1, got {prefetch!r}")
@@ -617,11 +643,12 @@ def open_source(spec: str | int | os.PathLike[str], *, prefetch: int = 4, loop: 
         images = _list_images(path)
         if not images:
             raise RtmwEdgeError(f"{path}: no images in this folder (looked for {' '.join(IMAGE_SUFFIXES)})")
-        return ImageSource("folder", str(path), images, skip_bad=skip_bad, loop=loop)
+        return ImageSource("folder", str(path), images, skip_bad=skip_bad, loop=loop, on_skip=on_skip)
     if path.is_file():
         if path.suffix.lower() in IMAGE_SUFFIXES:
             return ImageSource("image", str(path), [path], image=read_image(path), name=path.name, loop=loop)
-        return CaptureSource("video", str(path), lambda: _open_video(path), prefetch=prefetch, loop=loop)
+        return CaptureSource("video", str(path), lambda: _open_video(path), prefetch=prefetch, loop=loop,
+                             on_skip=on_skip)
     if scheme == "" and _is_gstreamer(text):
         first = text.split("!", 1)[0].split()[0] if text.split("!", 1)[0].split() else ""
         kind = "camera" if first in _GST_CAMERAS else "stream"

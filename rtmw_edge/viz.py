@@ -15,7 +15,6 @@ Every link belongs to one part; `PART_COLORS` gives one BGR colour per part. `pl
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ import numpy as np
 
 from .errors import RtmwEdgeError, require
 from .keypoints import KEYPOINT_SETS
+from .outputs import atomic_path
 from .results import FrameResult, Person
 
 # BGR, one per part; chosen to stay apart from each other on photos and on black/white backgrounds.
@@ -256,12 +256,6 @@ def plot_3d(person_or_result: Person | FrameResult | Iterable[Person], path: str
     if title:
         ax.set_title(title)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path

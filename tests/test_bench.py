@@ -29,6 +29,23 @@ def test_tiled_frames_hold_the_requested_people():
     assert frame.shape[0] // 192 * (frame.shape[1] // 96) >= 5
 
 
+def test_instrumented_stages_compute_what_the_pipeline_computes(pose):
+    """The stage breakdown times the same work as `PoseEstimator.__call__`: the same persons, every stage once."""
+    import numpy as np
+
+    from rtmw_edge.bench import StageClock, run_frame
+    from rtmw_edge.pipeline import PoseEstimator
+
+    est = PoseEstimator(str(DET), str(pose))
+    image = cv2.imread(str(SHARED / "images" / "000000196141.jpg"))
+    jpeg = cv2.imencode(".jpg", image)[1].tobytes()
+    decoded = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    clock = StageClock()
+    n = run_frame(est, jpeg, clock, draw=True)
+    assert n == len(est(decoded).persons) == 4
+    assert set(clock.times) == set(STAGES) and all(len(v) == 1 for v in clock.times.values())
+
+
 def test_bench_report_is_complete_and_stages_add_up(pose, tmp_path):
     tiles = person_tiles(SHARED / "images" / "test_coco.json", SHARED / "images")
     report = benchmark([Config("fp32", str(DET), str(pose))], tiles, persons=[1, 3], frames=6, progress=False)
@@ -38,8 +55,9 @@ def test_bench_report_is_complete_and_stages_add_up(pose, tmp_path):
         assert set(point["stages_ms"]) == set(STAGES)
         for stage in point["stages_ms"].values():
             assert 0 <= stage["p50"] <= stage["p90"] <= stage["p99"]
-        # the instrumented stages and the real pipeline, timed separately, agree within 10 %
-        assert point["stage_sum_ms"] == pytest.approx(point["end_to_end_ms"]["mean"], rel=0.10)
+        # arithmetic, not timing (a timed comparison flakes under load): the sum is the sum of the stages
+        assert point["stage_sum_ms"] == pytest.approx(sum(s["mean"] for s in point["stages_ms"].values()))
+        assert point["stage_sum_ms"] > 0 and point["end_to_end_ms"]["mean"] > 0
         assert point["fps"] == pytest.approx(1000 / point["end_to_end_ms"]["mean"])
     assert cfg["ms_per_extra_person"] > 0
     png = plot(report, tmp_path / "bench.png")
@@ -53,4 +71,4 @@ def test_cli_bench_writes_json_and_png_side_by_side(pose, tmp_path):
     report = json.loads(out.read_text())
     assert len(report["configs"]) == 2 and report["configs"][0]["name"] != report["configs"][1]["name"]
     assert cv2.imread(str(png)) is not None
-    assert main(["bench", "--det", str(DET), "--pose", str(pose), "--persons", "0,x"]) == 1
+    assert main(["bench", "--det", str(DET), "--pose", str(pose), "--persons", "0,x"]) == 2

@@ -11,6 +11,7 @@ invalidation), a video source, --auto-exclude and the CLI's one-line errors.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -75,6 +76,39 @@ def test_rtmdet_nano_int8_meets_the_target(calibrated, folders):
     md = (folders / "rep.md").read_text()
     assert "recovered at IoU ≥ 0.5" in md and "Target" in md
     assert (folders / "cache" / "report.md").is_file()
+
+
+def test_check_verifies_the_int8_of_a_foreign_detector(calibrated, folders, capsys):
+    """`calibrate` records how it recognised and fed the foreign graph; `check` runs the INT8 copy and the
+    original through the same detector contract and compares the kept detections (issue 13)."""
+    out, _, _ = calibrated
+    info = next(json.loads(p.value) for p in onnx.load(str(out)).metadata_props if p.key == CALIBRATION_KEY)
+    assert info["detector_signature"] == {"kind": "rtmdet-rawhead", "input_size": [320, 320]}
+    from rtmw_edge.check import check_model
+
+    report = check_model(out, RAW, IMAGES)
+    assert report.passed, report.failures
+    assert report.detections["reference_detections"] >= 13 and report.detections["recall_iou50"] == 1.0
+    assert report.detections["mean_iou"] >= 0.85
+    assert report.outputs  # same layout: raw outputs compared (reported, not judged for INT8)
+    assert main(["check", str(out), "--against", str(RAW), "--images", str(IMAGES)]) == 0
+    assert "PASS" in capsys.readouterr().out
+    # umask mode, not mkstemp's 0600
+    mask = os.umask(0)
+    os.umask(mask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_calibrate_exits_3_when_its_target_is_missed(calibrated, folders, capsys):
+    _, _, args = calibrated
+    out = folders / "strict.int8.onnx"
+    report = folders / "strict.md"
+    strict = [a if a != str(folders / "det.int8.onnx") else str(out) for a in args]
+    strict = [a if a != str(folders / "rep.md") else str(report) for a in strict]
+    assert main([*strict, "--target-iou", "0.9999"]) == 3  # statistics reused from the cache: quick
+    assert "NOT met" in capsys.readouterr().out
+    assert out.is_file() and report.is_file() and json.loads(report.with_suffix(".json").read_text())[
+        "target"]["met"] is False
 
 
 def test_qdq_graph_is_what_tensorrt_builds(calibrated):
@@ -224,33 +258,37 @@ def test_end_to_end_detector_graph_stays_recognised(folders):
     assert 0.85 < q["int8_mac_share"] < 0.95
     assert OnnxDetector(out).signature.kind == "mmdeploy-e2e-rtmdet"
     assert rep["fidelity"]["reference_detections"] > 40
+    from rtmw_edge.check import check_model
+
+    report = check_model(out, e2e, IMAGES)  # a foreign end-to-end graph's INT8 copy checks too
+    assert report.detections["reference_detections"] >= 13 and report.detections["recall_iou50"] >= 0.9
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--images", "/nonexistent"], "no such file or folder"),
-    (["--images", "{calib}", "--method", "kl"], "--method must be"),
-    (["--images", "{calib}", "--exclude", "no_such_layer"], "matches no conv layer"),
-    (["--images", "{calib}", "--eval-images", "{calib}"], "held-out"),
-    (["--video", "{calib}"], "must be a file"),
-    (["--images", "{calib}", "--det", str(RAW)], "--det is for pose models"),
+@pytest.mark.parametrize("extra, code, message", [
+    (["--images", "/nonexistent"], 1, "no such file or folder"),
+    (["--images", "{calib}", "--method", "kl"], 2, "--method must be"),
+    (["--images", "{calib}", "--exclude", "no_such_layer"], 2, "matches no conv layer"),
+    (["--images", "{calib}", "--eval-images", "{calib}"], 2, "held-out"),
+    (["--video", "{calib}"], 1, "must be a file"),
+    (["--images", "{calib}", "--det", str(RAW)], 2, "--det is for pose models"),
 ])
-def test_bad_input_is_one_error_line_and_no_output(folders, capsys, extra, message):
+def test_bad_input_is_one_error_line_and_no_output(folders, capsys, extra, code, message):
     out = folders / "bad.int8.onnx"
     extra = [e.replace("{calib}", str(folders / "calib")) for e in extra]
-    code = main(["calibrate", str(RAW), "-o", str(out), "--num", "4", "--cache", str(folders / "bad_cache"), *extra])
+    got = main(["calibrate", str(RAW), "-o", str(out), "--num", "4", "--cache", str(folders / "bad_cache"), *extra])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 1 and len(err) == 1 and err[0].startswith("error:") and message in err[0], err
+    assert got == code and len(err) == 1 and err[0].startswith("error:") and message in err[0], err
     assert not out.exists() and not list(folders.glob("bad.int8.onnx*"))
 
 
 def test_bad_model_and_output_paths(folders, capsys, tmp_path):
     not_onnx = tmp_path / "x.onnx"
     not_onnx.write_bytes(b"not a model")
-    for args, message in (([str(not_onnx), "-o", str(tmp_path / "o.onnx")], "not a readable ONNX"),
-                          ([str(RAW), "-o", str(tmp_path / "o.engine")], "-o must name an .onnx"),
-                          ([str(RAW), "-o", str(RAW)], "must differ"),
-                          ([str(tmp_path / "missing.onnx"), "-o", str(tmp_path / "o.onnx")], "not found")):
-        code = main(["calibrate", *args, "--images", str(folders / "calib"), "--cache", str(tmp_path / "c")])
+    for args, code, message in (([str(not_onnx), "-o", str(tmp_path / "o.onnx")], 1, "not a readable ONNX"),
+                                ([str(RAW), "-o", str(tmp_path / "o.engine")], 2, "-o must name an .onnx"),
+                                ([str(RAW), "-o", str(RAW)], 2, "is an input of this command"),
+                                ([str(tmp_path / "missing.onnx"), "-o", str(tmp_path / "o.onnx")], 1, "not found")):
+        got = main(["calibrate", *args, "--images", str(folders / "calib"), "--cache", str(tmp_path / "c")])
         err = capsys.readouterr().err.strip().splitlines()
-        assert code == 1 and len(err) == 1 and message in err[0], (args, err)
+        assert got == code and len(err) == 1 and message in err[0], (args, err)
     assert not (tmp_path / "o.onnx").exists()

@@ -90,8 +90,18 @@ def test_cli_exit_codes_and_json(exported, capsys):
 
 def test_bad_inputs_are_one_line_errors(exported, tmp_path, capsys):
     foreign = SHARED / "models" / "rtmdet-nano_person_320_rawhead.onnx"
-    with pytest.raises(RtmwEdgeError, match="no rtmw_edge metadata"):
+    with pytest.raises(RtmwEdgeError, match="is a pose model: the candidate is a detector"):
         check_model(foreign, exported["fp32"], IMAGES)
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "relu",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 8, 8])])
+    relu = tmp_path / "relu.onnx"
+    onnx.save(helper.make_model(graph), str(relu))
+    with pytest.raises(RtmwEdgeError, match="not a detector like the candidate"):
+        check_model(foreign, relu, IMAGES)
     with pytest.raises(RtmwEdgeError, match="no images"):
         check_model(exported["fp32"], exported["fp32"], tmp_path)
     bad = tmp_path / "broken.jpg"
@@ -111,3 +121,27 @@ def test_detector_check_counts_recall(tmp_path):
     report = check_model(det, det, IMAGES, tolerances=Tolerances())
     assert report.passed and report.detections["recall_iou50"] == 1.0
     assert report.outputs["boxes"]["max_abs"] == 0.0
+
+
+def test_nms_export_checks_against_the_plain_export_by_kept_detections(tmp_path):
+    """An --nms export keeps the same detections as the plain export of the same weights, in other raw slots:
+    `check` compares what the detector contract keeps. Real weights (the official RTMDet-nano, BN folded,
+    from shared/models), so the photos' people are the detections compared."""
+    from onnx_weights import load_folded_rtmdet
+
+    model = create_model("rtmdet-nano-person")
+    load_folded_rtmdet(model, SHARED / "models" / "rtmdet-nano_person_320_rawhead.onnx")
+    plain = export_onnx("rtmdet-nano-person", tmp_path / "plain.onnx", model=model, progress=False)
+    nms = export_onnx("rtmdet-nano-person", tmp_path / "nms.onnx", model=model, nms=True, progress=False)
+    report = check_model(nms, plain, IMAGES)
+    assert report.passed, report.failures
+    assert report.detections["reference_detections"] == 13 and report.detections["recall_iou50"] == 1.0  # 1+2+4+5+1
+    assert report.detections["mean_iou"] > 0.999 and report.detections["extra_detections"] == 0
+    assert report.outputs == {}  # raw slots are not comparable: not compared
+    # a model that finds other boxes fails: the same network with its box regression shifted
+    with torch.no_grad():
+        for conv in model.bbox_head.rtm_reg:
+            conv.bias.add_(0.5)
+    moved = export_onnx("rtmdet-nano-person", tmp_path / "moved.onnx", model=model, nms=True, progress=False)
+    report = check_model(moved, plain, IMAGES)
+    assert not report.passed and any("IoU" in f or "recall" in f for f in report.failures)

@@ -107,7 +107,7 @@ def test_models_info(capsys, monkeypatch, tmp_path):
 
 
 def test_models_info_unknown_is_one_error_line(capsys):
-    assert main(["models", "info", "nosuch"]) == 1
+    assert main(["models", "info", "nosuch"]) == 2  # a usage error
     captured = capsys.readouterr()
     assert "nosuch" in single_error_line(captured.err)
     assert captured.out == ""
@@ -120,7 +120,7 @@ def test_console_script_unknown_model(tmp_path):
     env = dict(os.environ, RTMW_EDGE_HOME=str(tmp_path), NO_COLOR="1")
     proc = subprocess.run([str(script), "models", "info", "rtmw-m-256x19"], capture_output=True, text=True,
                           env=env, timeout=120)
-    assert proc.returncode == 1, proc.stderr
+    assert proc.returncode == 2, proc.stderr
     line = single_error_line(proc.stderr)
     assert "rtmw-m-256x192" in line  # the close name is suggested
     assert proc.stdout == ""

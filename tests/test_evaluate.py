@@ -307,7 +307,7 @@ def test_cli_eval_predictions_file(tmp_path, capsys):
 def test_cli_eval_errors(args, message, capsys):
     code = main(["eval", "--ann", str(WB_ANN), "--images", str(IMAGES), "--pose", "p.onnx", *args])
     err = capsys.readouterr().err
-    assert code == 1 and message in err
+    assert code == 2 and message in err  # usage errors
     assert err.count("error:") == 1 and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
@@ -316,5 +316,5 @@ def test_cli_eval_missing_annotation_and_missing_pose(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: annotation file not found") and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
-    assert main(["eval", "--ann", str(WB_ANN), "--images", str(IMAGES), "--gt-boxes"]) == 1
+    assert main(["eval", "--ann", str(WB_ANN), "--images", str(IMAGES), "--gt-boxes"]) == 2
     assert "needs --pose and --images" in capsys.readouterr().err

@@ -23,6 +23,7 @@ import copy
 import hashlib
 import io
 import json
+import os
 import warnings
 from pathlib import Path
 
@@ -36,7 +37,7 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from rtmw_edge import __version__, geometry
-from rtmw_edge.errors import CheckpointError, RtmwEdgeError
+from rtmw_edge.errors import CheckpointError, RtmwEdgeError, UsageError
 from rtmw_edge.export import FP16_PREFIXES, export_onnx
 from rtmw_edge.models import create_model
 from rtmw_edge.models.checkpoint import save_checkpoint
@@ -715,14 +716,28 @@ def test_wrong_architecture_checkpoint_leaves_no_file(tmp_path: Path) -> None:
     ("rtmpose-t-256x192", {"random_init": True, "batch": 0}, "batch"),
     ("rtmw3d-l-384x288", {"random_init": True, "flip_test": True}, "flip"),
     ("rtmdet-nano-person", {"random_init": True, "decode": True}, "detector"),
-    ("rtmpose-t-256x192", {"random_init": True, "missing_folder": True}, "does not exist"),
-], ids=["no-weights", "bad-precision", "batch-0", "pose3d-flip", "detector-decode", "missing-folder"])
+    ("rtmpose-t-256x192", {"random_init": True, "parent_is_file": True}, "is a file, not a folder"),
+], ids=["no-weights", "bad-precision", "batch-0", "pose3d-flip", "detector-decode", "parent-is-a-file"])
 def test_export_argument_errors(name: str, kwargs: dict, match: str, tmp_path: Path) -> None:
-    out = tmp_path / ("nowhere" if kwargs.pop("missing_folder", False) else ".") / "out.onnx"
+    if kwargs.pop("parent_is_file", False):
+        (tmp_path / "notes.txt").write_text("a file, not a folder")
+        out = tmp_path / "notes.txt" / "out.onnx"
+    else:
+        out = tmp_path / "out.onnx"
+    before = sorted(tmp_path.iterdir())
     with pytest.raises(RtmwEdgeError, match=match) as err:
         export_onnx(name, out, progress=False, **kwargs)
     _one_line_error(err)
-    assert not out.exists() and list(tmp_path.iterdir()) == []
+    assert isinstance(err.value, UsageError)  # found before any work: the CLI exits 2
+    assert not out.exists() and sorted(tmp_path.iterdir()) == before
+
+
+def test_export_creates_missing_output_folders(tmp_path: Path) -> None:
+    out = export_onnx("rtmpose-t-256x192", tmp_path / "new" / "folder" / "t.onnx", random_init=True, progress=False)
+    assert out.is_file() and sorted(p.name for p in out.parent.iterdir()) == ["t.onnx"]
+    mask = os.umask(0)
+    os.umask(mask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~mask  # readable by a service user, like any file made here
 
 
 def test_fixed_batch_export(tmp_path: Path) -> None:

@@ -205,7 +205,7 @@ def test_cli_run_writes_every_output(models, tmp_path, capsys):
     assert len(items) == len(frame["persons"]) and len(items[0]["keypoints"]) == 133 * 3
     drawn = cv2.imread(str(save))
     assert drawn is not None and drawn.shape == cv2.imread(str(IMAGES / "000000196141.jpg")).shape
-    assert "4 person(s)" in capsys.readouterr().out
+    assert "4 person(s)" in capsys.readouterr().err  # stdout is kept for `--out -`
 
 
 def test_cli_run_over_a_folder_and_a_video(models, tmp_path):
@@ -230,24 +230,42 @@ def test_cli_run_over_a_folder_and_a_video(models, tmp_path):
     assert len(list((tmp_path / "frames").glob("*.jpg"))) == 5
 
 
-def test_cli_bad_input_is_one_line_and_leaves_no_output(models, tmp_path, capsys):
+def test_cli_bad_image_in_a_folder_is_skipped_counted_and_exits_1(models, tmp_path, capsys):
     folder = tmp_path / "photos"
     folder.mkdir()
     (folder / "a.jpg").write_bytes((IMAGES / "000000000785.jpg").read_bytes())
     (folder / "b.jpg").write_bytes((IMAGES / "000000040083.jpg").read_bytes()[:3000])  # truncated
+    (folder / "c.jpg").write_bytes((IMAGES / "000000196141.jpg").read_bytes())
     out = tmp_path / "out.jsonl"
     args = ["--det", str(DETECTORS["rawhead"]), "--pose", str(models["pose"]), "--out", str(out)]
     assert main(["run", str(folder), *args]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("error:") and "b.jpg" in err and "Traceback" not in err
-    assert not out.exists()  # never a half-written file under the requested name
+    assert "Traceback" not in err
+    assert [line for line in err.splitlines() if line.startswith("warning:")] == [
+        f"warning: {folder / 'b.jpg'}: truncated JPEG (the file ends before its image data)"]
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "1 unreadable image(s) skipped" in errors[0]
+    frames = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [f["source"] for f in frames] == ["a.jpg", "c.jpg"]   # the images after the bad one were processed
+    assert [len(f["persons"]) for f in frames] == [GT_COUNTS["000000000785.jpg"], GT_COUNTS["000000196141.jpg"]]
+    # --strict: the first bad file stops the run; the JSON lines keep the frame done and the error says so
+    assert main(["run", str(folder), *args, "--strict"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "b.jpg" in err and "holds the 1 frame(s) done before the error" in err
+    assert len(out.read_text().splitlines()) == 1
+
+
+def test_cli_bad_input_is_one_line_and_leaves_no_output(models, tmp_path, capsys):
+    out = tmp_path / "out.jsonl"
+    args = ["--det", str(DETECTORS["rawhead"]), "--pose", str(models["pose"]), "--out", str(out)]
     assert main(["run", str(tmp_path / "missing.jpg"), *args]) == 1
-    assert main(["run", str(IMAGES / "000000000785.jpg"), *args, "--save", str(tmp_path / "x.gif")]) == 1
-    assert main(["run", str(IMAGES), *args, "--save", str(tmp_path / "one.jpg")]) == 1
-    assert main(["run", str(IMAGES / "000000000785.jpg"), *args, "--plot-3d", str(tmp_path / "p.png")]) == 1
+    assert main(["run", str(IMAGES / "000000000785.jpg"), *args, "--save", str(tmp_path / "x.gif")]) == 2
+    assert main(["run", str(IMAGES), *args, "--save", str(tmp_path / "one.jpg")]) == 2
+    assert main(["run", str(IMAGES / "000000000785.jpg"), *args, "--plot-3d", str(tmp_path / "p.png")]) == 2
     assert "RTMW3D" in capsys.readouterr().err
+    assert not out.exists()  # never a file under the requested name when the run could not start
     assert main(["run", str(IMAGES / "000000197388.jpg"), *args, "--max-persons", "2"]) == 0
-    assert "kept the 2 highest scores" in capsys.readouterr().out
+    assert "kept the 2 highest scores" in capsys.readouterr().err
 
 
 def test_cli_plot_3d(models, tmp_path):

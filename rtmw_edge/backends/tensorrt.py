@@ -35,7 +35,6 @@ from ..engines import (
     EngineError,
     EngineStatus,
     GpuInfo,
-    atomic_write_bytes,
     atomic_write_json,
     check_compatible,
     check_dla,
@@ -57,6 +56,7 @@ from ..engines import (
     select_build_path,
 )
 from ..errors import MissingDependencyError, RtmwEdgeError
+from ..outputs import atomic_write_bytes
 
 _JETSON_TRT = "sudo apt install python3-libnvinfer (JetPack 6 ships TensorRT 10.3)"
 _X86_TRT = "pip install tensorrt (the 'trt' extra of rtmw-edge; tensorrt-cu12/-cu13 wheels)"

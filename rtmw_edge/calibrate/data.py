@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,9 +34,10 @@ import cv2
 import numpy as np
 
 from .. import __version__
-from ..errors import RtmwEdgeError
+from ..errors import RtmwEdgeError, UsageError
 from ..hub import sha256_file
 from ..onnx_meta import read_metadata
+from ..outputs import atomic_output, atomic_write_text
 
 DATA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -80,6 +79,8 @@ def describe_model(path: str | Path) -> ModelInputs:
     from ..geometry import BBOX_PADDING
 
     path = Path(path)
+    if path.is_dir():
+        raise RtmwEdgeError(f"{path} is a folder: give the model's .onnx file")
     if not path.is_file():
         raise RtmwEdgeError(f"model file not found: {path}")
     if path.suffix.lower() != ".onnx":
@@ -127,9 +128,9 @@ class Source:
 
     def check(self) -> None:
         if self.video is not None and (self.images is not None or self.coco is not None):
-            raise RtmwEdgeError("give either --video FILE or --images DIR (with --coco ANN), not both")
+            raise UsageError("give either --video FILE or --images DIR (with --coco ANN), not both")
         if self.video is None and self.images is None:
-            raise RtmwEdgeError("no calibration input: give --images DIR, --coco ANN.json --images DIR or --video FILE")
+            raise UsageError("no calibration input: give --images DIR, --coco ANN.json --images DIR or --video FILE")
         for label, p, want_dir in (("--images", self.images, None), ("--coco", self.coco, False),
                                    ("--video", self.video, False), ("--eval-images", self.eval_images, True)):
             if p is None:
@@ -235,11 +236,11 @@ def split_units(source: Source, holdout: float, seed: int, num: int) -> tuple[li
             ev = [known.get(u.id, u) for u in ev]
         overlap = sorted({u.id for u in ev} & {u.id for u in units})
         if overlap and source.eval_images.resolve() == source.images.resolve():
-            raise RtmwEdgeError("--eval-images is the calibration folder: held-out images must be other images")
+            raise UsageError("--eval-images is the calibration folder: held-out images must be other images")
         ev_hashes = {_file_sha256(u.path) for u in ev}
         clash = [u.id for u in units if _file_sha256(u.path) in ev_hashes]
         if clash:
-            raise RtmwEdgeError(f"{len(clash)} held-out image(s) are also calibration images (e.g. {clash[0]}): "
+            raise UsageError(f"{len(clash)} held-out image(s) are also calibration images (e.g. {clash[0]}): "
                                 "the fidelity report must use other images")
         return units, ev[:DEFAULT_EVAL_UNITS * 4]
     n_hold = int(round(len(units) * holdout))
@@ -374,7 +375,7 @@ class CalibrationCache:
             return None
 
     def _write_manifest(self, manifest: dict) -> None:
-        _atomic_write_bytes(self.manifest_path, json.dumps(manifest, indent=1).encode())
+        atomic_write_text(self.manifest_path, json.dumps(manifest, indent=1))
 
     def shard_paths(self) -> list[Path]:
         m = self.manifest() or {}
@@ -414,28 +415,9 @@ class CalibrationCache:
         return np.concatenate(out) if out else np.zeros((0,), np.float32)
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Write through `write(file)` into a temporary file beside `path`, then rename: never a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    _atomic_write(path, lambda f: f.write(data))
-
-
 def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    _atomic_write(path, lambda f: np.save(f, array))
+    with atomic_output(path, "wb") as f:
+        np.save(f, array)
 
 
 # --------------------------------------------------------------------------- building

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import RtmwEdgeError
+from ..errors import RtmwEdgeError, UsageError
 from .ranges import RangeCollector
 
 MIN_OPSET = 13  # per-axis DequantizeLinear
@@ -141,7 +141,7 @@ def match_layers(layers: list[Layer], patterns: Iterable[str]) -> list[str]:
         glob = pattern if any(c in pattern for c in "*?[") else f"*{pattern}*"
         found = [n for n in names if fnmatch.fnmatchcase(n, glob)]
         if not found:
-            raise RtmwEdgeError(f"--exclude {pattern!r} matches no conv layer (e.g. {', '.join(names[:3])}, ...)")
+            raise UsageError(f"--exclude {pattern!r} matches no conv layer (e.g. {', '.join(names[:3])}, ...)")
         hits.extend(n for n in found if n not in hits)
     return [n for n in names if n in hits]
 

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from ..errors import RtmwEdgeError
-from ..results import AtomicWriter
+from ..outputs import atomic_output
 from .fidelity import LOW_THRESHOLD, SCORE_MARGIN, Target, detection_fidelity, keypoint_fidelity
 
 DETECTOR_VARIANTS = ("original", "flip", "crop-left", "crop-right", "scale0.6", "scale1.5")
@@ -171,9 +171,9 @@ def write_report(path: Path, result: dict) -> tuple[Path, Path]:
     if path.suffix.lower() == ".json":
         path = path.with_suffix(".md")
     json_path = path.with_suffix(".json")
-    with AtomicWriter(path) as f:
+    with atomic_output(path) as f:
         f.write(render_markdown(result))
-    with AtomicWriter(json_path) as f:
+    with atomic_output(json_path) as f:
         json.dump(result, f, indent=2, default=_jsonable)
     return path, json_path
 

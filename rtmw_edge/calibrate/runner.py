@@ -12,8 +12,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,9 +19,10 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
-from ..errors import RtmwEdgeError
+from ..errors import RtmwEdgeError, UsageError
 from ..hub import sha256_file
 from ..onnx_meta import METADATA_KEY, read_metadata, save_model_atomically, write_metadata
+from ..outputs import atomic_path, atomic_write_text, check_output
 from .data import (
     CalibrationCache,
     DataConfig,
@@ -183,7 +182,7 @@ def calibrate(opts: CalibrateOptions, progress: Progress | None = None,
     inputs = describe_model(model_path)
     if opts.det is not None:
         if inputs.task != "pose":
-            raise RtmwEdgeError("--det is for pose models (their crops come from its boxes); this is a detector")
+            raise UsageError("--det is for pose models (their crops come from its boxes); this is a detector")
         describe_det = describe_model(Path(opts.det))
         if describe_det.task != "detector":
             raise RtmwEdgeError(f"--det {opts.det}: not a person detector")
@@ -267,7 +266,7 @@ def calibrate(opts: CalibrateOptions, progress: Progress | None = None,
         "cache": str(cache.folder), "cache_status": status.action, "cache_reason": status.reason,
         "augment": opts.augment, "detector": Path(opts.det).name if opts.det else None,
     }
-    _write_model(qmodel, model_path, output, calib_info, quant_info)
+    _write_model(qmodel, model_path, output, calib_info, quant_info, inputs)
     say(f"INT8 model: {output} ({len(int8_layers)}/{len(layers)} convs, "
         f"{100 * quant_info['int8_mac_share']:.1f} % of conv MACs in INT8)")
 
@@ -290,18 +289,29 @@ def calibrate(opts: CalibrateOptions, progress: Progress | None = None,
 
 
 def _check_options(opts: CalibrateOptions, model_path: Path, output: Path) -> None:
+    """Option values and output paths, before any work (UsageError: the CLI exits 2)."""
     if opts.method not in METHODS:
-        raise RtmwEdgeError(f"--method must be one of {', '.join(METHODS)}, not {opts.method!r}")
+        raise UsageError(f"--method must be one of {', '.join(METHODS)}, not {opts.method!r}")
     if not 0.0 < opts.percentile <= 100.0:
-        raise RtmwEdgeError("--percentile must be in (0, 100]")
+        raise UsageError("--percentile must be in (0, 100]")
+    if opts.num < 1 or opts.val_num < 1:
+        raise UsageError("--num and --val-num must be at least 1")
+    if not 0.0 <= opts.holdout < 1.0:
+        raise UsageError("--holdout must be in [0, 1)")
+    if not 0.0 <= opts.det_threshold <= 1.0 or not 0.0 <= opts.min_int8_share <= 1.0:
+        raise UsageError("--det-threshold and --min-int8-share must be in [0, 1]")
+    if opts.threads is not None and opts.threads < 1:
+        raise UsageError(f"--threads must be at least 1, not {opts.threads}")
     if output.suffix.lower() != ".onnx":
-        raise RtmwEdgeError(f"-o must name an .onnx file, not {output.name}")
-    if output.resolve() == model_path.resolve():
-        raise RtmwEdgeError("-o must differ from the input model (the FP32 graph stays as it is)")
-    if not output.parent.exists():
-        raise RtmwEdgeError(f"output folder does not exist: {output.parent}")
-    if opts.val_num < 1:
-        raise RtmwEdgeError("--val-num must be at least 1")
+        raise UsageError(f"-o must name an .onnx file, not {output.name}")
+    src = opts.source
+    inputs = [model_path, opts.det, src.images, src.coco, src.video, src.eval_images]
+    check_output(output, option="-o", inputs=inputs)
+    if opts.report is not None:
+        md = Path(opts.report).with_suffix(".md")
+        check_output(md, option="--report", inputs=inputs, others=[output])
+        check_output(md.with_suffix(".json"), option="--report", inputs=inputs, others=[output])
+    check_output(opts.cache or default_cache(model_path), option="--cache", inputs=inputs, kind="dir")
     if opts.det is not None and not Path(opts.det).is_file():
         raise RtmwEdgeError(f"--det: detector file not found: {opts.det}")
 
@@ -318,16 +328,9 @@ def _statistics(fp32, tensors: list[str], cache: CalibrationCache, data_key: str
     advance = progress("activation statistics", len(cache))
     stats = collect_statistics(fp32, tensors, cache.batches(16), on_batch=advance, threads=opts.threads,
                                max_batch=max_batch)
-    fd, tmp = tempfile.mkstemp(prefix="statistics.", suffix=".npz", dir=cache.folder)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         stats.save(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    meta_path.write_text(json.dumps({"key": key}))
+    atomic_write_text(meta_path, json.dumps({"key": key}))
     return stats
 
 
@@ -362,7 +365,7 @@ def _auto_exclude(fp32, layers, candidates, user_float, full, amax, inputs: Mode
     if sens is None:
         advance = progress("per-layer sensitivity", len(candidates))
         sens = layer_sensitivity(switch, x, reference, judge, candidates, "error", on_layer=lambda: advance(1))
-        sens_path.write_text(json.dumps({"key": key, "sensitivity": sens}, indent=1))
+        atomic_write_text(sens_path, json.dumps({"key": key, "sensitivity": sens}, indent=1))
     order = sorted(candidates, key=lambda n: -sens[n])
     joins_for = {}
 
@@ -393,7 +396,8 @@ def _auto_exclude(fp32, layers, candidates, user_float, full, amax, inputs: Mode
     return [n for n in (layer.name for layer in layers) if n in set(chosen.float_layers)], rows, steps
 
 
-def _write_model(qmodel, model_path: Path, output: Path, calib_info: dict, quant_info: dict) -> None:
+def _write_model(qmodel, model_path: Path, output: Path, calib_info: dict, quant_info: dict,
+                 inputs: ModelInputs) -> None:
     """Project metadata kept with precision "int8" + calibration info; a foreign graph gets the calibration
     info under its own key (adding project metadata would change how the graph is recognised)."""
     import onnx
@@ -407,6 +411,8 @@ def _write_model(qmodel, model_path: Path, output: Path, calib_info: dict, quant
     info = {"calibration": calib_info, "quantization": {k: v for k, v in quant_info.items() if k != "float_layers"},
             "float_layers": quant_info["float_layers"], "source_model": model_path.name,
             "source_sha256": sha256_file(model_path)}
+    if inputs.task == "detector":  # how the source was recognised and fed: `check` runs both the same way
+        info["detector_signature"] = {"kind": inputs.detector_kind, "input_size": list(inputs.input_size)}
     meta = read_metadata(original)
     if meta is not None:
         meta = {k: v for k, v in meta.items() if k != "schema_version"}

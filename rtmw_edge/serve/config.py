@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import RtmwEdgeError
+from ..errors import UsageError
 from ..sources import mask_credentials
 
 if sys.version_info >= (3, 11):
@@ -55,10 +55,8 @@ CAMERA_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 BACKENDS = ("auto", "onnxruntime", "tensorrt")
 
 
-class ConfigError(RtmwEdgeError):
+class ConfigError(UsageError):
     """A configuration file or environment variable that cannot be used (one line; the CLI exits 2)."""
-
-    exit_code = 2
 
 
 # --------------------------------------------------------------------------- schema helpers

@@ -1,0 +1,268 @@
+"""Every CLI command × every class of bad input: the exit code, exactly one `error:` line on stderr, no
+traceback, no file left behind, and the inputs byte-identical afterwards (issue 13).
+
+Exit codes: 2 for usage errors found before any work (option values, output paths, unknown model names),
+1 for errors met while working (missing, empty, truncated or wrong files). A new command joins by adding
+rows to MATRIX; a class that cannot apply to a command (it reads no such file, writes no output) is listed
+in NOT_APPLICABLE with the reason, so the table stays complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from rtmw_edge.cli import main
+
+CLASSES = ("missing file", "empty file", "truncated file", "wrong kind of model", "directory instead of file",
+           "unwritable output", "output = input", "non-existent model name", "invalid option value")
+
+UNWRITABLE = "/proc/rtmw-edge-matrix/out"  # no one can create files under /proc, root included
+
+# (command, class) → (argv with {placeholders}, exit code, a piece of the error line)
+MATRIX: dict[tuple[str, str], tuple[list[str], int, str]] = {
+    # run SOURCE --det --pose --out
+    ("run", "missing file"): (["run", "{missing}.jpg", "--det", "{det}", "--pose", "{pose}", "--out", "{out}.jsonl"],
+                              1, "no such file"),
+    ("run", "empty file"): (["run", "{empty}.jpg", "--det", "{det}", "--pose", "{pose}", "--out", "{out}.jsonl"],
+                            1, "empty file"),
+    ("run", "truncated file"): (["run", "{truncated}.jpg", "--det", "{det}", "--pose", "{pose}"], 1, "truncated"),
+    ("run", "wrong kind of model"): (["run", "{img}", "--det", "{det}", "--pose", "{det}", "--out", "{out}.jsonl"],
+                                     1, "not a pose model"),
+    ("run", "directory instead of file"): (["run", "{img}", "--det", "{det}", "--pose", "{dir}"], 1, "is a folder"),
+    ("run", "unwritable output"): (["run", "{img}", "--det", "{det}", "--pose", "{pose}", "--out",
+                                    UNWRITABLE + ".jsonl"], 2, "cannot create files in /proc"),
+    ("run", "output = input"): (["run", "{img}", "--det", "{det}", "--pose", "{pose}", "--save", "{img}"], 2,
+                                "is an input of this command"),
+    ("run", "non-existent model name"): (["run", "{img}", "--det", "{det}", "--pose", "rtmw-q-256x192"], 2,
+                                         "rtmw-q-256x192"),
+    ("run", "invalid option value"): (["run", "{img}", "--det", "{det}", "--pose", "{pose}",
+                                       "--smooth-min-cutoff", "-1"], 2, "--smooth-min-cutoff must be > 0"),
+    # export NAME --checkpoint -o
+    ("export", "missing file"): (["export", "rtmpose-t-256x192", "--checkpoint", "{missing}.pth", "-o",
+                                  "{out}.onnx"], 1, "not found"),
+    ("export", "empty file"): (["export", "rtmpose-t-256x192", "--checkpoint", "{empty}.pth", "-o", "{out}.onnx"],
+                               1, "not a PyTorch checkpoint"),
+    ("export", "truncated file"): (["export", "rtmpose-t-256x192", "--checkpoint", "{truncated}.pth", "-o",
+                                    "{out}.onnx"], 1, "not a readable PyTorch checkpoint"),
+    ("export", "wrong kind of model"): (["export", "rtmpose-t-256x192", "--checkpoint", "{det_ckpt}", "-o",
+                                         "{out}.onnx"], 1, "does not fit rtmpose-t-256x192"),
+    ("export", "directory instead of file"): (["export", "rtmpose-t-256x192", "--checkpoint", "{dir}", "-o",
+                                               "{out}.onnx"], 1, "is a folder"),
+    ("export", "unwritable output"): (["export", "rtmpose-t-256x192", "--random-init", "-o", UNWRITABLE + ".onnx"],
+                                      2, "cannot create files in /proc"),
+    ("export", "output = input"): (["export", "rtmpose-t-256x192", "--checkpoint", "{pose_ckpt}", "-o",
+                                    "{pose_ckpt}"], 2, "is an input of this command"),
+    ("export", "non-existent model name"): (["export", "rtmw-q-256x192", "--random-init", "-o", "{out}.onnx"], 2,
+                                            "rtmw-q-256x192"),
+    ("export", "invalid option value"): (["export", "rtmpose-t-256x192", "--random-init", "--opset", "9", "-o",
+                                          "{out}.onnx"], 2, "opset 9 is too old"),
+    # check CANDIDATE --against --images --json
+    ("check", "missing file"): (["check", "{missing}.onnx", "--against", "{pose}", "--images", "{img}"], 1,
+                                "not found"),
+    ("check", "empty file"): (["check", "{empty}.onnx", "--against", "{pose}", "--images", "{img}"], 1,
+                              "not a readable ONNX"),
+    ("check", "truncated file"): (["check", "{truncated}.onnx", "--against", "{pose}", "--images", "{img}"], 1,
+                                  "not a readable ONNX"),
+    ("check", "wrong kind of model"): (["check", "{pose}", "--against", "{det}", "--images", "{img}"], 1,
+                                       "does not describe the same model"),
+    ("check", "directory instead of file"): (["check", "{dir}", "--against", "{pose}", "--images", "{img}"], 1,
+                                             "is a folder"),
+    ("check", "unwritable output"): (["check", "{pose}", "--against", "{pose}", "--images", "{img}", "--json",
+                                      UNWRITABLE + ".json"], 2, "cannot create files in /proc"),
+    ("check", "output = input"): (["check", "{pose}", "--against", "{pose}", "--images", "{img}", "--json",
+                                   "{pose}"], 2, "is an input of this command"),
+    ("check", "non-existent model name"): (["check", "{pose}", "--against", "rtmw-q-256x192", "--images", "{img}"],
+                                           2, "rtmw-q-256x192"),
+    ("check", "invalid option value"): (["check", "{pose}", "--against", "{pose}", "--images", "{img}",
+                                         "--max-samples", "0"], 2, "--max-samples must be at least 1"),
+    # eval --ann (--predictions | --pose --images --gt-boxes) --out
+    ("eval", "missing file"): (["eval", "--ann", "{missing}.json", "--predictions", "{preds}"], 1, "not found"),
+    ("eval", "empty file"): (["eval", "--ann", "{empty}.json", "--predictions", "{preds}"], 1, "not valid JSON"),
+    ("eval", "truncated file"): (["eval", "--ann", "{truncated}.json", "--predictions", "{preds}"], 1,
+                                 "not valid JSON"),
+    ("eval", "wrong kind of model"): (["eval", "--ann", "{ann}", "--images", "{images}", "--pose", "{det}",
+                                       "--gt-boxes"], 1, "not a pose model"),
+    ("eval", "directory instead of file"): (["eval", "--ann", "{dir}", "--predictions", "{preds}"], 1,
+                                            "is a folder"),
+    ("eval", "unwritable output"): (["eval", "--ann", "{ann}", "--predictions", "{preds}", "--out",
+                                     UNWRITABLE + ".json"], 2, "cannot create files in /proc"),
+    ("eval", "output = input"): (["eval", "--ann", "{ann}", "--predictions", "{preds}", "--out", "{preds}"], 2,
+                                 "is an input of this command"),
+    ("eval", "non-existent model name"): (["eval", "--ann", "{ann}", "--images", "{images}", "--pose",
+                                           "rtmw-q-256x192", "--gt-boxes"], 2, "rtmw-q-256x192"),
+    ("eval", "invalid option value"): (["eval", "--ann", "{ann}", "--predictions", "{preds}", "--gt-boxes"], 2,
+                                       "drop --gt-boxes"),
+    # bench --det --pose --ann --images --out
+    ("bench", "missing file"): (["bench", "--det", "{det}", "--pose", "{missing}.onnx", "--persons", "1",
+                                 "--frames", "1"], 1, "not found"),
+    ("bench", "empty file"): (["bench", "--det", "{det}", "--pose", "{empty}.onnx", "--persons", "1", "--frames",
+                               "1"], 1, "{empty}.onnx"),
+    ("bench", "truncated file"): (["bench", "--det", "{det}", "--pose", "{truncated}.onnx", "--persons", "1",
+                                   "--frames", "1"], 1, "{truncated}.onnx"),
+    ("bench", "wrong kind of model"): (["bench", "--det", "{pose}", "--pose", "{pose}", "--persons", "1",
+                                        "--frames", "1"], 1, "pose model"),
+    ("bench", "directory instead of file"): (["bench", "--det", "{det}", "--pose", "{dir}", "--persons", "1",
+                                              "--frames", "1"], 1, "is a folder"),
+    ("bench", "unwritable output"): (["bench", "--det", "{det}", "--pose", "{pose}", "--out",
+                                      UNWRITABLE + ".json"], 2, "cannot create files in /proc"),
+    ("bench", "output = input"): (["bench", "--det", "{det}", "--pose", "{pose}", "--out", "{pose}"], 2,
+                                  "is an input of this command"),
+    ("bench", "non-existent model name"): (["bench", "--det", "{det}", "--pose", "rtmw-q-256x192", "--persons",
+                                            "1", "--frames", "1"], 2, "rtmw-q-256x192"),
+    ("bench", "invalid option value"): (["bench", "--det", "{det}", "--pose", "{pose}", "--persons", "0"], 2,
+                                        "--persons values and --frames must be at least 1"),
+    # calibrate MODEL -o --images
+    ("calibrate", "missing file"): (["calibrate", "{missing}.onnx", "-o", "{out}.onnx", "--images", "{images}"], 1,
+                                    "not found"),
+    ("calibrate", "empty file"): (["calibrate", "{empty}.onnx", "-o", "{out}.onnx", "--images", "{images}"], 1,
+                                  "not a readable ONNX"),
+    ("calibrate", "truncated file"): (["calibrate", "{truncated}.onnx", "-o", "{out}.onnx", "--images", "{images}"],
+                                      1, "not a readable ONNX"),
+    ("calibrate", "wrong kind of model"): (["calibrate", "{relu}", "-o", "{out}.onnx", "--images", "{images}"], 1,
+                                           "neither a person detector nor a SimCC pose model"),
+    ("calibrate", "directory instead of file"): (["calibrate", "{dir}", "-o", "{out}.onnx", "--images",
+                                                  "{images}"], 1, "is a folder"),
+    ("calibrate", "unwritable output"): (["calibrate", "{det}", "-o", UNWRITABLE + ".onnx", "--images", "{images}"],
+                                         2, "cannot create files in /proc"),
+    ("calibrate", "output = input"): (["calibrate", "{det}", "-o", "{det}", "--images", "{images}"], 2,
+                                      "is an input of this command"),
+    ("calibrate", "invalid option value"): (["calibrate", "{det}", "-o", "{out}.onnx", "--images", "{images}",
+                                             "--method", "kl"], 2, "--method must be one of"),
+    # build ONNX -o
+    ("build", "missing file"): (["build", "{missing}.onnx", "-o", "{out}.engine"], 1, "not found"),
+    ("build", "empty file"): (["build", "{empty}.onnx", "-o", "{out}.engine"], 1, "not a readable ONNX"),
+    ("build", "truncated file"): (["build", "{truncated}.onnx", "-o", "{out}.engine"], 1, "not a readable ONNX"),
+    ("build", "directory instead of file"): (["build", "{dir}", "-o", "{out}.engine"], 1, "is a folder"),
+    ("build", "unwritable output"): (["build", "{pose}", "-o", UNWRITABLE + ".engine"], 2,
+                                     "cannot create files in /proc"),
+    ("build", "output = input"): (["build", "{pose}", "-o", "{pose}"], 2, "is an input of this command"),
+    ("build", "invalid option value"): (["build", "{pose}", "-o", "{out}.engine", "--batch", "8:1:32"], 2,
+                                        "needs 1 <= MIN <= OPT <= MAX"),
+    # models list | info | download
+    ("models list", "invalid option value"): (["models", "list", "--task", "segmentation"], 2,
+                                              "--task must be one of"),
+    ("models info", "non-existent model name"): (["models", "info", "rtmw-q-256x192"], 2, "rtmw-q-256x192"),
+    ("models download", "non-existent model name"): (["models", "download", "rtmw-q-256x192"], 2,
+                                                     "rtmw-q-256x192"),
+    ("models download", "directory instead of file"): (["models", "download", "rtmpose-t-256x192", "--dir",
+                                                        "{pose}"], 2, "is a file; give a folder"),
+    ("models download", "unwritable output"): (["models", "download", "rtmpose-t-256x192", "--dir", UNWRITABLE], 2,
+                                               "cannot create files in /proc"),
+    ("models download", "invalid option value"): (["models", "download", "rtmpose-t-256x192", "--sha256", "xyz"], 2,
+                                                  "invalid sha256"),
+    # selftest (writes a work folder; TensorRT is absent here, so every check must come before that)
+    ("selftest", "missing file"): (["selftest", "--images", "{missing}.jpg"], 1, "no such image file or folder"),
+    ("selftest", "unwritable output"): (["selftest", "--workdir", UNWRITABLE], 2, "cannot create files in /proc"),
+    ("selftest", "output = input"): (["selftest", "--workdir", "{images}", "--images", "{images}"], 2,
+                                     "is an input of this command"),
+    # any command: usage errors typer finds
+    ("run", "unknown option"): (["run", "{img}", "--no-such-option"], 2, "No such option"),
+}
+
+NOT_APPLICABLE = {
+    ("calibrate", "non-existent model name"): "calibrate takes ONNX files only",
+    ("build", "wrong kind of model"): "any ONNX graph can be built; the engine's use decides",
+    ("build", "non-existent model name"): "build takes ONNX files only",
+    ("models list", "*"): "reads and writes no file; --task is its only value",
+    ("models info", "*"): "reads and writes no file",
+    ("models download", "missing file"): "reads no local file",
+    ("models download", "empty file"): "reads no local file",
+    ("models download", "truncated file"): "reads no local file (a truncated download is resumed and hash-checked: "
+                                           "tests/test_hub.py)",
+    ("models download", "wrong kind of model"): "the name picks the file",
+    ("models download", "output = input"): "reads no local file",
+    ("doctor", "*"): "reports the machine, reads and writes no user file, always exits 0",
+}
+
+
+def test_the_table_covers_every_command_and_class():
+    from rtmw_edge.cli import app
+
+    commands = {c.name for c in app.registered_commands} | {f"models {c.name}" for g in app.registered_groups
+                                                            for c in g.typer_instance.registered_commands}
+    commands.discard("serve")  # the daemon's config validation has its own table (tests/test_serve_unit.py)
+    for command in commands:
+        for cls in CLASSES:
+            known = ((command, cls) in MATRIX or (command, cls) in NOT_APPLICABLE
+                     or (command, "*") in NOT_APPLICABLE or command == "selftest")
+            assert known, f"no row for {command} × {cls}: add one to MATRIX or NOT_APPLICABLE"
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, shared):
+    import onnx
+    import torch
+    from onnx import TensorProto, helper
+
+    from rtmw_edge.export import export_onnx
+    from rtmw_edge.models import create_model
+    from rtmw_edge.models.checkpoint import save_checkpoint
+
+    root = tmp_path_factory.mktemp("matrix")
+    images = root / "images"
+    images.mkdir()
+    for photo in (shared / "images").glob("0*.jpg"):  # the annotation's four photos
+        (images / photo.name).write_bytes(photo.read_bytes())
+    torch.manual_seed(0)
+    pose_ckpt = save_checkpoint(create_model("rtmpose-t-256x192"), root / "pose.pth")
+    pose = export_onnx("rtmpose-t-256x192", root / "pose.onnx", checkpoint=pose_ckpt, progress=False)
+    det_ckpt = save_checkpoint(create_model("rtmdet-nano-person"), root / "det.pth")
+    det = root / "det.onnx"
+    det.write_bytes((shared / "models" / "rtmdet-nano_person_320_rawhead.onnx").read_bytes())
+    ann = root / "ann.json"
+    ann.write_bytes((shared / "images" / "test_coco_wholebody.json").read_bytes())
+    preds = root / "preds.json"
+    preds.write_text("[]")
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "relu",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 8, 8])])
+    relu = root / "relu.onnx"
+    onnx.save(helper.make_model(graph), str(relu))
+    (root / "a_folder").mkdir()
+    real = {".jpg": shared / "images" / "000000000785.jpg", ".onnx": pose, ".pth": pose_ckpt, ".json": ann}
+    for suffix, source in real.items():
+        (root / f"empty{suffix}").write_bytes(b"")
+        data = source.read_bytes()
+        (root / f"truncated{suffix}").write_bytes(data[: len(data) // 2])
+    return {"root": root, "img": images / "000000000785.jpg", "images": images, "pose": pose, "det": det,
+            "pose_ckpt": pose_ckpt, "det_ckpt": det_ckpt, "ann": ann, "preds": preds, "relu": relu,
+            "dir": root / "a_folder", "missing": root / "missing", "empty": root / "empty",
+            "truncated": root / "truncated", "out": root / "out"}
+
+
+def _fill(text: str, files: dict) -> str:
+    for key, value in files.items():
+        text = text.replace("{" + key + "}", str(value))
+    return text
+
+
+def _tree(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): (_sha(p) if p.is_file() else "dir") for p in sorted(root.rglob("*"))}
+
+
+@pytest.mark.parametrize("command, cls", sorted(MATRIX), ids=lambda v: v.replace(" ", "-"))
+def test_bad_input(command, cls, files, capsys, monkeypatch, tmp_path):
+    argv, code, message = MATRIX[(command, cls)]
+    monkeypatch.chdir(tmp_path)  # default outputs (engines/, calibration/) would land here
+    monkeypatch.setenv("RTMW_EDGE_HOME", str(tmp_path / "home"))
+    before_inputs, before_cwd = _tree(files["root"]), _tree(tmp_path)
+    capsys.readouterr()
+    got = main([_fill(a, files) for a in argv])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error:")]
+    assert "Traceback" not in err, err
+    assert len(errors) == 1, lines
+    assert _fill(message, files) in errors[0], errors[0]
+    assert got == code, (got, errors[0])
+    assert _tree(files["root"]) == before_inputs  # inputs byte-identical, nothing new beside them
+    assert _tree(tmp_path) == before_cwd  # nothing left in the working folder either
+    assert not os.path.exists(UNWRITABLE)
