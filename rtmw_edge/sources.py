@@ -43,9 +43,9 @@ consumer as `RtmwEdgeError`. These sources are single-pass: when the iteration e
 (event + join with timeout) and the capture is released; `close()` and ``with`` do the same explicitly.
 For live sources (camera, stream) a full queue drops its *oldest* frame instead of blocking, so a slow
 consumer sees recent frames rather than an ever-growing delay (counted in `Source.dropped`; indices keep
-counting captured frames, so drops show as gaps); use ``prefetch=1`` for the lowest latency. A frame that
-cannot be decoded (a corrupt JPEG in an MJPEG stream, a damaged frame of a file) is skipped and counted in
-`Source.corrupt`; it does not end the file or stream.
+counting captured frames, so drops show as gaps); use ``prefetch=1`` for the lowest latency. In a stream, a
+frame the decoder cannot read (a corrupt JPEG in an MJPEG stream) is skipped and counted like a video's
+(``skipped``, ``on_skip``) when the next read delivers; it does not end the stream.
 
 Timestamps: video files use the position OpenCV reports (``CAP_PROP_POS_MSEC``), else index / fps, and
 are kept strictly increasing; live sources use ``time.monotonic()`` at capture, relative to the first
@@ -203,7 +203,6 @@ class Source(ABC):
         self.height: int | None = None
         self.skipped = 0  # unreadable images skipped with skip_bad=True
         self.dropped = 0  # live frames dropped because the consumer was slower than the source
-        self.corrupt = 0  # video/stream frames that could not be decoded and were skipped
         self._closed = False
 
     @property
@@ -326,7 +325,7 @@ class CaptureSource(Source):
             width, height = self._cap.get(cv2.CAP_PROP_FRAME_WIDTH), self._cap.get(cv2.CAP_PROP_FRAME_HEIGHT)
             if width > 0 and height > 0:
                 self.width, self.height = int(width), int(height)
-            first = self._next_image(self._cap)  # fail here, in open_source, when nothing can be read
+            first = self._read_image(self._cap)  # fail here, in open_source, when nothing can be read
             if first is None:
                 what = {"video": "video has no readable frames", "camera": "opened but delivered no frame"}
                 raise RtmwEdgeError(f"{description}: {what.get(kind, 'no frame received')}")
@@ -342,44 +341,37 @@ class CaptureSource(Source):
     def _read_image(self, cap: cv2.VideoCapture) -> np.ndarray | None:
         """The next frame as uint8 BGR, None at the end; an empty (0×0) or odd frame raises RtmwEdgeError.
 
-        In a video file, a frame that cannot be decoded before the container's frame count is reached is
-        corrupt, not the end: it is skipped and counted (``skipped``), and the next frame is read."""
+        OpenCV's read fails on a frame the decoder cannot read (a damaged frame of a file, a corrupt JPEG in
+        an MJPEG stream) and succeeds again on the next one. Such a frame is skipped and counted (``skipped``,
+        ``on_skip``), and the next one is read, as long as `_may_be_corrupt` says the failed read may not be
+        the end."""
         ok, image = cap.read()
-        run = 0
-        while (not ok or image is None) and self.kind == "video" and self.frame_count is not None \
-                and self._reads + 1 < self.frame_count and run < MAX_CORRUPT_RUN:
-            self._reads += 1
-            run += 1
-            self.skipped += 1
-            self.on_skip(f"{self.description}: skipped an unreadable frame (about frame {self._reads - 1})")
+        start, failed = time.monotonic(), 0
+        while (not ok or image is None) and self._may_be_corrupt(failed, start):
+            failed += 1
             ok, image = cap.read()
         if not ok or image is None:
             return None
-        self._reads += 1
+        for k in range(failed):  # the failed reads were unreadable frames, not the end
+            self.skipped += 1
+            where = f" (about frame {self._reads + k})" if self.kind == "video" else ""
+            self.on_skip(f"{self.description}: skipped an unreadable frame{where}")
+        self._reads += failed + 1
         try:
             return as_bgr_uint8(image)
         except RtmwEdgeError as exc:
             raise RtmwEdgeError(f"{self.description}: bad frame: {exc}") from None
 
-    def _next_image(self, cap: cv2.VideoCapture) -> np.ndarray | None:
-        """The next frame, skipping undecodable ones; None at the end.
-
-        OpenCV's read fails on a frame FFmpeg cannot decode (a corrupt JPEG in an MJPEG stream, a damaged
-        frame of a file) and succeeds again on the next one. So a failed read is retried: when a later read
-        (at most `_CORRUPT_RETRIES`, while they fail within `_CORRUPT_WINDOW_S`) delivers, the failures were
-        corrupt frames, skipped and counted in `corrupt`; otherwise it is the end of the file or stream.
-        """
-        start = time.monotonic()
-        image = self._read_image(cap)
-        failed = 0
-        while (image is None and failed < _CORRUPT_RETRIES and not self._stop.is_set()
-               and time.monotonic() - start < _CORRUPT_WINDOW_S):
-            failed += 1
-            image = self._read_image(cap)
-        if image is not None and failed:
-            self.corrupt += failed
-            log.debug("%s: skipped %d undecodable frame(s)", self.description, failed)
-        return image
+    def _may_be_corrupt(self, failed: int, start: float) -> bool:
+        """Whether to read on after FAILED reads in a row that started at START: in a video file with a frame
+        count, while that count is not reached (at most `MAX_CORRUPT_RUN` in a row); in a stream (or a file
+        without a frame count), for `_CORRUPT_RETRIES` reads that fail within `_CORRUPT_WINDOW_S` (a stream
+        that ended fails at once every time; a read that timed out is a lost stream, not a corrupt frame)."""
+        if self._stop.is_set():
+            return False
+        if self.kind == "video" and self.frame_count is not None:
+            return self._reads + failed + 1 < self.frame_count and failed < MAX_CORRUPT_RUN
+        return failed < _CORRUPT_RETRIES and time.monotonic() - start < _CORRUPT_WINDOW_S
 
     @staticmethod
     def _position_s(cap: cv2.VideoCapture) -> float | None:
@@ -434,11 +426,11 @@ class CaptureSource(Source):
                 if not self._put(Frame(image, index, timestamp, f"frame_{index:06d}"), may_drop=True):
                     return
                 index, in_pass = index + 1, in_pass + 1
-                image = self._next_image(cap)
+                image = self._read_image(cap)
                 if image is None and self.loop and not self._stop.is_set():
                     cap = self._restart(cap)
                     offset, prev, in_pass = offset + prev + period, -math.inf, 0
-                    image = self._next_image(cap)
+                    image = self._read_image(cap)
                 captured = time.monotonic()
                 pos = self._position_s(cap) if not self.live and image is not None else None
             self._put(_END, may_drop=False)
@@ -610,31 +602,33 @@ def open_source(spec: str | int | os.PathLike[str], *, prefetch: int = 4, loop: 
     loop: restart a video file (or cycle images) at the end; no effect on live sources.
     skip_bad: in a folder, report and skip unreadable images instead of raising.
     timeout: seconds for downloading an image URL.
-    on_skip: called with one line per skipped image or video frame (default: a logged warning).
+    on_skip: called with one line per skipped image or video/stream frame (default: a logged warning).
     """
     if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 1:
         raise RtmwEdgeError(f"prefetch must be an integer ≥ 1, got {prefetch!r}")
     if isinstance(spec, bool) or not isinstance(spec, (str, int, os.PathLike)):
         raise RtmwEdgeError(f"source must be a path, URL or camera index, got {type(spec).__name__}")
     if isinstance(spec, int):
-        return _camera(spec, prefetch)
+        return _camera(spec, prefetch, on_skip)
     spec = os.fspath(spec)
     text = spec.strip()
     if not text:
         raise RtmwEdgeError("empty source: give an image, folder, video, camera index or URL")
     if re.fullmatch(r"[0-9]+", text):
-        return _camera(int(text), prefetch)
+        return _camera(int(text), prefetch, on_skip)
 
     scheme = urllib.parse.urlsplit(text).scheme.lower() if "://" in text else ""
     if scheme in _STREAM_SCHEMES:
-        return CaptureSource("stream", mask_credentials(text), lambda: _open_stream(text), prefetch=prefetch)
+        return CaptureSource("stream", mask_credentials(text), lambda: _open_stream(text), prefetch=prefetch,
+                             on_skip=on_skip)
     if scheme in ("http", "https"):
         url_path = urllib.parse.unquote(urllib.parse.urlsplit(text).path)
         if url_path.lower().endswith(IMAGE_SUFFIXES):
             name = url_path.rsplit("/", 1)[-1]
             image = decode_image(_download(text, timeout), f"{mask_credentials(text)}")
             return ImageSource("url-image", mask_credentials(text), image=image, name=name, loop=loop)
-        return CaptureSource("stream", mask_credentials(text), lambda: _open_stream(text), prefetch=prefetch)
+        return CaptureSource("stream", mask_credentials(text), lambda: _open_stream(text), prefetch=prefetch,
+                             on_skip=on_skip)
     if scheme == "file":
         spec = urllib.request.url2pathname(urllib.parse.urlsplit(text).path)
 
@@ -652,11 +646,13 @@ def open_source(spec: str | int | os.PathLike[str], *, prefetch: int = 4, loop: 
     if scheme == "" and _is_gstreamer(text):
         first = text.split("!", 1)[0].split()[0] if text.split("!", 1)[0].split() else ""
         kind = "camera" if first in _GST_CAMERAS else "stream"
-        return CaptureSource(kind, "GStreamer pipeline", lambda: _open_gstreamer(text), prefetch=prefetch)
+        return CaptureSource(kind, "GStreamer pipeline", lambda: _open_gstreamer(text), prefetch=prefetch,
+                             on_skip=on_skip)
     raise RtmwEdgeError(f"no such file, folder, camera or URL: {spec}")
 
 
-def _camera(index: int, prefetch: int) -> CaptureSource:
+def _camera(index: int, prefetch: int, on_skip: Callable[[str], None] | None = None) -> CaptureSource:
     if index < 0:
         raise RtmwEdgeError(f"camera index must be ≥ 0, got {index}")
-    return CaptureSource("camera", f"camera {index}", lambda: _open_camera(index), prefetch=prefetch)
+    return CaptureSource("camera", f"camera {index}", lambda: _open_camera(index), prefetch=prefetch,
+                         on_skip=on_skip)

@@ -598,12 +598,13 @@ def _corrupt_copy(clip: Path, out: Path, frames: tuple[int, ...]) -> Path:
 def test_a_corrupt_video_frame_is_skipped_and_counted_not_the_end_of_the_file(tmp_path):
     clip = write_video(tmp_path / "ten.avi", (64, 48), fps=25, gray_frames=10)
     bad = _corrupt_copy(clip, tmp_path / "bad.avi", (3, 6))
-    with open_source(bad, prefetch=1) as source:
+    messages: list[str] = []
+    with open_source(bad, prefetch=1, on_skip=messages.append) as source:
         means = [round(float(f.image.mean())) for f in source]
-        corrupt = source.corrupt
+        corrupt = source.skipped
     with open_source(clip, prefetch=1) as source:
         expected = [round(float(f.image.mean())) for f in source]
-    assert corrupt == 2
+    assert corrupt == 2 and len(messages) == 2
     assert means == [m for i, m in enumerate(expected) if i not in (3, 6)], "every other frame, in order"
 
 

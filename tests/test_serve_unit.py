@@ -308,7 +308,7 @@ def test_reconnect_backoff_doubles_up_to_the_cap_and_survives_any_error():
     attempts: list[float] = []
     errors = [ValueError("driver crashed"), RtmwEdgeError("cannot open stream"), OSError("gone")]
 
-    def opener(spec, prefetch, loop):
+    def opener(spec, prefetch, loop, on_skip=None):
         attempts.append(time.monotonic())
         raise errors[len(attempts) % len(errors)]
 

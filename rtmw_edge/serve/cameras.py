@@ -11,8 +11,8 @@ error. On top of it the grabber:
   behaves like a camera), and caps any source at ``max_fps`` (frames above it: ``rate`` drops). With
   ``realtime = false`` a file is read only as fast as inference takes its frames: the grabber waits until
   the previous frame was taken, so the decoder (one frame ahead) never runs faster than inference;
-- counts frames the source could not decode and skipped (``corrupt``): a bad JPEG in an MJPEG stream is
-  one lost frame, not a reconnect;
+- counts frames the source could not decode and skipped (``corrupt``; `Source.skipped`): a bad JPEG in an
+  MJPEG stream is one lost frame, not a reconnect, and is logged at most once per 10 s per camera;
 - re-reads a file from the start when it ends and ``loop = true`` (it re-opens the path, so a file that was
   deleted or replaced is noticed at the end of a pass);
 - treats an open that fails, a read error, or the end of a live stream as a lost source: state ``down``,
@@ -38,6 +38,7 @@ import numpy as np
 from ..errors import RtmwEdgeError
 from ..sources import Source, mask_credentials, open_source
 from .config import CameraConfig
+from .logs import Throttle
 from .metrics import Metrics
 
 log = logging.getLogger("rtmw_edge.serve.cameras")
@@ -92,6 +93,7 @@ class Camera:
         self.last_capture: float | None = None  # monotonic
         self.next_attempt: float | None = None  # monotonic, while down
         self._resume_at = 0.0  # when the next pass of a looping file may deliver (keeps the pace across passes)
+        self._skips = Throttle(10.0)  # unreadable frames: one log line per 10 s
         metrics.add_camera(cfg.name)
 
     # -- consumer side (inference worker)
@@ -168,7 +170,7 @@ class Camera:
                     self.reconnects += 1
                     self.metrics.reconnects.labels(self.name).inc()
                 try:
-                    source = self._opener(self.cfg.source, prefetch=1, loop=False)
+                    source = self._opener(self.cfg.source, prefetch=1, loop=False, on_skip=self._skipped)
                 except Exception as exc:  # any failure to open is a lost source, never a crash
                     recovering = True
                     if not self._failed(exc):
@@ -203,6 +205,14 @@ class Camera:
             return 1.0 / cap if cap else 0.0
         own = source.fps or (VIDEO_FPS if source.kind == "video" else STILL_FPS)
         return 1.0 / min(own, cap) if cap else 1.0 / own
+
+    def _skipped(self, message: str) -> None:
+        """A frame the source could not decode (counted by `_pump` from `Source.skipped`)."""
+        report, count = self._skips.ready("skip")
+        if report:
+            log.warning("camera %s: %s%s", self.name, message,
+                        f" ({count} more since the last report)" if count else "",
+                        extra={"event": "frame_skipped", "camera": self.name, "repeats": count})
 
     def _wait_taken(self) -> bool:
         """Wait until inference took the previous frame (realtime = false); False when stopping."""
@@ -240,10 +250,10 @@ class Camera:
                     self.metrics.dropped.labels(self.name, "source").inc(source.dropped - dropped_seen)
                     self.seq += source.dropped - dropped_seen
                     dropped_seen = source.dropped
-                if source.corrupt > corrupt_seen:
-                    self.metrics.dropped.labels(self.name, "corrupt").inc(source.corrupt - corrupt_seen)
-                    self.seq += source.corrupt - corrupt_seen
-                    corrupt_seen = source.corrupt
+                if source.skipped > corrupt_seen:
+                    self.metrics.dropped.labels(self.name, "corrupt").inc(source.skipped - corrupt_seen)
+                    self.seq += source.skipped - corrupt_seen
+                    corrupt_seen = source.skipped
                 if by_consumer and not self._wait_taken():
                     return "stopped", None, delivered
                 self._deliver(frame.image)
