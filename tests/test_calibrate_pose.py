@@ -45,8 +45,11 @@ def calibrated(pose):
     out = root / "rtmw-m.int8.onnx"
     args = ["calibrate", str(pose), "--coco", str(ANN), "--images", str(IMAGES), "-o", str(out), "--num", "12",
             "--holdout", "0.25", "--seed", "1", "--cache", str(root / "cache"), "--report", str(root / "rep.md")]
-    assert main(args) == 0
-    return out, json.loads((root / "rep.json").read_text()), args
+    code = main(args)
+    rep = json.loads((root / "rep.json").read_text())
+    # random weights: the OKS target may or may not be met; the exit code must say which (0 met, 3 missed)
+    assert code == (0 if rep["target"]["met"] else 3)
+    return out, rep, args
 
 
 def test_pose_calibrates_from_coco_boxes(calibrated, pose):

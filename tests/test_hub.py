@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from rtmw_edge import hub
-from rtmw_edge.errors import DownloadError, RtmwEdgeError
+from rtmw_edge.errors import DownloadError, RtmwEdgeError, UsageError
 
 PAYLOAD = os.urandom(300 * 1024)
 PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()
@@ -298,7 +298,7 @@ def test_malformed_url(tmp_path: Path, url: str) -> None:
 
 
 def test_invalid_expected_hash(server: Server, tmp_path: Path) -> None:
-    with pytest.raises(DownloadError, match="invalid sha256"):
+    with pytest.raises(UsageError, match="invalid sha256"):  # found before any request: exit 2
         hub.download(server.url("w.pth"), tmp_path / "w.pth", sha256="abc", progress=False)
     assert server.state.requests == []
 
