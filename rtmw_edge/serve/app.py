@@ -26,7 +26,7 @@ from aiohttp.abc import AbstractAccessLogger
 from ..sources import mask_credentials
 from .config import ServerConfig
 from .connections import ConnectionGuard
-from .hub import METRICS_MAX_AGE_S, Hub, WsClient
+from .hub import METRICS_MIN_INTERVAL_S, Hub, WsClient
 from .metrics import Metrics
 
 log = logging.getLogger("rtmw_edge.serve.app")
@@ -229,9 +229,9 @@ async def readyz(request: web.Request) -> web.Response:
 async def metrics_handler(request: web.Request) -> web.Response:
     ctx = _ctx(request)
     ctx.readiness()  # refreshes the `ready` gauge
-    # rendered in a worker thread, at most every METRICS_MAX_AGE_S: scrapes in between share the result
-    body, content_type = await ctx.hub.offload.shared("metrics", ctx.metrics.exposition,
-                                                      max_age_s=METRICS_MAX_AGE_S)
+    # rendered in a worker thread, after this request arrived, at most every METRICS_MIN_INTERVAL_S:
+    # scrapes arriving before a rendering starts share it
+    body, content_type = await ctx.hub.offload.fresh("metrics", ctx.metrics.exposition, METRICS_MIN_INTERVAL_S)
     return web.Response(body=body, headers={"Content-Type": content_type})
 
 

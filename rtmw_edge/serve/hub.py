@@ -7,10 +7,11 @@ or whose send stalls for `send_timeout_s` (``timeout``) is disconnected with clo
 so it never slows the frame loop or the other clients.
 
 Nothing here does CPU work on the loop: JPEG encoding (preview) and the metrics exposition run in
-`Offload`'s threads, and requests for the same result share one computation: one JPEG per camera frame for
-every viewer; one metrics rendering for every scrape within `METRICS_MAX_AGE_S` (prometheus-client takes
-~20 ms of pure Python, holding the GIL, to render the daemon's ~500 series: fifty clients scraping in a
-loop would otherwise keep a thread rendering all the time and slow the event loop by contention).
+`Offload`'s threads, and requests share computations: one JPEG per camera frame for every viewer; one
+metrics rendering for all the scrapes that arrive before it starts, and at most one rendering every
+`METRICS_MIN_INTERVAL_S` (prometheus-client takes ~20 ms of pure Python, holding the GIL, to render the
+daemon's ~500 series: fifty clients scraping in a loop would otherwise keep a thread rendering all the time
+and slow the event loop by contention). A scrape never gets a rendering that started before it arrived.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ log = logging.getLogger("rtmw_edge.serve.app")
 
 CLOSE_TOO_SLOW = WSCloseCode.TRY_AGAIN_LATER  # 1013
 OFFLOAD_THREADS = 2
-METRICS_MAX_AGE_S = 0.5  # a /metrics answer is at most this old
+METRICS_MIN_INTERVAL_S = 0.5  # /metrics renders at most this often (a scrape waits for the next one)
 
 
 class Offload:
@@ -40,7 +41,8 @@ class Offload:
 
     def __init__(self, threads: int = OFFLOAD_THREADS) -> None:
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="rtmw-edge-offload")
-        self._flights: dict[object, list] = {}  # key -> [version, future, loop time it finished]
+        self._flights: dict[object, tuple[object, asyncio.Future]] = {}  # key -> (version, result)
+        self._fresh: dict[object, dict] = {}
 
     def run(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future:
         """fn(*args) in a pool thread; unlike run_in_executor, a result that arrives after the loop closed
@@ -67,20 +69,36 @@ class Offload:
         self._pool.submit(fn, *args).add_done_callback(hand_over)
         return future
 
-    async def shared(self, key: object, fn: Callable[..., Any], *args: Any, version: object = None,
-                     max_age_s: float = 0.0) -> Any:
-        """fn(*args) in a pool thread, its result shared: by every caller while it runs; by later callers asking
-        for the same `version` (a frame's JPEG); or, without a version, for `max_age_s` after it finished (the
-        metrics exposition)."""
-        loop = asyncio.get_running_loop()
+    async def shared(self, key: object, version: object, fn: Callable[..., Any], *args: Any) -> Any:
+        """fn(*args) in a pool thread, computed once per (key, version): every caller asking for the same
+        version (a camera frame's JPEG), while it runs or later, gets the same result."""
         flight = self._flights.get(key)
-        reuse = flight is not None and flight[0] == version and (
-            version is not None or not flight[1].done() or loop.time() - flight[2] <= max_age_s)
-        if not reuse:
-            future = self.run(fn, *args)
-            flight = self._flights[key] = [version, future, float("inf")]
-            future.add_done_callback(lambda _, f=flight: f.__setitem__(2, loop.time()))
+        if flight is None or flight[0] != version:
+            flight = self._flights[key] = (version, self.run(fn, *args))
         return await asyncio.shield(flight[1])
+
+    async def fresh(self, key: object, fn: Callable[..., Any], min_interval_s: float) -> Any:
+        """fn() in a pool thread, started after this call (the result is never older than the request), at
+        most once per `min_interval_s`: callers that arrive before the next computation starts share it."""
+        loop = asyncio.get_running_loop()
+        state = self._fresh.setdefault(key, {"pending": None, "last_start": -float("inf")})
+        if state["pending"] is None:
+            pending: asyncio.Future = loop.create_future()
+            state["pending"] = pending
+
+            def start() -> None:
+                state["pending"], state["last_start"] = None, loop.time()  # later callers wait for the next one
+                try:
+                    job = self.run(fn)
+                except RuntimeError:  # the pool was shut down: stopping
+                    pending.cancel()
+                    return
+                job.add_done_callback(lambda j: pending.cancel() if j.cancelled() else
+                                      pending.set_exception(j.exception()) if j.exception() is not None else
+                                      pending.set_result(j.result()))
+
+            loop.call_at(max(loop.time(), state["last_start"] + min_interval_s), start)
+        return await asyncio.shield(state["pending"])
 
     def forget(self, key: object) -> None:
         self._flights.pop(key, None)
@@ -256,7 +274,7 @@ class Hub:
 
     async def preview_jpeg(self, p: Processed) -> bytes:
         """The preview JPEG of frame P: encoded once, in a worker thread, for every viewer."""
-        return await self.offload.shared(("jpeg", p.camera), self._encode, p, version=p.seq)
+        return await self.offload.shared(("jpeg", p.camera), p.seq, self._encode, p)
 
     async def close(self, timeout: float) -> None:
         """Close every client (1001 going away), aborting those that do not answer within TIMEOUT."""
