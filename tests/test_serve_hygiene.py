@@ -694,3 +694,16 @@ def test_the_backend_is_reported_as_it_runs(tmp_path, clip):
     assert metric(samples, "rtmw_edge_build_info", backend="custom", backend_requested="auto", cameras="a",
                   det="rtmdet-nano-person", fallback="", pose="rtmw-m-256x192",
                   version=__import__("rtmw_edge").__version__) == 1
+
+
+def test_the_systemd_unit_raises_the_open_file_limit_and_reloads_with_sighup():
+    import configparser
+
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.optionxform = str
+    unit.read_string((ROOT / "scripts" / "rtmw-edge.service").read_text())
+    service = unit["Service"]
+    assert int(service["LimitNOFILE"]) >= 16384
+    assert auto_max_connections(int(service["LimitNOFILE"]), 100) == 4096, "the full automatic cap fits"
+    assert service["ExecReload"] == "/bin/kill -HUP $MAINPID"
+    assert service["Type"] == "notify" and service["KillSignal"] == "SIGTERM"
