@@ -43,7 +43,9 @@ consumer as `RtmwEdgeError`. These sources are single-pass: when the iteration e
 (event + join with timeout) and the capture is released; `close()` and ``with`` do the same explicitly.
 For live sources (camera, stream) a full queue drops its *oldest* frame instead of blocking, so a slow
 consumer sees recent frames rather than an ever-growing delay (counted in `Source.dropped`; indices keep
-counting captured frames, so drops show as gaps); use ``prefetch=1`` for the lowest latency.
+counting captured frames, so drops show as gaps); use ``prefetch=1`` for the lowest latency. In a stream, a
+frame the decoder cannot read (a corrupt JPEG in an MJPEG stream) is skipped and counted like a video's
+(``skipped``, ``on_skip``) when the next read delivers; it does not end the stream.
 
 Timestamps: video files use the position OpenCV reports (``CAP_PROP_POS_MSEC``), else index / fps, and
 are kept strictly increasing; live sources use ``time.monotonic()`` at capture, relative to the first
@@ -86,6 +88,7 @@ __all__ = [
     "ImageSource",
     "Source",
     "decode_image",
+    "mask_credentials",
     "open_source",
     "read_image",
 ]
@@ -100,6 +103,8 @@ _IMREAD_FLAGS = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR
 _STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps")
 _GST_CAMERAS = ("nvarguscamerasrc", "nvv4l2camerasrc", "v4l2src", "libcamerasrc", "autovideosrc")
 _JOIN_TIMEOUT_S = 1.0
+_CORRUPT_RETRIES = 3     # failed reads in a row that may still be corrupt frames rather than the end
+_CORRUPT_WINDOW_S = 1.0  # ... as long as they fail fast (a read that timed out is a lost stream)
 _POLL_S = 0.05
 _USER_AGENT = "rtmw-edge"
 MAX_CORRUPT_RUN = 100  # consecutive unreadable video frames before the file is taken as ended
@@ -336,24 +341,37 @@ class CaptureSource(Source):
     def _read_image(self, cap: cv2.VideoCapture) -> np.ndarray | None:
         """The next frame as uint8 BGR, None at the end; an empty (0×0) or odd frame raises RtmwEdgeError.
 
-        In a video file, a frame that cannot be decoded before the container's frame count is reached is
-        corrupt, not the end: it is skipped and counted (``skipped``), and the next frame is read."""
+        OpenCV's read fails on a frame the decoder cannot read (a damaged frame of a file, a corrupt JPEG in
+        an MJPEG stream) and succeeds again on the next one. Such a frame is skipped and counted (``skipped``,
+        ``on_skip``), and the next one is read, as long as `_may_be_corrupt` says the failed read may not be
+        the end."""
         ok, image = cap.read()
-        run = 0
-        while (not ok or image is None) and self.kind == "video" and self.frame_count is not None \
-                and self._reads + 1 < self.frame_count and run < MAX_CORRUPT_RUN:
-            self._reads += 1
-            run += 1
-            self.skipped += 1
-            self.on_skip(f"{self.description}: skipped an unreadable frame (about frame {self._reads - 1})")
+        start, failed = time.monotonic(), 0
+        while (not ok or image is None) and self._may_be_corrupt(failed, start):
+            failed += 1
             ok, image = cap.read()
         if not ok or image is None:
             return None
-        self._reads += 1
+        for k in range(failed):  # the failed reads were unreadable frames, not the end
+            self.skipped += 1
+            where = f" (about frame {self._reads + k})" if self.kind == "video" else ""
+            self.on_skip(f"{self.description}: skipped an unreadable frame{where}")
+        self._reads += failed + 1
         try:
             return as_bgr_uint8(image)
         except RtmwEdgeError as exc:
             raise RtmwEdgeError(f"{self.description}: bad frame: {exc}") from None
+
+    def _may_be_corrupt(self, failed: int, start: float) -> bool:
+        """Whether to read on after FAILED reads in a row that started at START: in a video file with a frame
+        count, while that count is not reached (at most `MAX_CORRUPT_RUN` in a row); in a stream (or a file
+        without a frame count), for `_CORRUPT_RETRIES` reads that fail within `_CORRUPT_WINDOW_S` (a stream
+        that ended fails at once every time; a read that timed out is a lost stream, not a corrupt frame)."""
+        if self._stop.is_set():
+            return False
+        if self.kind == "video" and self.frame_count is not None:
+            return self._reads + failed + 1 < self.frame_count and failed < MAX_CORRUPT_RUN
+        return failed < _CORRUPT_RETRIES and time.monotonic() - start < _CORRUPT_WINDOW_S
 
     @staticmethod
     def _position_s(cap: cv2.VideoCapture) -> float | None:
@@ -483,20 +501,26 @@ class CaptureSource(Source):
 
 
 # --------------------------------------------------------------------------- opening
-def _mask_url(url: str) -> str:
-    """The URL with any password replaced by ***, for messages and logs."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-    except ValueError:
-        return url
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if ":" in host:  # IPv6 literal
-        host = f"[{host}]"
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^\s/?#]*)@")
+_SECRET_PARAM = re.compile(r"(?P<key>\b(?:user-pw|password|passwd|pwd|token|access_token|api_key|apikey)=)"
+                           r"(?P<value>[^\s&;!\"']+)", re.IGNORECASE)
+
+
+def mask_credentials(text: str) -> str:
+    """TEXT with the secrets of every URL in it replaced by ***, for messages and logs.
+
+    ``scheme://user:password@host`` → ``scheme://user:***@host`` (the last ``@`` before the path ends the
+    user info, so a password containing ``@`` is masked whole); ``scheme://secret@host`` (a user part alone,
+    often a token) → ``scheme://***@host``; ``password=``, ``token=``, ``access_token=``, GStreamer's
+    ``user-pw=`` and similar parameters → ``key=***``. Works on whole URLs and on any text that contains them
+    (error messages, GStreamer pipelines).
+    """
+
+    def userinfo(m: re.Match) -> str:
+        user, colon, _ = m.group("userinfo").partition(":")
+        return f"{m.group('scheme')}{user}:***@" if colon else f"{m.group('scheme')}***@"
+
+    return _SECRET_PARAM.sub(lambda m: m.group("key") + "***", _USERINFO.sub(userinfo, text))
 
 
 def _open_camera(index: int) -> cv2.VideoCapture:
@@ -512,7 +536,7 @@ def _open_stream(url: str) -> cv2.VideoCapture:
     cap = cv2.VideoCapture(url, cv2.CAP_ANY, params)
     if not cap.isOpened():
         cap.release()
-        raise RtmwEdgeError(f"cannot open stream {_mask_url(url)} (unreachable, wrong address or unsupported)")
+        raise RtmwEdgeError(f"cannot open stream {mask_credentials(url)} (unreachable, wrong address or unsupported)")
     return cap
 
 
@@ -526,7 +550,8 @@ def _open_gstreamer(pipeline: str) -> cv2.VideoCapture:
     cap = cv2.VideoCapture(pipeline, cv2.CAP_GSTREAMER)
     if not cap.isOpened():
         cap.release()
-        raise RtmwEdgeError(f"cannot open GStreamer pipeline (check it with gst-launch-1.0): {pipeline}")
+        raise RtmwEdgeError("cannot open GStreamer pipeline (check it with gst-launch-1.0): "
+                            f"{mask_credentials(pipeline)}")
     return cap
 
 
@@ -542,7 +567,7 @@ def _open_video(path: Path) -> cv2.VideoCapture:
 
 
 def _download(url: str, timeout: float) -> bytes:
-    shown = _mask_url(url)
+    shown = mask_credentials(url)
     request = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as resp:  # scheme checked by the caller
@@ -577,31 +602,33 @@ def open_source(spec: str | int | os.PathLike[str], *, prefetch: int = 4, loop: 
     loop: restart a video file (or cycle images) at the end; no effect on live sources.
     skip_bad: in a folder, report and skip unreadable images instead of raising.
     timeout: seconds for downloading an image URL.
-    on_skip: called with one line per skipped image or video frame (default: a logged warning).
+    on_skip: called with one line per skipped image or video/stream frame (default: a logged warning).
     """
     if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 1:
         raise RtmwEdgeError(f"prefetch must be an integer ≥ 1, got {prefetch!r}")
     if isinstance(spec, bool) or not isinstance(spec, (str, int, os.PathLike)):
         raise RtmwEdgeError(f"source must be a path, URL or camera index, got {type(spec).__name__}")
     if isinstance(spec, int):
-        return _camera(spec, prefetch)
+        return _camera(spec, prefetch, on_skip)
     spec = os.fspath(spec)
     text = spec.strip()
     if not text:
         raise RtmwEdgeError("empty source: give an image, folder, video, camera index or URL")
     if re.fullmatch(r"[0-9]+", text):
-        return _camera(int(text), prefetch)
+        return _camera(int(text), prefetch, on_skip)
 
     scheme = urllib.parse.urlsplit(text).scheme.lower() if "://" in text else ""
     if scheme in _STREAM_SCHEMES:
-        return CaptureSource("stream", _mask_url(text), lambda: _open_stream(text), prefetch=prefetch)
+        return CaptureSource("stream", mask_credentials(text), lambda: _open_stream(text), prefetch=prefetch,
+                             on_skip=on_skip)
     if scheme in ("http", "https"):
         url_path = urllib.parse.unquote(urllib.parse.urlsplit(text).path)
         if url_path.lower().endswith(IMAGE_SUFFIXES):
             name = url_path.rsplit("/", 1)[-1]
-            image = decode_image(_download(text, timeout), f"{_mask_url(text)}")
-            return ImageSource("url-image", _mask_url(text), image=image, name=name, loop=loop)
-        return CaptureSource("stream", _mask_url(text), lambda: _open_stream(text), prefetch=prefetch)
+            image = decode_image(_download(text, timeout), f"{mask_credentials(text)}")
+            return ImageSource("url-image", mask_credentials(text), image=image, name=name, loop=loop)
+        return CaptureSource("stream", mask_credentials(text), lambda: _open_stream(text), prefetch=prefetch,
+                             on_skip=on_skip)
     if scheme == "file":
         spec = urllib.request.url2pathname(urllib.parse.urlsplit(text).path)
 
@@ -619,11 +646,13 @@ def open_source(spec: str | int | os.PathLike[str], *, prefetch: int = 4, loop: 
     if scheme == "" and _is_gstreamer(text):
         first = text.split("!", 1)[0].split()[0] if text.split("!", 1)[0].split() else ""
         kind = "camera" if first in _GST_CAMERAS else "stream"
-        return CaptureSource(kind, "GStreamer pipeline", lambda: _open_gstreamer(text), prefetch=prefetch)
+        return CaptureSource(kind, "GStreamer pipeline", lambda: _open_gstreamer(text), prefetch=prefetch,
+                             on_skip=on_skip)
     raise RtmwEdgeError(f"no such file, folder, camera or URL: {spec}")
 
 
-def _camera(index: int, prefetch: int) -> CaptureSource:
+def _camera(index: int, prefetch: int, on_skip: Callable[[str], None] | None = None) -> CaptureSource:
     if index < 0:
         raise RtmwEdgeError(f"camera index must be ≥ 0, got {index}")
-    return CaptureSource("camera", f"camera {index}", lambda: _open_camera(index), prefetch=prefetch)
+    return CaptureSource("camera", f"camera {index}", lambda: _open_camera(index), prefetch=prefetch,
+                         on_skip=on_skip)

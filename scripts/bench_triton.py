@@ -15,7 +15,7 @@ The server is `tritonserver` from the nvidia-pytriton wheel (`rtmw-edge triton s
 repository exported from the shared RTMDet-nano and a random-weight RTMW-m (speed does not depend on the
 weights). Run it on a quiet machine (the team's exclusive CPU lock):
 
-    flock -x /work/notes/cpu.lock python scripts/bench_triton.py [--clients 1,2,4] [--frames 10] [--out b.json]
+    python scripts/bench_triton.py [--clients 1,2,4] [--frames 10] [--out b.json]
 """
 
 from __future__ import annotations

@@ -246,7 +246,8 @@ def test_the_table_covers_every_command_and_class():
 
     commands = {c.name for c in app.registered_commands} | {f"{g.name} {c.name}" for g in app.registered_groups
                                                             for c in g.typer_instance.registered_commands}
-    commands.discard("serve")  # the daemon's config validation has its own table (tests/test_serve_unit.py)
+    commands.discard("serve")  # the daemon's config validation has its own tables (tests/test_serve_unit.py,
+    # tests/test_serve_hygiene.py: every numeric key's range)
     for command in commands:
         for cls in CLASSES:
             known = ((command, cls) in MATRIX or (command, cls) in NOT_APPLICABLE

@@ -402,6 +402,7 @@ def test_healthcheck_command_succeeds_only_on_a_healthy_answer(tmp_path):
         _Health.token = "s3cret-token"
         assert probe() != 0, "401 must fail the probe"
         assert probe(RTMW_EDGE_SERVER_TOKEN="s3cret-token") == 0
+        assert probe(RTMW_EDGE_TOKEN="s3cret-token") == 0, "the README's name for the token works too"
         token_file = tmp_path / "token"
         token_file.write_text("s3cret-token\n")
         assert probe(RTMW_EDGE_SERVER_TOKEN_FILE=str(token_file)) == 0
@@ -496,13 +497,20 @@ def test_image_and_compose_environment_is_a_valid_daemon_configuration():
     config = pytest.importorskip("rtmw_edge.serve.config")
     image_env = {k: v for k, v in final_stage("Dockerfile.jetson").vars.items() if k.startswith("RTMW_EDGE_")}
     env = {**image_env, **compose_environment(), "RTMW_EDGE_BUILD_ARGS": "--workspace 1GiB"}
+    # listening on 0.0.0.0, the daemon refuses to start without a token (compose passes an empty one when the
+    # host has no RTMW_EDGE_TOKEN), naming the variable to set
+    with pytest.raises(config.ConfigError, match="RTMW_EDGE_TOKEN"):
+        config.load_config(None, env=env)
     # the entrypoint's own variables are not daemon settings: they must not be rejected as unknown keys
-    settings = config.load_config(None, env=env)
+    settings = config.load_config(None, env={**env, "RTMW_EDGE_TOKEN": "a-long-enough-token"})
     assert settings.server.host == "0.0.0.0" and settings.server.port == daemon_default_port()
+    assert settings.server.token == "a-long-enough-token"
     assert [c.name for c in settings.cameras] == ["cam0", "cam1"]
     assert [c.source for c in settings.cameras] == ["0", "1"]
-    # the template copied into the image is valid with the image's environment
-    assert config.load_config(ROOT / "configs" / "daemon.toml", env=image_env).server.host == "0.0.0.0"
+    assert config.load_config(None, env={**env, "RTMW_EDGE_SERVER_INSECURE": "true"}).server.insecure
+    # the template copied into the image is valid with the image's environment and a token
+    templ = config.load_config(ROOT / "configs" / "daemon.toml", env={**image_env, "RTMW_EDGE_TOKEN": "x" * 16})
+    assert templ.server.host == "0.0.0.0"
 
 
 def test_compose_runs_the_jetson_image_with_two_cameras():

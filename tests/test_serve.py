@@ -66,7 +66,8 @@ def models(tmp_path_factory, shared) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def estimator(models):
-    return build_estimator(ModelConfig(det=str(models["det"]), pose=str(models["pose"]), threads=1, max_persons=2))
+    return build_estimator(ModelConfig(det=str(models["det"]), pose=str(models["pose"]), threads=1,
+                                       max_persons=2))[0]
 
 
 @pytest.fixture(scope="module")

@@ -154,13 +154,16 @@ def collect_ws(port: int, camera: str | None, count: int, timeout: float = 60.0,
 
 class FakeNetworkCamera:
     """A local HTTP MJPEG camera (multipart/x-mixed-replace, as IP cameras serve): `stop()` drops every
-    connection and refuses new ones until `start()` again on the same port."""
+    connection and refuses new ones until `start()` again on the same port. With `corrupt_every` = N, every
+    Nth part carries bytes that are no JPEG (a camera's damaged frame); `sent`/`corrupted` count the parts."""
 
-    def __init__(self, size: tuple[int, int] = (160, 120), fps: float = 10.0) -> None:
+    def __init__(self, size: tuple[int, int] = (160, 120), fps: float = 10.0, corrupt_every: int = 0) -> None:
         photo = sorted(IMAGES.glob("*.jpg"))[0]
         image = cv2.resize(cv2.imread(str(photo)), size)
         self.jpeg = cv2.imencode(".jpg", image)[1].tobytes()
         self.period = 1.0 / fps
+        self.corrupt_every = corrupt_every
+        self.sent = self.corrupted = 0
         self.port = free_port()
         self._server: socket.socket | None = None
         self._conns: list[socket.socket] = []
@@ -195,11 +198,15 @@ class FakeNetworkCamera:
             conn.settimeout(5)
             conn.recv(4096)
             conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: multipart/x-mixed-replace; boundary=frame\r\n\r\n")
-            part = (b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(self.jpeg)
-                    + self.jpeg + b"\r\n")
             end = time.monotonic() + 120  # bounded: a test never needs more
             while self._running.is_set() and time.monotonic() < end:
-                conn.sendall(part)
+                self.sent += 1
+                body = self.jpeg
+                if self.corrupt_every and self.sent % self.corrupt_every == 0:
+                    body = b"\x00not a jpeg\x00" * 40
+                    self.corrupted += 1
+                conn.sendall(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(body)
+                             + body + b"\r\n")
                 time.sleep(self.period)
         except OSError:
             pass

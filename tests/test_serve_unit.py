@@ -146,11 +146,11 @@ def test_serve_check_prints_the_effective_settings(tmp_path, capsys, monkeypatch
     assert shown["cameras"]["a"]["source"] == "0"
 
 
-def test_malformed_config_gives_one_error_line_and_exit_1(tmp_path):
+def test_malformed_config_gives_one_error_line_and_exit_2(tmp_path):
     path = _write(tmp_path, "[server]\nport = 8765\nhost = 127.0.0.1\n[cameras.a]\nsource = \"0\"\n")
     proc = subprocess.run([sys.executable, "-m", "rtmw_edge.cli", "serve", "--config", str(path)],
                           capture_output=True, text=True, timeout=60, cwd=ROOT)
-    assert proc.returncode == 1
+    assert proc.returncode == 2  # a configuration error is a usage error
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("error:") and "daemon.toml: invalid TOML" in lines[0] and "line 3" in lines[0]
@@ -158,12 +158,12 @@ def test_malformed_config_gives_one_error_line_and_exit_1(tmp_path):
 
 def test_cli_error_lines_keep_the_key_names(tmp_path, capsys):
     path = _write(tmp_path, "[server]\nport = \"x\"\n[cameras.a]\nsource = \"0\"\n")
-    assert main(["serve", "--config", str(path)]) == 1
+    assert main(["serve", "--config", str(path)]) == 2
     assert capsys.readouterr().err.strip().endswith("daemon.toml: server.port expected an integer, got 'x'")
 
 
 def test_missing_config_file_is_one_line(tmp_path, capsys):
-    assert main(["serve", "--config", str(tmp_path / "nope.toml")]) == 1
+    assert main(["serve", "--config", str(tmp_path / "nope.toml")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "configuration file not found" in err
 
@@ -308,7 +308,7 @@ def test_reconnect_backoff_doubles_up_to_the_cap_and_survives_any_error():
     attempts: list[float] = []
     errors = [ValueError("driver crashed"), RtmwEdgeError("cannot open stream"), OSError("gone")]
 
-    def opener(spec, prefetch, loop):
+    def opener(spec, prefetch, loop, on_skip=None):
         attempts.append(time.monotonic())
         raise errors[len(attempts) % len(errors)]
 

@@ -8,7 +8,11 @@ error. On top of it the grabber:
   replaced (counted as a ``stale`` drop). Memory per camera is bounded by a handful of frames whatever
   the speed of the camera and of inference;
 - paces non-live sources (video files, images) to their own frame rate when ``realtime`` (a file then
-  behaves like a camera), and caps any source at ``max_fps`` (frames above it: ``rate`` drops);
+  behaves like a camera), and caps any source at ``max_fps`` (frames above it: ``rate`` drops). With
+  ``realtime = false`` a file is read only as fast as inference takes its frames: the grabber waits until
+  the previous frame was taken, so the decoder (one frame ahead) never runs faster than inference;
+- counts frames the source could not decode and skipped (``corrupt``; `Source.skipped`): a bad JPEG in an
+  MJPEG stream is one lost frame, not a reconnect, and is logged at most once per 10 s per camera;
 - re-reads a file from the start when it ends and ``loop = true`` (it re-opens the path, so a file that was
   deleted or replaced is noticed at the end of a pass);
 - treats an open that fails, a read error, or the end of a live stream as a lost source: state ``down``,
@@ -32,8 +36,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import RtmwEdgeError
-from ..sources import Source, _mask_url, open_source
+from ..sources import Source, mask_credentials, open_source
 from .config import CameraConfig
+from .logs import Throttle
 from .metrics import Metrics
 
 log = logging.getLogger("rtmw_edge.serve.cameras")
@@ -53,7 +58,7 @@ class CapturedFrame:
 
 
 def _one_line(exc: BaseException) -> str:
-    text = (str(exc).strip().splitlines() or [""])[0]
+    text = mask_credentials((str(exc).strip().splitlines() or [""])[0])
     return text if isinstance(exc, RtmwEdgeError) else f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
@@ -67,12 +72,14 @@ class Camera:
         self.cfg = cfg
         self.name = cfg.name
         self.metrics = metrics
-        self.description = _mask_url(cfg.source)
+        self.description = mask_credentials(cfg.source)
         self.intrinsics = camera_from_options(cfg.focal or None, cfg.principal or None)  # RTMW3D only
         self._wake = wake
         self._opener = opener
         self._lock = threading.Lock()
+        self._taken = threading.Condition(self._lock)  # notified when inference takes the frame
         self._latest: CapturedFrame | None = None
+        self.pending_since: float | None = None  # monotonic: since when a frame has waited for inference
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.state = "connecting"
@@ -86,12 +93,15 @@ class Camera:
         self.last_capture: float | None = None  # monotonic
         self.next_attempt: float | None = None  # monotonic, while down
         self._resume_at = 0.0  # when the next pass of a looping file may deliver (keeps the pace across passes)
+        self._skips = Throttle(10.0)  # unreadable frames: one log line per 10 s
         metrics.add_camera(cfg.name)
 
     # -- consumer side (inference worker)
     def take(self) -> CapturedFrame | None:
         with self._lock:
             frame, self._latest = self._latest, None
+            self.pending_since = None
+            self._taken.notify_all()
         return frame
 
     def has_frame(self) -> bool:
@@ -107,6 +117,8 @@ class Camera:
         self._stop.set()
         with self._lock:
             self._latest = None
+            self.pending_since = None
+            self._taken.notify_all()
 
     def join(self, timeout: float) -> bool:
         if self._thread is not None:
@@ -158,7 +170,7 @@ class Camera:
                     self.reconnects += 1
                     self.metrics.reconnects.labels(self.name).inc()
                 try:
-                    source = self._opener(self.cfg.source, prefetch=1, loop=False)
+                    source = self._opener(self.cfg.source, prefetch=1, loop=False, on_skip=self._skipped)
                 except Exception as exc:  # any failure to open is a lost source, never a crash
                     recovering = True
                     if not self._failed(exc):
@@ -194,12 +206,28 @@ class Camera:
         own = source.fps or (VIDEO_FPS if source.kind == "video" else STILL_FPS)
         return 1.0 / min(own, cap) if cap else 1.0 / own
 
+    def _skipped(self, message: str) -> None:
+        """A frame the source could not decode (counted by `_pump` from `Source.skipped`)."""
+        report, count = self._skips.ready("skip")
+        if report:
+            log.warning("camera %s: %s%s", self.name, message,
+                        f" ({count} more since the last report)" if count else "",
+                        extra={"event": "frame_skipped", "camera": self.name, "repeats": count})
+
+    def _wait_taken(self) -> bool:
+        """Wait until inference took the previous frame (realtime = false); False when stopping."""
+        with self._taken:
+            while self._latest is not None and not self._stop.is_set():
+                self._taken.wait(0.5)
+        return not self._stop.is_set()
+
     def _pump(self, source: Source) -> tuple[str, BaseException | None, bool]:
         """Read SOURCE until it ends, fails or we stop: (outcome, error, delivered any frame)."""
         period = self._period(source)
         live = source.live
+        by_consumer = not live and not self.cfg.realtime
         next_due = time.monotonic() if live else max(self._resume_at, time.monotonic())
-        dropped_seen = 0
+        dropped_seen = corrupt_seen = 0
         delivered = False
         try:
             for frame in source:
@@ -222,6 +250,12 @@ class Camera:
                     self.metrics.dropped.labels(self.name, "source").inc(source.dropped - dropped_seen)
                     self.seq += source.dropped - dropped_seen
                     dropped_seen = source.dropped
+                if source.skipped > corrupt_seen:
+                    self.metrics.dropped.labels(self.name, "corrupt").inc(source.skipped - corrupt_seen)
+                    self.seq += source.skipped - corrupt_seen
+                    corrupt_seen = source.skipped
+                if by_consumer and not self._wait_taken():
+                    return "stopped", None, delivered
                 self._deliver(frame.image)
                 delivered = True
             return "end", None, delivered
@@ -249,6 +283,8 @@ class Camera:
         with self._lock:
             if self._latest is not None:
                 self.metrics.dropped.labels(self.name, "stale").inc()
+            elif self.pending_since is None:
+                self.pending_since = frame.mono
             self._latest = frame
             self.last_capture = frame.mono
         self._wake()

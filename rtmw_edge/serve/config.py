@@ -14,14 +14,23 @@ key's type: booleans accept 1/0, true/false, yes/no, on/off; an empty value rese
 Other ``RTMW_EDGE_*`` variables (``RTMW_EDGE_HOME``, ``RTMW_EDGE_CONFIG``) are not settings and are left
 alone, but an unknown key inside a known section is an error, so a typo never goes unnoticed.
 
-Every problem raises `ConfigError` with one line naming the file (or variable), the key and the fix.
+``RTMW_EDGE_TOKEN`` (the name the README and docker-compose use) is the same setting as
+``RTMW_EDGE_SERVER_TOKEN``; giving both with different values is an error.
+
+Every numeric key has a range (a value outside it, NaN or infinity is an error). Listening on an address
+other than loopback without a token is refused unless ``server.insecure`` (``rtmw-edge serve --insecure``).
+
+Every problem raises `ConfigError` with one line naming the file (or variable), the key and the fix; the
+CLI exits with code 2 (a usage error). Secret values (tokens, passwords) are never echoed in a message.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import ipaddress
 import json
+import math
 import os
 import re
 import sys
@@ -30,7 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import RtmwEdgeError
+from ..errors import RtmwEdgeError, UsageError
+from ..sources import mask_credentials
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -45,26 +55,25 @@ CAMERA_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 BACKENDS = ("auto", "onnxruntime", "tensorrt", "triton")
 
 
-class ConfigError(RtmwEdgeError):
-    """A configuration file or environment variable that cannot be used (one line)."""
+class ConfigError(UsageError):
+    """A configuration file or environment variable that cannot be used (one line; the CLI exits 2)."""
 
 
 # --------------------------------------------------------------------------- schema helpers
-def _setting(default: Any, kind: str, check: Callable[[Any], str | None] | None = None) -> Any:
-    """A dataclass field with its value kind (str, int, float, bool, float?) and a check returning an error."""
-    return field(default=default, metadata={"kind": kind, "check": check})
+def _setting(default: Any, kind: str, check: Callable[[Any], str | None] | None = None, *,
+             secret: bool = False) -> Any:
+    """A dataclass field with its value kind (str, int, float, bool, float?), a check returning an error, and
+    whether the value is a secret (never shown in messages or `--check`)."""
+    return field(default=default, metadata={"kind": kind, "check": check, "secret": secret})
 
 
 def _between(lo: float, hi: float) -> Callable[[Any], str | None]:
     return lambda v: None if lo <= v <= hi else f"must be between {lo:g} and {hi:g}"
 
 
-def _at_least(lo: float) -> Callable[[Any], str | None]:
-    return lambda v: None if v >= lo else f"must be at least {lo:g}"
-
-
-def _positive(v: float) -> str | None:
-    return None if v > 0 else "must be greater than 0"
+def _off_or_between(lo: float, hi: float) -> Callable[[Any], str | None]:
+    """0 (= off / automatic) or a value in [lo, hi]."""
+    return lambda v: None if v == 0 or lo <= v <= hi else f"must be 0 or between {lo:g} and {hi:g}"
 
 
 def _one_of(*choices: str) -> Callable[[Any], str | None]:
@@ -90,19 +99,29 @@ def _non_empty(v: str) -> str | None:
 class ServerConfig:
     host: str = _setting("127.0.0.1", "str", _non_empty)
     port: int = _setting(8765, "int", _between(0, 65535))
-    token: str = _setting("", "str")
+    token: str = _setting("", "str", secret=True)
     token_file: str = _setting("", "str")
+    # listening beyond loopback without a token is refused unless this is true (`serve --insecure`)
+    insecure: bool = _setting(False, "bool")
     health_without_token: bool = _setting(False, "bool")
     client_queue: int = _setting(8, "int", _between(1, 1000))
     max_clients: int = _setting(100, "int", _between(1, 10000))
-    send_timeout_s: float = _setting(2.0, "float", _positive)
-    heartbeat_s: float = _setting(20.0, "float", _at_least(0))
+    # TCP connections at once (0 = sized from the open-file limit, see connections.auto_max_connections)
+    max_connections: int = _setting(0, "int", _off_or_between(16, 1_000_000))
+    # a connection must deliver its first complete request head within this time
+    header_timeout_s: float = _setting(10.0, "float", _between(0.5, 300))
+    # an idle keep-alive HTTP connection is closed after this time (aiohttp's keepalive_timeout)
+    idle_timeout_s: float = _setting(60.0, "float", _between(1, 3600))
+    send_timeout_s: float = _setting(2.0, "float", _between(0.1, 60))
+    heartbeat_s: float = _setting(20.0, "float", _off_or_between(1, 3600))
     preview: bool = _setting(True, "bool")
-    preview_fps: float = _setting(10.0, "float", _positive)
+    preview_fps: float = _setting(10.0, "float", _between(0.1, 60))
     preview_quality: int = _setting(80, "int", _between(1, 100))
-    preview_width: int = _setting(0, "int", _at_least(0))
+    preview_width: int = _setting(0, "int", _off_or_between(16, 7680))
     ready_when: str = _setting("all", "str", _one_of("all", "any"))
-    stale_after_s: float = _setting(5.0, "float", _positive)
+    stale_after_s: float = _setting(5.0, "float", _between(0.1, 3600))
+    # /healthz fails when inference has not completed a frame for this long while frames wait
+    inference_stall_s: float = _setting(30.0, "float", _between(0.5, 3600))
     access_log: bool = _setting(False, "bool")
 
 
@@ -111,17 +130,17 @@ class ModelConfig:
     det: str = _setting("rtmdet-nano-person", "str", _non_empty)
     pose: str = _setting("rtmw-m-256x192", "str", _non_empty)
     backend: str = _setting("auto", "str", _one_of(*BACKENDS))
-    threads: int = _setting(0, "int", _at_least(0))
+    threads: int = _setting(0, "int", _between(0, 256))
     flip_test: bool = _setting(False, "bool")
-    max_persons: int = _setting(32, "int", _at_least(1))
+    max_persons: int = _setting(32, "int", _between(1, 1000))
     det_threshold: float = _setting(0.3, "float", _between(0, 1))
     kpt_threshold: float = _setting(0.3, "float", _between(0, 1))
-    det_interval: int = _setting(1, "int", _at_least(1))   # detector every N-th frame (skip-frame detection)
+    det_interval: int = _setting(1, "int", _between(1, 1000))   # detector every N-th frame (skip-frame detection)
     pose_spec: str = _setting("", "str")                   # settings of a foreign pose ONNX (a registered name)
     track: bool = _setting(False, "bool")
     smooth: bool = _setting(False, "bool")
-    smooth_min_cutoff: float | None = _setting(None, "float?", _positive)
-    smooth_beta: float | None = _setting(None, "float?", _at_least(0))
+    smooth_min_cutoff: float | None = _setting(None, "float?", _between(1e-4, 1000))
+    smooth_beta: float | None = _setting(None, "float?", _between(0, 1000))
     # backend "triton": the server's pipeline model runs det + pose (rtmw_edge/triton/client.py; docs/triton.md)
     triton_url: str = _setting("", "str")
     triton_model: str = _setting("rtmw_pipeline", "str", _non_empty)
@@ -141,7 +160,7 @@ class MqttConfig:
     status_topic: str = _setting("rtmw-edge/status", "str")
     client_id: str = _setting("", "str")
     username: str = _setting("", "str")
-    password: str = _setting("", "str")
+    password: str = _setting("", "str", secret=True)
     keepalive_s: int = _setting(30, "int", _between(5, 65535))
     tls: bool = _setting(False, "bool")
     ca_file: str = _setting("", "str")
@@ -160,9 +179,9 @@ class CameraConfig:
     source: str = _setting("", "str", _non_empty)
     loop: bool = _setting(False, "bool")
     realtime: bool = _setting(True, "bool")
-    max_fps: float = _setting(0.0, "float", _at_least(0))
-    reconnect_min_s: float = _setting(0.5, "float", _positive)
-    reconnect_max_s: float = _setting(30.0, "float", _positive)
+    max_fps: float = _setting(0.0, "float", _between(0, 1000))
+    reconnect_min_s: float = _setting(0.5, "float", _between(0.01, 3600))
+    reconnect_max_s: float = _setting(30.0, "float", _between(0.01, 3600))
     focal: str = _setting("", "str", _pair)
     principal: str = _setting("", "str", _pair)
 
@@ -183,15 +202,28 @@ class DaemonConfig:
         return next((c for c in self.cameras if c.name == name), None)
 
     def as_dict(self, mask_secrets: bool = True) -> dict:
-        """The effective settings (for `serve --check`); tokens and passwords shown as *** when set."""
+        """The effective settings (for `serve --check`). With `mask_secrets`, tokens and passwords are shown as
+        *** when set, and credentials inside camera sources (``rtsp://user:***@host``) are masked."""
         d = dataclasses.asdict(self)
         d["path"] = str(self.path) if self.path else None
         d["cameras"] = {c.pop("name"): c for c in d["cameras"]}
         if mask_secrets:
-            for section, key in (("server", "token"), ("mqtt", "password")):
-                if d[section][key]:
-                    d[section][key] = "***"
+            for section in SECTIONS:
+                for key, spec in _settings(SECTIONS[section]).items():
+                    if spec.metadata["secret"] and d[section][key]:
+                        d[section][key] = "***"
+            for cam in d["cameras"].values():
+                cam["source"] = mask_credentials(cam["source"])
+            d["model"]["triton_url"] = mask_credentials(d["model"]["triton_url"])
         return d
+
+    def secrets(self) -> list[str]:
+        """Every secret value of the configuration (token, MQTT password, passwords inside camera sources and the
+        Triton URL), for the log redaction that keeps them out of every line."""
+        values = [self.server.token, self.mqtt.password] + _url_passwords(self.model.triton_url)
+        for cam in self.cameras:
+            values += _url_passwords(cam.source)
+        return [v for v in values if v]
 
     def to_json(self) -> str:
         return json.dumps(self.as_dict(), indent=2)
@@ -202,9 +234,25 @@ def _settings(cls: type) -> dict[str, dataclasses.Field]:
     return {f.name: f for f in dataclasses.fields(cls) if "kind" in f.metadata}
 
 
+def _url_passwords(text: str) -> list[str]:
+    """The passwords (or lone user tokens) of the URLs inside TEXT: what `mask_credentials` hides."""
+    found = []
+    for m in re.finditer(r"\b[A-Za-z][A-Za-z0-9+.-]*://([^\s/?#]*)@", text):
+        user, colon, password = m.group(1).partition(":")
+        found.append(password if colon else user)
+    for m in re.finditer(r"\b(?:user-pw|password|passwd|pwd|token|access_token|api_key|apikey)=([^\s&;!\"']+)",
+                         text, re.IGNORECASE):
+        found.append(m.group(1))
+    return [v for v in found if len(v) >= 3]  # "a", "ab": too short to redact without mangling the log
+
+
 def _suggest(word: str, choices: list[str]) -> str:
     close = difflib.get_close_matches(word, choices, n=1)
     return f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(choices)})"
+
+
+def _finite(value: float) -> tuple[float | None, str | None]:
+    return (value, None) if math.isfinite(value) else (None, f"must be a finite number, got {value!r}")
 
 
 def _from_toml(value: Any, kind: str) -> tuple[Any, str | None]:
@@ -216,7 +264,7 @@ def _from_toml(value: Any, kind: str) -> tuple[Any, str | None]:
         return (value, None) if ok else (None, f"expected an integer, got {value!r}")
     if kind in ("float", "float?"):
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        return (float(value), None) if ok else (None, f"expected a number, got {value!r}")
+        return _finite(float(value)) if ok else (None, f"expected a number, got {value!r}")
     if isinstance(value, int) and not isinstance(value, bool) and kind == "str":
         return str(value), None  # source = 0 (a camera index) reads naturally without quotes
     return (value, None) if isinstance(value, str) else (None, f"expected a string, got {value!r}")
@@ -243,7 +291,7 @@ def _from_env(text: str, kind: str) -> tuple[Any, str | None]:
         if kind == "float?" and raw == "":
             return None, None
         try:
-            return float(raw), None
+            return _finite(float(raw))
         except ValueError:
             return None, f"expected a number, got {text!r}"
     return text, None
@@ -262,7 +310,9 @@ def _apply(obj: Any, key: str, value: Any, where: str, table: str, from_env: boo
     if error is None and parsed is not None and spec[key].metadata["check"] is not None:
         error = spec[key].metadata["check"](parsed)
     if error:
-        raise ConfigError(f"{where}: {table}.{key} {error}")
+        if spec[key].metadata["secret"]:  # never echo a secret: keep the message up to ", got ..."
+            error = error.split(", got ")[0]
+        raise ConfigError(f"{where}: {table}.{key} {mask_credentials(error)}")
     setattr(obj, key, parsed)
 
 
@@ -270,7 +320,13 @@ def _env_key(name: str) -> str:
     return re.sub(r"[^A-Z0-9]", "_", name.upper())
 
 
+TOKEN_ALIAS = ENV_PREFIX + "TOKEN"  # the README's and docker-compose's name for server.token
+
+
 def _apply_env(config: DaemonConfig, env: Mapping[str, str]) -> None:
+    alias, direct = env.get(TOKEN_ALIAS, "").strip(), env.get(ENV_PREFIX + "SERVER_TOKEN", "").strip()
+    if alias and direct and alias != direct:
+        raise ConfigError(f"{TOKEN_ALIAS} and {ENV_PREFIX}SERVER_TOKEN are both set, to different tokens: keep one")
     section_names = {s.upper(): s for s in SECTIONS}
     camera_keys = sorted((k.upper() for k in _settings(CameraConfig)), key=len, reverse=True)
     for var in sorted(env):
@@ -301,6 +357,8 @@ def _apply_env(config: DaemonConfig, env: Mapping[str, str]) -> None:
         if key not in _settings(type(obj)):
             raise ConfigError(f"{var}: unknown setting {section}.{key}{_suggest(key, list(_settings(type(obj))))}")
         _apply(obj, key, value, var, section, from_env=True)
+    if alias and not direct:  # after the loop: an empty RTMW_EDGE_SERVER_TOKEN (compose's default) is no token
+        _apply(config.server, "token", alias, TOKEN_ALIAS, "server", from_env=True)
 
 
 def _apply_file(config: DaemonConfig, data: dict, where: str) -> None:
@@ -368,6 +426,10 @@ def _validate(config: DaemonConfig, where: str) -> None:
         server.token = token
     if server.token and (len(server.token) < 8 or any(c.isspace() for c in server.token)):
         raise ConfigError(f"{where}: server.token must be at least 8 characters without spaces")
+    if not server.token and not server.insecure and not is_loopback(server.host):
+        raise ConfigError(f"{where}: server.host = {server.host!r} is reachable from the network and no token is set: "
+                          f"set a token (server.token, server.token_file or {TOKEN_ALIAS}), listen on 127.0.0.1, or "
+                          "accept anyone on the network with --insecure (RTMW_EDGE_SERVER_INSECURE=true)")
     if mqtt.enabled:
         if "{camera}" not in mqtt.topic:
             raise ConfigError(f"{where}: mqtt.topic must contain {{camera}} (one topic per camera), "
@@ -379,8 +441,23 @@ def _validate(config: DaemonConfig, where: str) -> None:
             raise ConfigError(f"{where}: mqtt.ca_file not found: {mqtt.ca_file}")
 
 
-def load_config(path: str | os.PathLike[str] | None, env: Mapping[str, str] | None = None) -> DaemonConfig:
-    """Read PATH (TOML; None: defaults only), apply the environment (default: os.environ), validate."""
+def is_loopback(host: str) -> bool:
+    """True when HOST only accepts connections from this machine (127.0.0.0/8, ::1, localhost)."""
+    name = host.strip().strip("[]").lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to a public interface
+
+
+def load_config(path: str | os.PathLike[str] | None, env: Mapping[str, str] | None = None, *,
+                insecure: bool = False) -> DaemonConfig:
+    """Read PATH (TOML; None: defaults only), apply the environment (default: os.environ), validate.
+
+    insecure: allow a non-loopback `server.host` without a token (`rtmw-edge serve --insecure`).
+    """
     config = DaemonConfig()
     where = "configuration"
     if path is not None and tomllib is None:  # pragma: no cover - Python 3.10 without the extra
@@ -408,6 +485,8 @@ def load_config(path: str | os.PathLike[str] | None, env: Mapping[str, str] | No
             raise ConfigError(f"{file}: invalid TOML: {first}") from None
         _apply_file(config, data, where)
     _apply_env(config, os.environ if env is None else env)
+    if insecure:
+        config.server.insecure = True
     _validate(config, where)
     return config
 

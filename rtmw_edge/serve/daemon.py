@@ -1,20 +1,28 @@
-"""The daemon's lifecycle: start, serve until SIGTERM/SIGINT, stop within 2 s.
+"""The daemon's lifecycle: start, serve until SIGTERM/SIGINT, reload on SIGHUP, stop within 2 s.
 
-Start: listen (so /healthz answers while the engines load), build the `PoseEstimator` (engines loaded
-once, shared by every camera), connect MQTT, start the inference worker and one grabber per camera, then
-tell systemd ``READY=1``. While running, ``WATCHDOG=1`` goes to systemd only while the inference thread
-is alive and not stuck, and ``STATUS=`` shows cameras up and FPS.
+Start: listen (so /healthz answers while the engines load) behind the connection guard
+(`connections.py`), build the `PoseEstimator` (engines loaded once, shared by every camera; the backend
+actually in use, and why a fallback happened, is logged and reported), connect MQTT, start the inference
+worker and one grabber per camera, then tell systemd ``READY=1``. While running, ``WATCHDOG=1`` goes to
+systemd only while the inference thread is alive and not stalled, ``STATUS=`` shows cameras up and FPS,
+and a timer measures how late the event loop runs (``event_loop_lag_seconds``).
 
-Stop (SIGTERM or SIGINT; a budget of `STOP_BUDGET_S`): ``STOPPING=1``; grabbers stop (no new frames);
-the frame in flight finishes and is published (WebSocket, MQTT); clients get close code 1001; MQTT says
-``offline``; the listener closes; the process exits 0 (``os._exit`` right after the stop, so neither the
-interpreter's teardown nor a thread that could not be stopped in time, such as a read blocked inside a
-network camera's backend, delays the exit).
+Reload (SIGHUP): the configuration file is read again. Cameras added, removed or changed are applied
+without touching the others (their clients stay connected); the token and the log level are applied;
+any other changed key is logged as needing a restart. An invalid file is logged and the running
+configuration kept. The daemon never exits on SIGHUP.
+
+Stop (SIGTERM or SIGINT; a budget of `STOP_BUDGET_S`): ``STOPPING=1``; the listener closes and connections
+without a request in progress are closed; grabbers stop (no new frames); the frame in flight finishes and
+is published (WebSocket, MQTT); clients get close code 1001; MQTT says ``offline``; the process exits 0
+(``os._exit`` right after the stop, so neither the interpreter's teardown nor a thread that could not be
+stopped in time, such as a read blocked inside a network camera's backend, delays the exit).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
@@ -28,10 +36,12 @@ from aiohttp import web
 
 from .. import __version__
 from ..errors import RtmwEdgeError
-from ..sources import open_source
-from .app import Hub, make_app
+from ..sources import mask_credentials, open_source
+from .app import AccessLogger, WebContext, make_app
 from .cameras import Camera
-from .config import DaemonConfig, ModelConfig
+from .config import DaemonConfig, ModelConfig, is_loopback
+from .connections import ConnectionGuard, GuardedSite, LoopErrorReporter, auto_max_connections
+from .hub import Hub
 from .metrics import Metrics
 from .mqtt import MqttPublisher
 from .systemd import Notifier
@@ -40,18 +50,20 @@ from .worker import InferenceWorker, Processed
 log = logging.getLogger("rtmw_edge.serve")
 
 STOP_BUDGET_S = 1.7      # leaves room for the interpreter to exit within 2 s of the signal
-STUCK_AFTER_S = 30.0     # an inference call longer than this makes /healthz fail (and stops the watchdog)
 STATUS_EVERY_S = 10.0
+LAG_INTERVAL_S = 0.05    # the loop-lag timer
+# [server] / [model] / [mqtt] keys a SIGHUP applies at once; a change of any other needs a restart
+RELOADABLE = {("server", "token"), ("server", "token_file")}
 
 
 def build_estimator(m: ModelConfig):
-    """The shared `PoseEstimator` (tracking is per camera, in the worker).
+    """The shared `PoseEstimator` (tracking is per camera, in the worker) and the fallback reason (None when
+    the configured backend started).
 
     When the configured backend cannot start (no TensorRT, an engine built for another GPU or TensorRT
     version, a missing engine), fall back to ONNX Runtime on `fallback_det` / `fallback_pose`, or else on
     the ONNX files the engines were built from (their manifests name them), and say so in the log.
     """
-    from ..errors import RtmwEdgeError
     from ..pipeline import PoseEstimator
 
     options = dict(flip_test=m.flip_test, max_persons=m.max_persons, det_threshold=m.det_threshold,
@@ -60,16 +72,41 @@ def build_estimator(m: ModelConfig):
         from ..triton.client import TritonPoseEstimator
 
         return TritonPoseEstimator(m.triton_url, model=m.triton_model, flip_test=m.flip_test,
-                                   max_persons=m.max_persons, det_threshold=m.det_threshold)
+                                   max_persons=m.max_persons, det_threshold=m.det_threshold), None
     try:
-        return PoseEstimator(m.det, m.pose, backend=m.backend, **options)
+        return PoseEstimator(m.det, m.pose, backend=m.backend, **options), None
     except RtmwEdgeError as exc:
         det, pose = _onnx_fallback(m.det, m.fallback_det), _onnx_fallback(m.pose, m.fallback_pose)
         if m.backend == "onnxruntime" or det is None or pose is None:
             raise
+        reason = mask_credentials((str(exc).strip().splitlines() or [type(exc).__name__])[0])
         log.warning("backend %s unavailable (%s): falling back to ONNX Runtime with %s and %s",
-                    m.backend, exc, det, pose)
-        return PoseEstimator(det, pose, backend="onnxruntime", **options)
+                    m.backend, reason, det, pose, extra={"event": "backend_fallback", "requested": m.backend,
+                                                         "reason": reason})
+        return PoseEstimator(det, pose, backend="onnxruntime", **options), reason
+
+
+def _engine_backend(engine: object) -> str:
+    """The backend of an engine object, from the module that defines its class (backends/<name>.py)."""
+    return type(engine).__module__.rsplit(".", 1)[-1].replace("_", "-")
+
+
+def active_backends(estimator: object) -> dict[str, str]:
+    """The backends actually running the detector and the pose model of ESTIMATOR ({"det": ..., "pose": ...});
+    "triton" for the Triton client (the server runs both); "custom" for an estimator that is not a
+    `PoseEstimator` (tests, embedding code)."""
+    if type(estimator).__module__.endswith("triton.client"):
+        return {"det": "triton", "pose": "triton"}
+    det, pose = getattr(estimator, "detector", None), getattr(estimator, "pose", None)
+    if det is None or not hasattr(pose, "engine"):
+        return {"det": "custom", "pose": "custom"}
+    # an OnnxDetector runs its own ONNX Runtime session; an EngineDetector wraps an engine
+    det_backend = _engine_backend(det.engine) if hasattr(det, "engine") else "onnxruntime"
+    return {"det": det_backend, "pose": _engine_backend(pose.engine)}
+
+
+def backend_summary(backends: dict[str, str]) -> str:
+    return backends["det"] if backends["det"] == backends["pose"] else f"det {backends['det']}, pose {backends['pose']}"
 
 
 def _onnx_fallback(model: str, configured: str) -> str | None:
@@ -89,6 +126,12 @@ def _onnx_fallback(model: str, configured: str) -> str | None:
         return None
     onnx = (manifest or {}).get("onnx", {}).get("path")
     return onnx if onnx and Path(onnx).is_file() else None
+
+
+def _start_after(old: Camera, new: Camera, timeout: float = 2.0) -> None:
+    """Start NEW once OLD's grabber thread ended (at most TIMEOUT later), without waiting here."""
+    threading.Thread(target=lambda: (old.join(timeout), new.start()), name=f"rtmw-edge-restart-{new.name}",
+                     daemon=True).start()
 
 
 def _in_thread(fn: Callable[[], Any], name: str) -> asyncio.Future:
@@ -123,32 +166,55 @@ class Daemon:
     tests and embedding code call `await start()` / `await stop()` on their own event loop.
 
     estimator: an already built estimator to share (default: built from ``config.model`` on start);
-    opener: how camera sources are opened (default `rtmw_edge.sources.open_source`).
+    opener: how camera sources are opened (default `rtmw_edge.sources.open_source`);
+    reloader: reads the configuration again (SIGHUP); None: SIGHUP is logged and ignored;
+    on_secrets: told the secrets of a reloaded configuration (the log redaction).
     """
 
     def __init__(self, config: DaemonConfig, *, estimator=None, opener=open_source,
-                 notifier: Notifier | None = None) -> None:
+                 notifier: Notifier | None = None, reloader: Callable[[], DaemonConfig] | None = None,
+                 on_secrets: Callable[[list[str]], None] | None = None) -> None:
         self.config = config
         self.metrics = Metrics()
-        m = config.model
-        self.metrics.info.info({"version": __version__, "det": m.det, "pose": m.pose, "backend": m.backend,
-                                "cameras": ",".join(c.name for c in config.cameras)})
         self.estimator = estimator
+        self.fallback_reason: str | None = None
+        self.backends: dict[str, str] | None = None
+        self._set_build_info()
         self.engines_loaded = False
+        self._opener = opener
         self.cameras = [Camera(c, self.metrics, self._wake, opener=opener) for c in config.cameras]
         self.mqtt = MqttPublisher(config.mqtt, self.metrics) if config.mqtt.enabled else None
         self.notifier = notifier or Notifier()
+        self.reloader = reloader
+        self.on_secrets = on_secrets
         self.worker: InferenceWorker | None = None
         self.hub: Hub | None = None
+        self.guard: ConnectionGuard | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.port: int | None = None
         self.started_at = time.monotonic()
         self._runner: web.AppRunner | None = None
+        self._site: GuardedSite | None = None
         self._tasks: list[asyncio.Task] = []
         self._pending: dict[str, Processed] = {}
         self._pending_lock = threading.Lock()
         self._flush_scheduled = False
+        self._reloading = False
         self.stopping = False
+
+    def _set_build_info(self) -> None:
+        m = self.config.model
+        backends = self.backends
+        self.metrics.info.info({
+            "version": __version__, "det": mask_credentials(m.det), "pose": mask_credentials(m.pose),
+            "backend": backend_summary(backends) if backends else "loading", "backend_requested": m.backend,
+            "fallback": self.fallback_reason or "", "cameras": ",".join(c.name for c in self.config.cameras)})
+
+    def backend_report(self) -> dict:
+        """What /readyz and the start-up line say about the backend."""
+        return {"requested": self.config.model.backend, "active": backend_summary(self.backends) if self.backends
+                else None, **({"det": self.backends["det"], "pose": self.backends["pose"]} if self.backends else {}),
+                "fallback_reason": self.fallback_reason}
 
     # -- frames from the worker thread to the loop (coalesced per camera: never an unbounded backlog)
     def _wake(self) -> None:
@@ -184,17 +250,19 @@ class Daemon:
 
     # -- health
     def health(self) -> tuple[bool, dict]:
+        """Liveness: fails once the inference thread died, or stalled (an inference call, or a waiting frame,
+        older than ``server.inference_stall_s``)."""
         uptime = round(time.monotonic() - self.started_at, 1)
         if self.stopping:
             return False, {"status": "stopping", "uptime_s": uptime}
         if self.worker is None:
             return True, {"status": "starting", "uptime_s": uptime}
-        busy = self.worker.busy_since
-        stuck = busy is not None and time.monotonic() - busy > STUCK_AFTER_S
-        alive = self.worker.alive()
-        ok = alive and not stuck
-        status = "ok" if ok else ("inference stuck" if stuck else "inference thread died")
-        return ok, {"status": status, "uptime_s": uptime}
+        if not self.worker.alive():
+            return False, {"status": "inference thread died", "uptime_s": uptime}
+        stalled = self.worker.stalled(self.config.server.inference_stall_s)
+        if stalled is not None:
+            return False, {"status": "inference stalled", "detail": stalled, "uptime_s": uptime}
+        return True, {"status": "ok", "uptime_s": uptime}
 
     def readiness(self) -> tuple[bool, dict]:
         server = self.config.server
@@ -205,34 +273,56 @@ class Daemon:
         live, _ = self.health()
         ready = bool(self.engines_loaded and live and not self.stopping and self.worker is not None and cams_ok)
         self.metrics.ready.set(1 if ready else 0)
-        return ready, {"ready": ready, "engines_loaded": self.engines_loaded, "ready_when": server.ready_when,
-                       "cameras": cams}
+        return ready, {"ready": ready, "engines_loaded": self.engines_loaded, "backend": self.backend_report(),
+                       "ready_when": server.ready_when, "cameras": cams}
 
     # -- lifecycle
     async def start(self) -> None:
         cfg = self.config
         self.loop = asyncio.get_running_loop()
+        self.loop.set_exception_handler(LoopErrorReporter())
         self.hub = Hub([c.name for c in self.cameras], self.metrics, cfg.server, cfg.model.kpt_threshold)
         self.hub.on_publish = self._published
+        max_connections = cfg.server.max_connections or auto_max_connections()
+        self.guard = ConnectionGuard(self.metrics, max_connections, cfg.server.header_timeout_s)
+        context = WebContext(self.hub, self.metrics, cfg.server, self.guard, self.health, self.readiness)
         access = logging.getLogger("aiohttp.access") if cfg.server.access_log else None
-        self._runner = web.AppRunner(make_app(self), access_log=access, handle_signals=False,
-                                     shutdown_timeout=0.25)
+        self._runner = web.AppRunner(make_app(context), access_log=access, access_log_class=AccessLogger,
+                                     handle_signals=False, shutdown_timeout=0.25,
+                                     keepalive_timeout=cfg.server.idle_timeout_s)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, cfg.server.host, cfg.server.port)
+        self._site = GuardedSite(self._runner, cfg.server.host, cfg.server.port, self.guard)
         try:
-            await site.start()
+            await self._site.start()
         except OSError as exc:
             reason = os.strerror(exc.errno) if exc.errno else str(exc)
             raise RtmwEdgeError(f"cannot listen on {cfg.server.host}:{cfg.server.port}: {reason}") from None
-        self.port = int(self._runner.addresses[0][1])
-        log.info("listening on http://%s:%d (%d camera(s))", cfg.server.host, self.port, len(self.cameras),
+        self.guard.start()
+        self._tasks.append(asyncio.ensure_future(self._watch_loop_lag()))
+        self.port = self._site.port
+        log.info("listening on http://%s:%d (%d camera(s), at most %d connections)", cfg.server.host, self.port,
+                 len(self.cameras), max_connections,
                  extra={"event": "listening", "host": cfg.server.host, "port": self.port,
-                        "token": bool(cfg.server.token)})
+                        "token": bool(cfg.server.token), "max_connections": max_connections})
+        if not cfg.server.token and not is_loopback(cfg.server.host):
+            log.warning("INSECURE: listening on %s without a token (--insecure): anyone who can reach this port "
+                        "can watch every camera's poses and previews; set server.token or RTMW_EDGE_TOKEN",
+                        cfg.server.host, extra={"event": "insecure", "host": cfg.server.host})
         if self.estimator is None:
             t = time.monotonic()
-            self.estimator = await _in_thread(lambda: build_estimator(cfg.model), "rtmw-edge-load")
-            log.info("engines loaded in %.1f s (det %s, pose %s, backend %s)", time.monotonic() - t,
-                     cfg.model.det, cfg.model.pose, cfg.model.backend, extra={"event": "engines_loaded"})
+            self.estimator, self.fallback_reason = await _in_thread(lambda: build_estimator(cfg.model),
+                                                                    "rtmw-edge-load")
+            loaded_in = time.monotonic() - t
+        else:
+            loaded_in = 0.0
+        self.backends = active_backends(self.estimator)
+        self._set_build_info()
+        backend = backend_summary(self.backends)
+        fallback = f"; fallback from {cfg.model.backend}: {self.fallback_reason}" if self.fallback_reason else ""
+        log.info("engines loaded in %.1f s: backend %s (requested %s%s)", loaded_in, backend, cfg.model.backend,
+                 fallback, extra={"event": "engines_loaded", "backend": backend, "requested": cfg.model.backend,
+                                  "fallback_reason": self.fallback_reason, "det": mask_credentials(cfg.model.det),
+                                  "pose": mask_credentials(cfg.model.pose)})
         self.engines_loaded = True
         if self.mqtt is not None:
             self.mqtt.start()
@@ -245,8 +335,19 @@ class Daemon:
         for cam in self.cameras:
             cam.start()
         self.notifier.send("READY=1", f"STATUS=serving {len(self.cameras)} camera(s) on port {self.port}")
+        log.info("serving %d camera(s) on http://%s:%d with backend %s%s", len(self.cameras), cfg.server.host,
+                 self.port, backend, fallback, extra={"event": "serving", "backend": backend,
+                                                      "fallback_reason": self.fallback_reason})
         if self.notifier.enabled:
             self._tasks.append(asyncio.ensure_future(self._notify_loop()))
+
+    async def _watch_loop_lag(self) -> None:
+        """How late the loop wakes a timer: the time any callback on the loop makes every other one wait."""
+        loop = asyncio.get_running_loop()
+        while True:
+            t = loop.time()
+            await asyncio.sleep(LAG_INTERVAL_S)
+            self.metrics.observe_lag(max(0.0, loop.time() - t - LAG_INTERVAL_S))
 
     async def _notify_loop(self) -> None:
         period = min(self.notifier.watchdog_s / 2, STATUS_EVERY_S) if self.notifier.watchdog_s else STATUS_EVERY_S
@@ -263,6 +364,85 @@ class Daemon:
                 self.notifier.send(*lines)
             await asyncio.sleep(period)
 
+    # -- reload (SIGHUP)
+    async def reload(self) -> bool:
+        """Read the configuration again and apply it (see the module docstring); True when applied."""
+        if self.reloader is None:
+            log.info("SIGHUP: no configuration file to reload; ignored", extra={"event": "reload_ignored"})
+            return False
+        if self.worker is None or self.stopping or self._reloading:
+            log.info("SIGHUP while starting, stopping or reloading: ignored (send it again once ready)",
+                     extra={"event": "reload_ignored"})
+            return False
+        self._reloading = True
+        try:
+            try:
+                new = self.reloader()
+            except RtmwEdgeError as exc:
+                self.metrics.reloads.labels("failed").inc()
+                log.error("reload failed, keeping the running configuration: %s", exc,
+                          extra={"event": "reload_failed"})
+                return False
+            self.notifier.send("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
+            self.apply(new)
+            self.metrics.reloads.labels("applied").inc()
+            self.notifier.send("READY=1")
+            return True
+        finally:
+            self._reloading = False
+
+    def apply(self, new: DaemonConfig) -> dict[str, list[str]]:
+        """Apply a new configuration to the running daemon (on the loop); what changed, by kind."""
+        old = self.config
+        restart = []
+        for section in ("server", "model", "mqtt"):
+            before, after = getattr(old, section), getattr(new, section)
+            for f in dataclasses.fields(before):
+                if getattr(before, f.name) != getattr(after, f.name):
+                    if (section, f.name) in RELOADABLE:
+                        setattr(before, f.name, getattr(after, f.name))  # the handlers read it per request
+                    else:
+                        restart.append(f"{section}.{f.name}")
+        if new.log.level != old.log.level:
+            logging.getLogger().setLevel(getattr(logging, new.log.level.upper()))
+        if new.log.format != old.log.format:
+            restart.append("log.format")
+        old.log.level = new.log.level
+        current = {c.name: c for c in self.cameras}
+        wanted = {c.name: c for c in new.cameras}
+        added = [n for n in wanted if n not in current]
+        removed = [n for n in current if n not in wanted]
+        changed = [n for n in wanted if n in current and current[n].cfg != wanted[n]]
+        assert self.hub is not None and self.worker is not None
+        for name in removed + changed:
+            current[name].stop()
+        kicked = sum(self.hub.remove_camera(name) for name in removed)
+        cameras = []
+        for name, cfg in wanted.items():
+            if name in added or name in changed:
+                cam = Camera(cfg, self.metrics, self._wake, opener=self._opener)
+                self.hub.add_camera(name)
+                if name in changed:  # a device (USB camera) opens once: the old grabber lets go first
+                    _start_after(current[name], cam)
+                else:
+                    cam.start()
+            else:
+                cam = current[name]
+            cameras.append(cam)
+        self.cameras = cameras
+        old.cameras = list(new.cameras)
+        self.worker.set_cameras(cameras)
+        self._set_build_info()
+        if self.on_secrets is not None:
+            self.on_secrets(self.config.secrets())
+        summary = {"added": added, "removed": removed, "changed": changed,
+                   "unchanged": [n for n in wanted if n not in added and n not in changed], "restart_needed": restart}
+        log.info("configuration reloaded: cameras added %s, removed %s, changed %s, unchanged %s%s",
+                 added or "none", removed or "none", changed or "none", summary["unchanged"] or "none",
+                 f"; not applied until a restart: {', '.join(restart)}" if restart else "",
+                 extra={"event": "reloaded", "clients_closed": kicked, **summary})
+        return summary
+
     async def stop(self) -> None:
         """Graceful stop within `STOP_BUDGET_S`; safe to call twice, or after a failed start."""
         if self.stopping:
@@ -275,6 +455,10 @@ class Daemon:
 
         self.notifier.send("STOPPING=1")
         log.info("stopping", extra={"event": "stopping"})
+        if self._site is not None:
+            self._site.stop_listening()  # no new connections from here on
+        if self.guard is not None:
+            self.guard.abort_pending()  # half-open and idle connections: nothing to finish
         for task in self._tasks:
             task.cancel()
         for cam in self.cameras:
@@ -294,6 +478,8 @@ class Daemon:
             await self.hub.close(left(0.3))
         if self._runner is not None:
             await self._runner.cleanup()
+        if self.guard is not None:
+            self.guard.stop()
         joined_by = time.monotonic() + left(0.2)  # grabbers usually end at once; never wait long for them
         for cam in self.cameras:
             cam.join(max(0.0, joined_by - time.monotonic()))
@@ -306,7 +492,7 @@ class Daemon:
                 if t is not threading.current_thread() and t.name.startswith("rtmw-edge-") and t.is_alive()]
 
     async def run_until_signalled(self) -> int:
-        """Start, then serve until SIGTERM or SIGINT; 0 after a clean stop."""
+        """Start, then serve until SIGTERM or SIGINT (SIGHUP reloads); 0 after a clean stop."""
         loop = asyncio.get_running_loop()
         signalled = asyncio.Event()
 
@@ -314,8 +500,13 @@ class Daemon:
             log.info("received %s", sig.name, extra={"event": "signal", "signal": sig.name})
             signalled.set()
 
+        def on_hangup() -> None:
+            log.info("received SIGHUP: reloading the configuration", extra={"event": "signal", "signal": "SIGHUP"})
+            self._tasks.append(asyncio.ensure_future(self.reload()))
+
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_signal, sig)
+        loop.add_signal_handler(signal.SIGHUP, on_hangup)
         try:
             starting = asyncio.ensure_future(self.start())
             waiting = asyncio.ensure_future(signalled.wait())
@@ -327,27 +518,39 @@ class Daemon:
                 starting.cancel()
         finally:
             await self.stop()
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
         return 0
 
 
-def run_daemon(config: DaemonConfig, *, estimator=None, exit_process: bool = True) -> int:
+def run_daemon(config: DaemonConfig, *, estimator=None, exit_process: bool = True,
+               reloader: Callable[[], DaemonConfig] | None = None) -> int:
     """The `rtmw-edge serve` process: JSON logs, serve until a signal, return the exit code.
 
-    With `exit_process` (the CLI) the process ends right after the graceful stop with ``os._exit``: the
-    interpreter's own teardown (ONNX Runtime, OpenCV, leftover daemon threads) can take more than a
+    With `exit_process` (the CLI) the process raises its open-file limit to the hard limit, captures what
+    native libraries write on stderr into the log, and ends right after the graceful stop with ``os._exit``:
+    the interpreter's own teardown (ONNX Runtime, OpenCV, leftover daemon threads) can take more than a
     second on a loaded machine, and the stop must complete within 2 s of the signal. Logs and stdio are
     flushed first; the daemon has no other state to save.
     """
+    from .connections import raise_open_file_limit
     from .logs import setup_logging
 
-    setup_logging(config.log.level, config.log.format)
-    daemon = Daemon(config, estimator=estimator)
-    code = asyncio.run(daemon.run_until_signalled())
+    before, after = raise_open_file_limit() if exit_process else (None, None)
+    logs = setup_logging(config.log.level, config.log.format, secrets=config.secrets(), capture_native=exit_process)
+    if before != after:
+        log.info("open-file limit raised from %d to %d", before, after,
+                 extra={"event": "nofile", "before": before, "after": after})
+    daemon = Daemon(config, estimator=estimator, reloader=reloader, on_secrets=logs.redact.set_secrets)
+    try:
+        code = asyncio.run(daemon.run_until_signalled())
+    except BaseException:
+        logs.close()
+        raise
     leftover = daemon.leftover_threads()
     if leftover:
         log.debug("not waiting for %s", ", ".join(sorted(set(leftover))), extra={"event": "exit"})
+    logs.close()
     if exit_process:
         logging.shutdown()
         sys.stdout.flush()

@@ -5,7 +5,7 @@ Names (all prefixed ``rtmw_edge_``; counters end in ``_total`` in the exposition
 - ``frames_captured_total{camera}``, ``frames_processed_total{camera}``, ``persons_total{camera}``
 - ``frames_dropped_total{camera,reason}``: ``stale`` (a newer frame replaced one that was never processed:
   inference is slower than the camera), ``source`` (the capture's own queue dropped it), ``rate``
-  (above the camera's ``max_fps``)
+  (above the camera's ``max_fps``), ``corrupt`` (a frame that could not be decoded, skipped)
 - ``fps{camera}``: processed frames per second over the last 5 s (0 when nothing came in that time)
 - ``stage_seconds{camera,stage}`` histogram, stages: ``queue`` (capture → inference start), ``detect``,
   ``pose``, ``inference`` (used instead of detect + pose by estimators without those methods), ``track``,
@@ -13,10 +13,21 @@ Names (all prefixed ``rtmw_edge_``; counters end in ``_total`` in the exposition
 - ``camera_up{camera}`` (1 while the source delivers), ``reconnects_total{camera}`` (attempts to re-open a
   lost or failed source), ``inference_errors_total{camera}``
 - ``clients{kind}`` (connected now: websocket, preview), ``client_connections_total{kind}``,
-  ``clients_dropped_total{kind,reason}`` (slow: its queue filled; timeout: a send stalled),
+  ``clients_dropped_total{kind,reason}``: every disconnection the daemon decides, by reason —
+  websocket ``slow`` (its queue filled), ``timeout`` (a send stalled), ``heartbeat`` (no pong),
+  ``protocol`` (a malformed or oversized message), ``camera_removed`` (SIGHUP reload); preview ``timeout``;
+  connection ``header_timeout`` (no complete request head in time), ``evicted`` (the oldest idle connection,
+  closed to make room at the connection cap), ``over_capacity`` (refused at the cap: every connection busy)
+- ``clients_refused_total{kind,reason}`` (503 to a streaming request: ``max_clients``, ``shutting_down``),
   ``messages_sent_total{kind}``, ``unauthorized_total``
+- ``connections`` (open TCP connections), ``connection_limit`` (the cap), ``accept_errors_total{error}``
+  (the listener could not accept: EMFILE, ENFILE, ENOBUFS, ...)
+- ``event_loop_lag_seconds`` histogram (how late the event loop wakes a 50 ms timer) and
+  ``event_loop_lag_p99_seconds`` (its 99th percentile over the last 60 s)
 - ``mqtt_connected``, ``mqtt_messages_total{camera,result}`` (published / dropped)
-- ``ready`` (what /readyz answers), ``build_info`` (version, models, backend)
+- ``config_reloads_total{result}`` (SIGHUP: applied / failed)
+- ``ready`` (what /readyz answers), ``build_info`` (version, models, the backend in use, the backend requested
+  and why it fell back, if it did)
 """
 
 from __future__ import annotations
@@ -31,6 +42,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 PREFIX = "rtmw_edge"
 FPS_WINDOW_S = 5.0
 STAGE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+LAG_WINDOW_S = 60.0
 
 
 class RateMeter:
@@ -74,8 +87,20 @@ class Metrics:
                                         registry=r)
         self.clients = Gauge(f"{p}_clients", "Connected clients", ["kind"], registry=r)
         self.connections = Counter(f"{p}_client_connections", "Client connections accepted", ["kind"], registry=r)
-        self.clients_dropped = Counter(f"{p}_clients_dropped", "Clients disconnected for being too slow",
+        self.clients_dropped = Counter(f"{p}_clients_dropped", "Clients and connections closed by the daemon",
                                        ["kind", "reason"], registry=r)
+        self.clients_refused = Counter(f"{p}_clients_refused", "Streaming requests refused with 503",
+                                       ["kind", "reason"], registry=r)
+        self.connections_open = Gauge(f"{p}_connections", "Open TCP connections", registry=r)
+        self.connection_limit = Gauge(f"{p}_connection_limit", "Most TCP connections at once", registry=r)
+        self.accept_errors = Counter(f"{p}_accept_errors", "Failures to accept a connection", ["error"], registry=r)
+        self.loop_lag = Histogram(f"{p}_event_loop_lag_seconds", "How late the event loop wakes a timer",
+                                  buckets=LAG_BUCKETS, registry=r)
+        self._lags: deque[tuple[float, float]] = deque(maxlen=4096)
+        self._lags_lock = threading.Lock()
+        Gauge(f"{p}_event_loop_lag_p99_seconds", "99th percentile of the event loop lag over the last 60 s",
+              registry=r).set_function(self.loop_lag_p99)
+        self.reloads = Counter(f"{p}_config_reloads", "Configuration reloads (SIGHUP)", ["result"], registry=r)
         self.sent = Counter(f"{p}_messages_sent", "Messages sent to clients", ["kind"], registry=r)
         self.unauthorized = Counter(f"{p}_unauthorized", "Requests refused for a missing or wrong token",
                                     registry=r)
@@ -98,7 +123,7 @@ class Metrics:
         self.reconnects.labels(name)
         self.inference_errors.labels(name)
         self.camera_up.labels(name).set(0)
-        for reason in ("stale", "source", "rate"):
+        for reason in ("stale", "source", "rate", "corrupt"):
             self.dropped.labels(name, reason)
 
     def frame_done(self, camera: str, persons: int) -> None:
@@ -107,7 +132,21 @@ class Metrics:
         self._meters[camera].tick()
 
     def fps_of(self, camera: str) -> float:
-        return self._meters[camera].rate()
+        meter = self._meters.get(camera)
+        return meter.rate() if meter is not None else 0.0
+
+    def observe_lag(self, seconds: float, now: float | None = None) -> None:
+        self.loop_lag.observe(seconds)
+        with self._lags_lock:
+            self._lags.append((time.monotonic() if now is None else now, seconds))
+
+    def loop_lag_p99(self, now: float | None = None) -> float:
+        now = time.monotonic() if now is None else now
+        with self._lags_lock:
+            recent = sorted(lag for t, lag in self._lags if now - t <= LAG_WINDOW_S)
+        if not recent:
+            return 0.0
+        return recent[min(len(recent) - 1, int(0.99 * len(recent)))]
 
     def exposition(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -9,6 +9,11 @@ boxes in between come from that camera's last keypoints, `rtmw_edge.skipframe`) 
 different cameras) → JSON of the `run` schema plus a ``camera`` field → `on_result` (MQTT and the web
 loop). A frame that raises is counted and logged (at most every 10 s per camera), never fatal. `stop()`
 lets the frame in flight finish and be published.
+
+Liveness (`stalled`): the thread is stalled when one inference call has run longer than the stall time, or
+when a camera's frame has waited that long without being taken. A thread that dies (an exception that is
+not an `Exception`) is logged once, with its traceback; `alive()` turns False. `/healthz` and the systemd
+watchdog use both.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import numpy as np
 
 from ..results import FrameResult, Person
 from .cameras import Camera, CapturedFrame
+from .logs import Throttle
 from .metrics import Metrics
 
 log = logging.getLogger("rtmw_edge.serve.worker")
@@ -40,6 +46,14 @@ class Processed:
     payload: str           # the JSON message sent to clients
     captured: float        # monotonic capture time
 
+    @property
+    def body(self) -> bytes:
+        """The payload as UTF-8 (encoded once, by the inference thread)."""
+        return self._body
+
+    def __post_init__(self) -> None:
+        self._body = self.payload.encode()
+
 
 class InferenceWorker:
     def __init__(self, estimator, cameras: Sequence[Camera], metrics: Metrics,
@@ -50,9 +64,9 @@ class InferenceWorker:
         self.metrics = metrics
         self.on_result = on_result
         self.track, self.smooth, self.smoothing = track, smooth, smoothing or {}
-        self._trackers: dict[str, tuple[int, object]] = {}
+        self._trackers: dict[str, tuple[int, int, object]] = {}  # name -> (camera id, generation, tracker)
         self.det_interval = int(det_interval)  # > 1: skip-frame detection per camera (rtmw_edge.skipframe)
-        self._skips: dict[str, tuple[int, object]] = {}
+        self._skips: dict[str, tuple[int, int, object]] = {}     # name -> (camera id, generation, state)
         self._cond = threading.Condition()
         self._pending = False
         self._stop = threading.Event()
@@ -60,7 +74,8 @@ class InferenceWorker:
         self._next = 0
         self.heartbeat = time.monotonic()
         self.busy_since: float | None = None
-        self._errors: dict[str, tuple[float, int]] = {}
+        self.completed = 0  # frames finished (published or failed)
+        self._errors = Throttle(ERROR_LOG_INTERVAL_S)
         self._split = callable(getattr(estimator, "detect", None)) and callable(getattr(estimator, "pose", None))
 
     # -- lifecycle
@@ -87,11 +102,34 @@ class InferenceWorker:
             self._thread.join(timeout)
         return not self.alive()
 
+    def set_cameras(self, cameras: Sequence[Camera]) -> None:
+        """Serve these cameras from the next frame on (SIGHUP reload); trackers of cameras gone are dropped."""
+        self.cameras = list(cameras)
+        live = {id(c) for c in self.cameras}
+        for states in (self._trackers, self._skips):
+            for name, (cam_id, _, _) in list(states.items()):
+                if cam_id not in live:
+                    states.pop(name, None)
+        self.wake()
+
+    def stalled(self, stall_s: float, now: float | None = None) -> str | None:
+        """Why inference counts as stalled (None when it does not): a call running for more than STALL_S, or a
+        frame that has waited that long without being taken."""
+        now = time.monotonic() if now is None else now
+        busy = self.busy_since
+        if busy is not None and now - busy > stall_s:
+            return f"an inference call has run for {now - busy:.1f} s"
+        waiting = [c.pending_since for c in self.cameras if c.pending_since is not None]
+        if waiting and now - min(waiting) > stall_s:
+            return f"a frame has waited {now - min(waiting):.1f} s for inference"
+        return None
+
     # -- loop
     def _take_next(self) -> tuple[Camera, CapturedFrame] | None:
-        n = len(self.cameras)
+        cameras = self.cameras  # one snapshot: a reload may replace the list meanwhile
+        n = len(cameras)
         for k in range(n):
-            cam = self.cameras[(self._next + k) % n]
+            cam = cameras[(self._next + k) % n]
             frame = cam.take()
             if frame is not None:
                 self._next = (self._next + k + 1) % n
@@ -99,6 +137,13 @@ class InferenceWorker:
         return None
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:  # not an Exception of one frame (those are caught per frame): the thread ends
+            log.critical("the inference thread died: %s: %s", type(exc).__name__, exc, exc_info=True,
+                         extra={"event": "inference_thread_died"})
+
+    def _loop(self) -> None:
         while not self._stop.is_set():
             with self._cond:
                 if not self._pending:
@@ -115,17 +160,18 @@ class InferenceWorker:
                 finally:
                     self.busy_since = None
                     self.heartbeat = time.monotonic()
+                    self.completed += 1
 
     def _tracker(self, cam: Camera, generation: int):
         if not (self.track or self.smooth):
             return None
         current = self._trackers.get(cam.name)
-        if current is None or current[0] != generation:  # a re-opened source starts new tracks
+        if current is None or current[:2] != (id(cam), generation):  # a re-opened or replaced source: new tracks
             from ..tracking import PoseTracker
 
-            current = (generation, PoseTracker(smooth=self.smooth, **self.smoothing))
+            current = (id(cam), generation, PoseTracker(smooth=self.smooth, **self.smoothing))
             self._trackers[cam.name] = current
-        return current[1]
+        return current[2]
 
     def _infer(self, cam: Camera, frame: CapturedFrame) -> tuple[list[Person], int]:
         est, image, stage = self.estimator, frame.image, self.metrics.stage
@@ -163,12 +209,13 @@ class InferenceWorker:
         if self.det_interval <= 1:
             return None
         current = self._skips.get(cam.name)
-        if current is None or current[0] != generation:
+        if current is None or current[:2] != (id(cam), generation):  # a re-opened or replaced source: detect anew
             from ..skipframe import SkipFrameDetection
 
-            current = (generation, SkipFrameDetection(self.det_interval, getattr(self.estimator, "kpt_threshold", 0.3)))
+            state = SkipFrameDetection(self.det_interval, getattr(self.estimator, "kpt_threshold", 0.3))
+            current = (id(cam), generation, state)
             self._skips[cam.name] = current
-        return current[1]
+        return current[2]
 
     def _process(self, cam: Camera, frame: CapturedFrame) -> None:
         stage = self.metrics.stage
@@ -201,13 +248,9 @@ class InferenceWorker:
 
     def _error(self, camera: str, exc: BaseException) -> None:
         self.metrics.inference_errors.labels(camera).inc()
-        now = time.monotonic()
-        last, count = self._errors.get(camera, (-1e9, 0))
-        if now - last >= ERROR_LOG_INTERVAL_S:
+        report, count = self._errors.ready(camera)
+        if report:
             text = (str(exc).strip().splitlines() or [""])[0]
             log.error("camera %s: inference failed: %s: %s%s", camera, type(exc).__name__, text,
                       f" ({count} more since the last report)" if count else "",
                       extra={"event": "inference_error", "camera": camera})
-            self._errors[camera] = (now, 0)
-        else:
-            self._errors[camera] = (last, count + 1)
