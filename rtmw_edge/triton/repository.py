@@ -336,6 +336,7 @@ def load_pipeline_parameters(text: str) -> PipelineParameters:
     for key in ("input_size", "mean", "std"):
         info[key] = tuple(info[key])
     info["focal"] = tuple(info["focal"]) if info.get("focal") else None
+    info["outputs"] = tuple(info.get("outputs") or ())
     return PipelineParameters(raw, raw["detector"], DetectorSignature(**sig), raw["pose"], PoseModelInfo(**info))
 
 
