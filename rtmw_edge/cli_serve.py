@@ -22,6 +22,12 @@ def register(app: typer.Typer) -> None:
         from .serve.config import load_config
 
         settings = load_config(config, insecure=insecure)
+        m = settings.model
+        if m.backend != "triton":  # the server decides det and pose there
+            from .pipeline import check_models
+
+            # before listening: unknown names, models of the wrong role, missing files
+            check_models(m.det, m.pose, m.pose_spec or None, options=("model.det", "model.pose", "model.pose_spec"))
         if check:
             typer.echo(settings.to_json())
             return

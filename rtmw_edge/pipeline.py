@@ -139,16 +139,17 @@ class TopDownPose:
         return self.postprocess(outputs, centers, scales, (image.shape[1], image.shape[0]), camera)
 
 
-def _registered(spec: str | Path, role: str):
+def _registered(spec: str | Path, role: str, option: str | None = None):
     """The registry entry `spec` names (checked for its role), or None for a model file or an mmdeploy SDK folder
-    (checked to exist)."""
+    (checked to exist). OPTION names the setting in messages (default ``--det`` / ``--pose``)."""
+    option = option or f"--{role}"
     path = Path(spec)
     if path.is_dir():
         from .pose_models import sdk_files
 
         if sdk_files(path):
             return None
-        raise RtmwEdgeError(f"--{role} {path} is a folder without mmdeploy SDK JSON: give a model file "
+        raise RtmwEdgeError(f"{option} {path} is a folder without mmdeploy SDK JSON: give a model file "
                             "(.onnx / .engine), an SDK folder or a registered name")
     if path.suffix.lower() in (".onnx", ".engine", ".plan", ".trt"):
         if not path.is_file():
@@ -158,10 +159,20 @@ def _registered(spec: str | Path, role: str):
 
     model = get_spec(str(spec))  # UnknownModelError lists close names
     if role == "pose" and not model.is_pose:
-        raise UsageError(f"{model.name} is a detector, not a pose model: check --pose")
+        raise UsageError(f"{model.name} is a detector, not a pose model: check {option}")
     if role == "det" and model.is_pose:
-        raise UsageError(f"{model.name} is a pose model, not a detector: check --det")
+        raise UsageError(f"{model.name} is a pose model, not a detector: check {option}")
     return model
+
+
+def check_models(det: str | Path, pose: str | Path, pose_spec: str | None = None, *,
+                 options: tuple[str, str, str] = ("--det", "--pose", "--pose-spec")) -> None:
+    """Fail before any work when a model cannot be used: an unknown name or one of the wrong role (UsageError,
+    exit 2), a missing file or a folder without SDK JSON (RtmwEdgeError). Downloads nothing. OPTIONS: how
+    messages name the three settings."""
+    _registered(det, "det", options[0]), _registered(pose, "pose", options[1])
+    if pose_spec:
+        _registered(pose_spec, "pose", options[2])
 
 
 def resolve_model(spec: str | Path, role: str) -> Path:
@@ -192,7 +203,7 @@ def resolve_models(det: str | Path, pose: str | Path) -> tuple[Path, Path]:
     downloaded, and when checkpoints cannot be downloaded (offline) one error names every missing file."""
     from .errors import DownloadError
 
-    _registered(det, "det"), _registered(pose, "pose")
+    check_models(det, pose)
     paths, missing = [], []
     for spec, role in ((det, "det"), (pose, "pose")):
         try:

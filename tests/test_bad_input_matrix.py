@@ -211,6 +211,23 @@ MATRIX: dict[tuple[str, str], tuple[list[str], int, str]] = {
     ("triton serve", "invalid option value"): (["triton", "serve", "--repository", "{dir}", "--grpc-port",
                                                 "70000"], 2, "ports must be in 0..65535"),
     ("triton setup", "missing file"): (["triton", "setup", "--python", "{missing}"], 1, "not found"),
+    # serve --config TOML (models and cameras come from the file; the daemon writes no file: logs go to stderr)
+    ("serve", "missing file"): (["serve", "--config", "{root}/serve_missing_pose.toml"], 1,
+                                "pose model file not found"),
+    ("serve", "empty file"): (["serve", "--config", "{root}/serve_empty_pose.toml"], 1, "not a readable ONNX"),
+    ("serve", "truncated file"): (["serve", "--config", "{root}/serve_truncated_pose.toml"], 1,
+                                  "not a readable ONNX"),
+    ("serve", "wrong kind of model"): (["serve", "--config", "{root}/serve_det_as_pose.toml"], 1,
+                                       "not a pose model"),
+    ("serve", "directory instead of file"): (["serve", "--config", "{dir}"], 2, "is a folder, not a configuration"),
+    ("serve", "non-existent model name"): (["serve", "--config", "{root}/serve_unknown_name.toml"], 2,
+                                           "rtmw-q-256x192"),
+    ("serve", "invalid option value"): (["serve", "--config", "{root}/serve_bad_value.toml"], 2,
+                                        "server.heartbeat_s must be"),
+    ("serve", "missing config"): (["serve", "--config", "{missing}.toml"], 2, "configuration file not found"),
+    ("serve", "truncated config"): (["serve", "--config", "{root}/serve_truncated.toml"], 2, "invalid TOML"),
+    ("serve", "check: unknown name"): (["serve", "--check", "--config", "{root}/serve_unknown_name.toml"], 2,
+                                       "rtmw-q-256x192"),
     # any command: usage errors typer finds
     ("run", "unknown option"): (["run", "{img}", "--no-such-option"], 2, "No such option"),
 }
@@ -227,6 +244,8 @@ NOT_APPLICABLE = {
                                            "tests/test_hub.py)",
     ("models download", "wrong kind of model"): "the name picks the file",
     ("models download", "output = input"): "reads no local file",
+    ("serve", "unwritable output"): "writes no file: logs go to stderr (journald), results to its clients",
+    ("serve", "output = input"): "writes no file: logs go to stderr (journald), results to its clients",
     ("doctor", "*"): "reports the machine, reads and writes no user file, always exits 0",
     ("triton serve", "empty file"): "reads a folder; tritonserver reports a broken model config itself "
                                     "(tests/test_triton.py)",
@@ -246,8 +265,7 @@ def test_the_table_covers_every_command_and_class():
 
     commands = {c.name for c in app.registered_commands} | {f"{g.name} {c.name}" for g in app.registered_groups
                                                             for c in g.typer_instance.registered_commands}
-    commands.discard("serve")  # the daemon's config validation has its own tables (tests/test_serve_unit.py,
-    # tests/test_serve_hygiene.py: every numeric key's range)
+    # serve: its config's other bad values have their own tables (tests/test_serve_unit.py, test_serve_hygiene.py)
     for command in commands:
         for cls in CLASSES:
             known = ((command, cls) in MATRIX or (command, cls) in NOT_APPLICABLE
@@ -290,6 +308,15 @@ def files(tmp_path_factory, shared):
     relu = root / "relu.onnx"
     onnx.save(helper.make_model(graph), str(relu))
     (root / "a_folder").mkdir()
+    serve = {"missing_pose": f'pose = "{root}/missing.onnx"', "empty_pose": f'pose = "{root}/empty.onnx"',
+             "truncated_pose": f'pose = "{root}/truncated.onnx"', "det_as_pose": f'pose = "{det}"',
+             "unknown_name": 'pose = "rtmw-q-256x192"', "bad_value": f'pose = "{pose}"'}
+    for name, line in serve.items():
+        heartbeat = "heartbeat_s = -1\n" if name == "bad_value" else ""
+        (root / f"serve_{name}.toml").write_text(
+            f'[server]\nport = 0\n{heartbeat}[model]\ndet = "{det}"\n{line}\n'
+            f'[cameras.door]\nsource = "{images / "000000000785.jpg"}"\n')
+    (root / "serve_truncated.toml").write_text('[server]\nport = 0\n[model\n')
     foreign = onnx.load(str(pose))  # our export without its metadata: a foreign (mmdeploy-layout) pose ONNX
     del foreign.metadata_props[:]
     onnx.save(foreign, str(root / "foreign.onnx"))

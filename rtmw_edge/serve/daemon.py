@@ -77,8 +77,9 @@ def build_estimator(m: ModelConfig):
         return PoseEstimator(m.det, m.pose, backend=m.backend, **options), None
     except RtmwEdgeError as exc:
         det, pose = _onnx_fallback(m.det, m.fallback_det), _onnx_fallback(m.pose, m.fallback_pose)
-        if m.backend == "onnxruntime" or det is None or pose is None:
-            raise
+        if m.backend == "onnxruntime" or det is None or pose is None or (m.backend == "auto" and
+                                                                          (det, pose) == (m.det, m.pose)):
+            raise  # no other files to fall back to: ONNX Runtime already ran these (auto on .onnx files)
         reason = mask_credentials((str(exc).strip().splitlines() or [type(exc).__name__])[0])
         log.warning("backend %s unavailable (%s): falling back to ONNX Runtime with %s and %s",
                     m.backend, reason, det, pose, extra={"event": "backend_fallback", "requested": m.backend,
