@@ -219,7 +219,9 @@ MATRIX: dict[tuple[str, str], tuple[list[str], int, str]] = {
                                   "not a readable ONNX"),
     ("serve", "wrong kind of model"): (["serve", "--config", "{root}/serve_det_as_pose.toml"], 1,
                                        "not a pose model"),
-    ("serve", "directory instead of file"): (["serve", "--config", "{dir}"], 2, "is a folder, not a configuration"),
+    ("serve", "directory instead of file"): (["serve", "--config", "{root}/serve_folder_as_pose.toml"], 1,
+                                             "is a folder without mmdeploy SDK JSON"),
+    ("serve", "config is a folder"): (["serve", "--config", "{dir}"], 2, "is a folder, not a configuration"),
     ("serve", "non-existent model name"): (["serve", "--config", "{root}/serve_unknown_name.toml"], 2,
                                            "rtmw-q-256x192"),
     ("serve", "invalid option value"): (["serve", "--config", "{root}/serve_bad_value.toml"], 2,
@@ -310,7 +312,8 @@ def files(tmp_path_factory, shared):
     (root / "a_folder").mkdir()
     serve = {"missing_pose": f'pose = "{root}/missing.onnx"', "empty_pose": f'pose = "{root}/empty.onnx"',
              "truncated_pose": f'pose = "{root}/truncated.onnx"', "det_as_pose": f'pose = "{det}"',
-             "unknown_name": 'pose = "rtmw-q-256x192"', "bad_value": f'pose = "{pose}"'}
+             "unknown_name": 'pose = "rtmw-q-256x192"', "bad_value": f'pose = "{pose}"',
+             "folder_as_pose": f'pose = "{root / "a_folder"}"'}
     for name, line in serve.items():
         heartbeat = "heartbeat_s = -1\n" if name == "bad_value" else ""
         (root / f"serve_{name}.toml").write_text(
