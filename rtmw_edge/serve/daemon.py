@@ -560,6 +560,14 @@ def run_daemon(config: DaemonConfig, *, estimator=None, exit_process: bool = Tru
     return code
 
 
+async def _cancel_leftover_tasks() -> None:
+    """Cancel every task of the running loop but this one (client senders, handlers) and let them unwind."""
+    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
 class DaemonThread:
     """A `Daemon` on its own event loop in a background thread (embedding in another program, tests).
 
@@ -596,7 +604,10 @@ class DaemonThread:
             try:
                 self.call(self.daemon.stop(), timeout)
             finally:
-                self._loop.call_soon_threadsafe(self._loop.stop)
+                try:  # what asyncio.run does before closing its loop: no coroutine is left to die with it
+                    self.call(_cancel_leftover_tasks(), timeout)
+                finally:
+                    self._loop.call_soon_threadsafe(self._loop.stop)
                 self._thread.join(timeout)
         self._loop.close()
 
