@@ -166,7 +166,8 @@ def validate_options(opts: RunOptions) -> None:
     if opts.det_interval < 1:
         raise UsageError(f"--det-interval must be at least 1 frame, not {opts.det_interval}")
     if opts.det_interval > 1 and (opts.backend in ("tensorrt", "torch-cuda", "triton") or opts.triton_url):
-        raise UsageError("--det-interval runs on the CPU pipeline (--backend onnxruntime); the GPU pipeline and a "
+        raise UsageError("--det-interval runs in the frame-by-frame pipeline: --backend auto (TensorRT .engine files "
+                         "included) or onnxruntime; the CUDA-stream pipeline (--backend tensorrt / torch-cuda) and a "
                          "Triton server detect on every frame")
     if opts.pose_spec and (opts.backend == "triton" or opts.triton_url):
         raise UsageError("--pose-spec describes a local pose ONNX; with Triton the server's repository decides")

@@ -239,6 +239,11 @@ def test_cli_det_interval_on_a_video_and_bad_values(pose_onnx, video, tmp_path, 
     assert [f["frame"] for f in lines] == list(range(8))
     assert main(["run", str(clip), "--det", str(DET), "--pose", str(pose_onnx), "--det-interval", "0"]) == 2
     assert "--det-interval" in capsys.readouterr().err
+    # the CUDA-stream pipeline detects on every frame: refused before any work, with the way out named
+    assert main(["run", str(clip), "--det", str(DET), "--pose", str(pose_onnx), "--det-interval", "5", "--backend",
+                 "tensorrt", "--out", str(tmp_path / "no.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "--backend auto" in err and not (tmp_path / "no.jsonl").exists()
     photos = tmp_path / "photos"  # unrelated photos: each one detected, with a warning
     photos.mkdir()
     for name in ("000000000785.jpg", "000000197388.jpg"):
