@@ -249,6 +249,31 @@ def test_a_failing_inference_is_counted_and_the_daemon_goes_on(tmp_path, tiny_cl
         assert http_get(d.port, "/healthz")[0] == 200
 
 
+class CameraAwareEstimator(StubEstimator):
+    """A one-call estimator that takes per-frame intrinsics, as the Triton client does."""
+
+    accepts_camera = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cameras: list = []
+
+    def __call__(self, image, frame=0, timestamp=0.0, camera=None):
+        self.cameras.append(camera)
+        return super().__call__(image, frame, timestamp)
+
+
+def test_each_camera_sends_its_own_intrinsics_to_a_one_call_estimator(tmp_path, tiny_clip):
+    est = CameraAwareEstimator()
+    cams = (f'[cameras.a]\nsource = "{tiny_clip}"\nloop = true\nfocal = "900,910"\nprincipal = "48,36"\n'
+            f'[cameras.b]\nsource = "{tiny_clip}"\nloop = true\n')
+    with _daemon(tmp_path, tiny_clip, estimator=est, cameras=cams) as d:
+        collect_ws(d.port, "a", 2, timeout=20)
+        collect_ws(d.port, "b", 2, timeout=20)
+    given = {(c.fx, c.fy, c.cx, c.cy) if c is not None else None for c in est.cameras}
+    assert given == {(900.0, 910.0, 48.0, 36.0), None}  # camera a's own; b has none, so the estimator's default
+
+
 def test_a_port_in_use_is_one_clear_error(tmp_path, tiny_clip):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))

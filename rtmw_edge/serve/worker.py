@@ -176,8 +176,10 @@ class InferenceWorker:
     def _infer(self, cam: Camera, frame: CapturedFrame) -> tuple[list[Person], int]:
         est, image, stage = self.estimator, frame.image, self.metrics.stage
         t0 = time.monotonic()
-        if not self._split:
-            result = est(image, frame.seq, frame.wall)
+        if not self._split:  # one call per frame (the Triton client): the camera's intrinsics go with it
+            camera = {"camera": cam.intrinsics} if cam.intrinsics is not None and getattr(est, "accepts_camera",
+                                                                                           False) else {}
+            result = est(image, frame.seq, frame.wall, **camera)
             stage.labels(cam.name, "inference").observe(time.monotonic() - t0)
             return list(result.persons), int(result.dropped_persons)
         intrinsics = cam.intrinsics if cam.intrinsics is not None else getattr(est, "camera", None)

@@ -193,7 +193,7 @@ class TritonPoseEstimator:
         return None, ""
 
     # -- frames
-    def _inputs(self, image: np.ndarray) -> list:
+    def _inputs(self, image: np.ndarray, camera=None) -> list:
         import cv2
 
         m = self._module
@@ -214,18 +214,23 @@ class TritonPoseEstimator:
             inputs.append(tensor("det_threshold", np.array([self.det_threshold], np.float32), "FP32"))
         if self.max_persons is not None:
             inputs.append(tensor("max_persons", np.array([self.max_persons], np.int32), "INT32"))
-        if self.camera is not None:
-            c = self.camera
+        if camera is not None:
+            c = camera
             inputs.append(tensor("camera", np.array([c.fx, c.fy, np.nan if c.cx is None else c.cx,
                                                      np.nan if c.cy is None else c.cy], np.float32), "FP32"))
         return inputs
 
-    def __call__(self, image: np.ndarray, frame: int = 0, timestamp: float = 0.0) -> FrameResult:
+    accepts_camera = True  # the daemon's worker passes each camera's own intrinsics (RTMW3D)
+
+    def __call__(self, image: np.ndarray, frame: int = 0, timestamp: float = 0.0, camera=None) -> FrameResult:
+        """One frame through the server's pipeline model. CAMERA: this frame's intrinsics (`geometry.Camera`,
+        RTMW3D), instead of the estimator's own."""
         from ..detectors import as_bgr_uint8
 
         image = as_bgr_uint8(image)
         h, w = image.shape[:2]
-        response = self._with_retries(f"frame {frame}", self._client.infer, self.model, self._inputs(image))
+        response = self._with_retries(f"frame {frame}", self._client.infer, self.model,
+                                      self._inputs(image, self.camera if camera is None else camera))
         boxes, scores = response.as_numpy("boxes"), response.as_numpy("scores")
         kpts, kpt_scores = response.as_numpy("keypoints"), response.as_numpy("keypoint_scores")
         kpts_3d = response.as_numpy("keypoints_3d") if self.info.task == "pose3d" else None
