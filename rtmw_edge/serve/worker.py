@@ -28,6 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..results import FrameResult, Person
+from ..skipframe import SkipFrameDetection
+from ..tracking import PoseTracker
 from .cameras import Camera, CapturedFrame
 from .logs import Throttle
 from .metrics import Metrics
@@ -162,16 +164,20 @@ class InferenceWorker:
                     self.heartbeat = time.monotonic()
                     self.completed += 1
 
+    @staticmethod
+    def _camera_state(states: dict[str, tuple[int, int, object]], cam: Camera, generation: int, make):
+        """CAM's entry of STATES, made anew (by MAKE) when its source re-opened or the camera was replaced."""
+        current = states.get(cam.name)
+        if current is None or current[:2] != (id(cam), generation):
+            current = (id(cam), generation, make())
+            states[cam.name] = current
+        return current[2]
+
     def _tracker(self, cam: Camera, generation: int):
         if not (self.track or self.smooth):
             return None
-        current = self._trackers.get(cam.name)
-        if current is None or current[:2] != (id(cam), generation):  # a re-opened or replaced source: new tracks
-            from ..tracking import PoseTracker
-
-            current = (id(cam), generation, PoseTracker(smooth=self.smooth, **self.smoothing))
-            self._trackers[cam.name] = current
-        return current[2]
+        return self._camera_state(self._trackers, cam, generation,
+                                  lambda: PoseTracker(smooth=self.smooth, **self.smoothing))
 
     def _infer(self, cam: Camera, frame: CapturedFrame) -> tuple[list[Person], int]:
         est, image, stage = self.estimator, frame.image, self.metrics.stage
@@ -210,14 +216,9 @@ class InferenceWorker:
         """The camera's own skip-frame detection state (`det_interval` > 1), restarted with its source."""
         if self.det_interval <= 1:
             return None
-        current = self._skips.get(cam.name)
-        if current is None or current[:2] != (id(cam), generation):  # a re-opened or replaced source: detect anew
-            from ..skipframe import SkipFrameDetection
-
-            state = SkipFrameDetection(self.det_interval, getattr(self.estimator, "kpt_threshold", 0.3))
-            current = (id(cam), generation, state)
-            self._skips[cam.name] = current
-        return current[2]
+        kpt_threshold = getattr(self.estimator, "kpt_threshold", 0.3)
+        return self._camera_state(self._skips, cam, generation,
+                                  lambda: SkipFrameDetection(self.det_interval, kpt_threshold))
 
     def _process(self, cam: Camera, frame: CapturedFrame) -> None:
         stage = self.metrics.stage
