@@ -240,11 +240,23 @@ class SlotPlan:
 def plan_slot(*, det_input_shape: tuple[int, ...], det_outputs: dict[str, tuple[tuple[int, ...], str]],
               num_candidates: int, max_persons: int, pose_input_wh: tuple[int, int],
               pose_outputs: dict[str, tuple[tuple[int, ...], str]], num_keypoints: int, capacity: int,
-              has_3d: bool) -> SlotPlan:
-    """Device bytes per slot. det/pose outputs: name → (shape for the planned batch, numpy dtype name)."""
+              has_3d: bool, pose_chunk: int | None = None) -> SlotPlan:
+    """Device bytes per slot. det_outputs: name → (shape for batch 1, numpy dtype name); pose_outputs: the same
+    for one engine call of `pose_chunk` items (default: all `capacity` in one call).
+
+    The pose input and outputs are laid out chunk by chunk, each chunk starting on a 256-byte boundary
+    (`chunk_stride`), because TensorRT requires 256-byte aligned tensor addresses: item k of a chunk at
+    `start · item_bytes` would not be. Every dimension must be known and positive (an engine with data-dependent
+    output shapes cannot be planned)."""
     def nbytes(shape, dtype="float32") -> int:
         return int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
 
+    for name, (shape, _) in {**det_outputs, **pose_outputs}.items():
+        if not shape or any(int(d) <= 0 for d in shape):
+            raise RtmwEdgeError(f"engine output {name} has shape {list(shape)}: the GPU pipeline needs fixed, known "
+                                "output shapes (no dynamic or data-dependent dims)")
+    step = int(pose_chunk or capacity)
+    chunks = _ceil(capacity, step)
     sizes = {"det_input": nbytes(det_input_shape)}
     for name, (shape, dtype) in det_outputs.items():
         sizes[f"det:{name}"] = nbytes(shape, dtype)
@@ -253,14 +265,19 @@ def plan_slot(*, det_input_shape: tuple[int, ...], det_outputs: dict[str, tuple[
         "nms_work": nms_scratch_bytes(num_candidates),
         "boxes": nbytes((max_persons, 4)), "scores": nbytes((max_persons,)), "header": nbytes((4,), "int32"),
         "params": nbytes((capacity, 4)),
-        "pose_input": nbytes((capacity, 3, pose_input_wh[1], pose_input_wh[0])),
+        "pose_input": chunks * chunk_stride(nbytes((step, 3, pose_input_wh[1], pose_input_wh[0]))),
     })
     for name, (shape, dtype) in pose_outputs.items():
-        sizes[f"pose:{name}"] = nbytes(shape, dtype)
+        sizes[f"pose:{name}"] = chunks * chunk_stride(nbytes(shape, dtype))
     sizes["keypoints"] = nbytes((capacity, num_keypoints, 3))
     if has_3d:
         sizes["keypoints_3d"] = nbytes((capacity, num_keypoints, 3))
     return SlotPlan(sizes)
+
+
+def chunk_stride(chunk_bytes: int) -> int:
+    """Bytes from one pose chunk's buffer to the next: the chunk's size rounded up to 256."""
+    return align(int(chunk_bytes))
 
 
 # --------------------------------------------------------------------------- host-side parameters
