@@ -197,3 +197,30 @@ def test_mapped_pinned_memory_and_the_integrated_property(monkeypatch):
     ctypes.memset(buf.ptr, 0, 64)
     buf.free()
     assert emu.leaks()["pinned"] == 0
+
+
+def test_gpu_validation_script_refuses_each_gpu_step_in_one_line_without_a_gpu(tmp_path):
+    """scripts/gpu_validate.sh on a machine without a GPU (CI): the CPU steps run, each GPU step is skipped with
+    one line saying why, and one JSON + one markdown table come out."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "gpu_validate.sh"
+    out = subprocess.run(["bash", str(script), "--quick", "--out", str(tmp_path / "v")], capture_output=True,
+                         text=True, timeout=600, env={**__import__("os").environ, "PYTHON": sys.executable})
+    report = json.loads((tmp_path / "v" / "gpu-validation.json").read_text())
+    steps = {s["step"]: s for s in report["steps"]}
+    assert out.returncode == (1 if any(s["status"] == "failed" for s in steps.values()) else 0)
+    assert steps["emulated"]["status"] == "passed", steps["emulated"]
+    gpu_steps = ["gpu-tests", "memcheck", "racecheck", "synccheck", "bench-torch", "bench-trt"]
+    try:
+        ok = R.device_available(0)[0]
+    except Exception:
+        ok = False
+    if not ok:
+        for name in gpu_steps:
+            assert steps[name]["status"] == "skipped" and steps[name]["detail"] and "\n" not in steps[name]["detail"]
+    table = (tmp_path / "v" / "gpu-validation.md").read_text()
+    assert all(f"| {name} |" in table for name in ["environment", "emulated", *gpu_steps])

@@ -36,7 +36,7 @@ SIGNATURES: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {
     "letterbox_bgr_to_nchw": ("letterbox.cu", (
         ("src", "p"), ("src_w", "i"), ("src_h", "i"), ("src_pitch", "i"),
         ("dst", "p"), ("dst_w", "i"), ("dst_h", "i"), ("new_w", "i"), ("new_h", "i"),
-        ("scale_x", "d"), ("scale_y", "d"),
+        ("scale_x", "f"), ("scale_y", "f"),
         ("mean0", "f"), ("mean1", "f"), ("mean2", "f"), ("std0", "f"), ("std1", "f"), ("std2", "f"),
         ("swap_rb", "i"), ("pad_value", "f"), ("quantize", "i"))),
     "rtmdet_rawhead_decode": ("detector_post.cu", (
@@ -303,7 +303,8 @@ def normalisation(mean, std) -> dict:
 
 # --------------------------------------------------------------------------- float64 sampling references
 def _axis_taps_resize(dst: int, src: int, scale: float):
-    f = (np.float32((np.arange(dst, dtype=np.float64) + 0.5) * scale - 0.5)).astype(np.float32)
+    # the letterbox kernel's float32 position: (x + 0.5) * scale - 0.5, each operation rounded (no FMA)
+    f = (np.arange(dst, dtype=np.float32) + np.float32(0.5)) * np.float32(scale) - np.float32(0.5)
     i = np.floor(f).astype(np.int64)
     a = (f - i.astype(np.float32)).astype(np.float64)
     low = i < 0
@@ -315,7 +316,8 @@ def _axis_taps_resize(dst: int, src: int, scale: float):
 
 def reference_resize(image: np.ndarray, new_wh: tuple[int, int]) -> np.ndarray:
     """float64 H×W×C bilinear resize with cv2.resize INTER_LINEAR's sampling (half-pixel centres, edge
-    clamp), unquantised weights and no rounding: what letterbox_bgr_to_nchw computes."""
+    clamp; the position in float32 as the kernel computes it), unquantised weights and no rounding: what
+    letterbox_bgr_to_nchw computes."""
     h, w = image.shape[:2]
     x0, x1, ax = _axis_taps_resize(new_wh[0], w, 1.0 / (new_wh[0] / w))
     y0, y1, ay = _axis_taps_resize(new_wh[1], h, 1.0 / (new_wh[1] / h))
@@ -353,15 +355,19 @@ def inverse_warp(center: np.ndarray, scale: np.ndarray, input_wh: tuple[int, int
 
 def reference_warp(image: np.ndarray, inverse: np.ndarray, dst_wh: tuple[int, int]) -> np.ndarray:
     """float64 H×W×C: output (x, y) samples the image at inverse·(x, y, 1) bilinearly, taps outside → 0
-    (cv2.warpAffine INTER_LINEAR + BORDER_CONSTANT 0, without its 1/32-pixel position quantisation)."""
+    (cv2.warpAffine INTER_LINEAR + BORDER_CONSTANT 0, without its 1/32-pixel position quantisation). The
+    position is computed as the crop kernel computes it: the inverse rounded to float32, x·a + b in float32."""
     h, w = image.shape[:2]
-    ys, xs = np.meshgrid(np.arange(dst_wh[1], dtype=np.float64), np.arange(dst_wh[0], dtype=np.float64),
+    ys, xs = np.meshgrid(np.arange(dst_wh[1], dtype=np.float32), np.arange(dst_wh[0], dtype=np.float32),
                          indexing="ij")
-    fx = inverse[0, 0] * xs + inverse[0, 1] * ys + inverse[0, 2]
-    fy = inverse[1, 0] * xs + inverse[1, 1] * ys + inverse[1, 2]
+    a = np.asarray(inverse, np.float64).astype(np.float32)   # the kernel keeps the float64 inverse as float32
+    if a[0, 1] != 0 or a[1, 0] != 0:
+        raise RtmwEdgeError("reference_warp models the crop kernel: scale + translation only")
+    fx = a[0, 0] * xs + a[0, 2]                               # float32, each operation rounded (no FMA)
+    fy = a[1, 1] * ys + a[1, 2]
     x0, y0 = np.floor(fx), np.floor(fy)
-    ax = (fx - x0).astype(np.float32).astype(np.float64)[..., None]
-    ay = (fy - y0).astype(np.float32).astype(np.float64)[..., None]
+    ax = (fx - x0).astype(np.float64)[..., None]
+    ay = (fy - y0).astype(np.float64)[..., None]
     x0 = np.clip(x0, -2, w + 1).astype(np.int64)
     y0 = np.clip(y0, -2, h + 1).astype(np.int64)
     src = image.astype(np.float64)
