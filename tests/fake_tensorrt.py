@@ -22,8 +22,8 @@ ONNX Runtime on the memory behind the tensor addresses. Every call is recorded i
 (name, args). Test knobs (not TensorRT names): `calls`, `parse_errors` (list of dicts), `fail_build` (bool),
 `num_dla_cores`, `engines`, `surface`.
 
-`make_fake_cudart()` is the matching stand-in for `cuda.bindings.runtime`: "device" memory is host memory
-(numpy buffers), so addresses can be handed to the fake engine and copied with ctypes.
+Runtime rules (`IExecutionContext`'s docstring) are enforced too; under the emulated CUDA runtime
+(tests/emulated_cuda.py, attached as `module._emulator`) an enqueue is deferred work on its stream.
 """
 
 from __future__ import annotations
@@ -821,57 +821,3 @@ def make_fake_tensorrt(version: str = "10.3.0.30", *, num_dla_cores: int = 0) ->
                 raise FakeSurfaceError(f"fake tensorrt.{name}(): TensorRT {version} has no such function")
             setattr(trt, name, value)
     return trt
-
-
-def make_fake_cudart(name: str = "FakeGPU", major: int = 8, minor: int = 7) -> types.SimpleNamespace:
-    """cuda.bindings.runtime stand-in: every call returns (err, *values); device memory is host memory."""
-
-    class cudaError_t(enum.IntEnum):  # noqa: N801 - cuda-python's name
-        cudaSuccess = 0
-        cudaErrorInvalidValue = 1
-        cudaErrorMemoryAllocation = 2
-
-    class cudaMemcpyKind(enum.IntEnum):  # noqa: N801
-        cudaMemcpyHostToHost = 0
-        cudaMemcpyHostToDevice = 1
-        cudaMemcpyDeviceToHost = 2
-        cudaMemcpyDeviceToDevice = 3
-
-    ok = cudaError_t.cudaSuccess
-    memory: dict[int, np.ndarray] = {}
-    calls: list = []
-    streams = iter(range(0x1000, 0x2000))
-
-    def cudaMalloc(size):  # noqa: N802
-        buf = np.zeros(max(int(size), 1), np.uint8)
-        memory[buf.ctypes.data] = buf
-        calls.append(("cudaMalloc", size))
-        return ok, buf.ctypes.data
-
-    def cudaFree(ptr):  # noqa: N802
-        calls.append(("cudaFree", ptr))
-        return (ok,) if memory.pop(int(ptr), None) is not None else (cudaError_t.cudaErrorInvalidValue,)
-
-    def cudaMemcpyAsync(dst, src, count, kind, stream):  # noqa: N802
-        calls.append(("cudaMemcpyAsync", kind, count, stream))
-        ctypes.memmove(int(dst), int(src), int(count))
-        return (ok,)
-
-    def cudaStreamCreate():  # noqa: N802
-        return ok, next(streams)
-
-    def cudaStreamSynchronize(stream):  # noqa: N802
-        calls.append(("cudaStreamSynchronize", stream))
-        return (ok,)
-
-    def cudaStreamDestroy(stream):  # noqa: N802
-        return (ok,)
-
-    def cudaGetDeviceProperties(device):  # noqa: N802
-        return ok, types.SimpleNamespace(name=name.encode(), major=major, minor=minor, totalGlobalMem=8 << 30)
-
-    return types.SimpleNamespace(cudaError_t=cudaError_t, cudaMemcpyKind=cudaMemcpyKind, cudaMalloc=cudaMalloc,
-                                 cudaFree=cudaFree, cudaMemcpyAsync=cudaMemcpyAsync,
-                                 cudaStreamCreate=cudaStreamCreate, cudaStreamSynchronize=cudaStreamSynchronize,
-                                 cudaStreamDestroy=cudaStreamDestroy, cudaGetDeviceProperties=cudaGetDeviceProperties,
-                                 memory=memory, calls=calls)

@@ -30,7 +30,6 @@ from rtmw_edge.cuda import pipeline as P
 from rtmw_edge.cuda import runtime as R
 from rtmw_edge.engines import EngineError, GpuInfo
 from rtmw_edge.errors import RtmwEdgeError
-from rtmw_edge.export import export_onnx
 from rtmw_edge.pipeline import PoseEstimator
 
 RAWHEAD = SHARED / "models" / "rtmdet-nano_person_320_rawhead.onnx"
@@ -45,13 +44,12 @@ def photo(name: str = "human-pose.jpg") -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
+def models(tmp_path_factory, random_export):
     """A random-weight RTMPose-t export (SimCC outputs and a --decode twin) and TensorRT stand-in engines of them
     and of the shared RTMDet-nano raw head; the pose engines take at most 2 persons per call."""
     folder = tmp_path_factory.mktemp("async")
-    out = {"pose_onnx": export_onnx("rtmpose-t-256x192", folder / "t.onnx", random_init=True, progress=False),
-           "decode_onnx": export_onnx("rtmpose-t-256x192", folder / "t-decode.onnx", random_init=True, decode=True,
-                                      progress=False)}
+    out = {"pose_onnx": random_export("rtmpose-t-256x192"),
+           "decode_onnx": random_export("rtmpose-t-256x192", decode=True)}
     mp = pytest.MonkeyPatch()
     mp.setitem(sys.modules, "tensorrt", make_fake_tensorrt("10.3.0.30"))
     mp.setattr(trt_backend, "gpu_identity", lambda device=0: ORIN)
@@ -74,9 +72,12 @@ def trt(monkeypatch):
     return module
 
 
-@pytest.fixture(params=["eager-3", "lazy"])
+@pytest.fixture
 def emu(monkeypatch, trt, request):
-    policy, _, seed = request.param.partition("-")
+    """The emulated runtime with TensorRT's stand-in attached. Default policy "lazy" (nothing runs that the host
+    did not wait for: the strictest for host reads); tests that also want the GPU running ahead in a seeded
+    interleaving parametrize "eager-SEED" (the happens-before check does not depend on the policy)."""
+    policy, _, seed = getattr(request, "param", "lazy").partition("-")
     return Emulator(seed=int(seed or 0), policy=policy).install(monkeypatch, trt=trt)
 
 
@@ -110,6 +111,7 @@ def test_c1_profiling_with_cuda_graphs_times_only_outside_the_capture(emu, model
     est.close()
 
 
+@pytest.mark.parametrize("emu", ["eager-3", "lazy"], indirect=True)
 def test_c2_graphs_capture_right_after_an_eager_run_of_their_shapes(emu, models):
     """Person counts change from frame to frame (1, 2 and 4 = two chunks of 2; 3 = chunks 2 + 1, which never
     becomes a graph): every frame equals the eager pipeline, and TensorRT's stand-in, which fails a captured enqueue
@@ -169,6 +171,7 @@ def test_c4_data_dependent_output_shapes_are_refused_in_one_line(trt, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ W: wrong results
+@pytest.mark.parametrize("emu", ["eager-7", "lazy"], indirect=True)
 def test_w1_each_slot_stream_has_its_own_execution_contexts(emu, models):
     est = open_trt(models)
     contexts = [(s.stream.handle, s.det_ctx, s.pose_ctx) for s in est.slots]

@@ -20,7 +20,6 @@ from kernel_devices import pipelines_agree
 from rtmw_edge import geometry as G
 from rtmw_edge.cuda import kernels as KK
 from rtmw_edge.cuda import pipeline as P
-from rtmw_edge.export import export_onnx
 from rtmw_edge.pipeline import PoseEstimator, TopDownPose
 
 RAWHEAD = SHARED / "models" / "rtmdet-nano_person_320_rawhead.onnx"
@@ -99,9 +98,8 @@ class Twins:
 
 
 @pytest.fixture(scope="module")
-def pose_path(tmp_path_factory):
-    return export_onnx("rtmpose-t-256x192", tmp_path_factory.mktemp("emu") / "t.onnx", random_init=True,
-                       progress=False)
+def pose_path(random_export):
+    return random_export("rtmpose-t-256x192")
 
 
 @pytest.fixture(scope="module")
