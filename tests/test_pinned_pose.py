@@ -18,11 +18,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import onnx
 import pytest
 from conftest import SHARED
-from foreign_layouts import write_sdk_json
-from onnx import TensorProto, helper, numpy_helper
+from foreign_layouts import constant_simcc_onnx, write_sdk_json
 
 from rtmw_edge.pipeline import PoseEstimator
 from rtmw_edge.results import Person
@@ -132,29 +130,6 @@ def test_one_euro_beta_for_metres_is_beta_times_pixels_per_metre():
 
 
 # ------------------------------------------------------------------------------------------ constant-logit models
-def _constant_pose_onnx(path, outputs: list[tuple[str, np.ndarray]], input_hw: tuple[int, int]) -> None:
-    """An ONNX graph N×3×H×W → the given [1, K, bins] constants broadcast to [N, K, bins], in the order given
-    (output 0 first). The batch is read from the input, so the pipeline's batching works as with a real model."""
-    h, w = input_hw
-    nodes = [helper.make_node("ReduceMean", ["input"], ["mean"], axes=[1, 2, 3], keepdims=1),   # [N,1,1,1]
-             helper.make_node("Reshape", ["mean", "shape_n11"], ["mean_n11"]),                   # [N,1,1]
-             helper.make_node("Mul", ["mean_n11", "zero"], ["zeros_n11"])]
-    inits = [numpy_helper.from_array(np.array([-1, 1, 1], np.int64), "shape_n11"),
-             numpy_helper.from_array(np.zeros((1, 1, 1), np.float32), "zero")]
-    graph_outputs = []
-    for name, value in outputs:
-        inits.append(numpy_helper.from_array(value.astype(np.float32), f"{name}_const"))
-        nodes.append(helper.make_node("Add", ["zeros_n11", f"{name}_const"], [name]))
-        graph_outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N", *value.shape[1:]]))
-    graph = helper.make_graph(nodes, "constant_simcc",
-                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, h, w])],
-                              graph_outputs, inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-
-
 def _crop_to_image(box: np.ndarray, crop_xy: tuple[float, float], input_wh: tuple[int, int]) -> np.ndarray:
     """mmpose's top-down geometry by hand: the box grows by 1.25, then to the input aspect; a crop pixel k maps
     to centre + (k / input − 1/2) · scale."""
@@ -182,7 +157,7 @@ def test_a_best_logit_of_exactly_zero_is_an_invalid_keypoint_on_the_cpu_path(pho
     sx[0, 2, 100] = -0.25                             # 2: negative best logit
     sx[0, 3, 100], sy[0, 3, 300] = 1e-6, 0.4          # 3: the smallest positive score is still a keypoint
     path = tmp_path / "constant.onnx"
-    _constant_pose_onnx(path, [("simcc_x", sx), ("simcc_y", sy)], (h, w))
+    constant_simcc_onnx(path, [("simcc_x", sx), ("simcc_y", sy)], (h, w))
     result = PoseEstimator(DET, path, pose_spec="rtmpose-t-256x192")(photo)
     assert len(result.persons) == 5
     for p in result.persons:
@@ -208,7 +183,7 @@ def test_the_sdk_output_map_decides_x_and_y_not_the_graph_order(photo, tmp_path)
     sx[0, :, 20], sy[0, :, 340] = 0.9, 0.8
     folder = tmp_path / "sdk"
     folder.mkdir()
-    _constant_pose_onnx(folder / "end2end.onnx", [("output", sy), ("700", sx)], (side, side))
+    constant_simcc_onnx(folder / "end2end.onnx", [("output", sy), ("700", sx)], (side, side))
     spec = get_spec("rtmpose-t-256x192")  # its normalisation; the crop size comes from pipeline.json
     write_sdk_json(folder, input_size=(side, side), mean=spec.mean, std=spec.std,
                    output_map={"700": "simcc_x", "output": "simcc_y"}, output_names=["output", "700"],
