@@ -8,7 +8,9 @@ stop reading, the clock:
   evicted when the connection cap is reached;
 - the WebSocket and preview send timeouts are seconds: a client that stops reading is dropped as ``timeout``;
 - ``/metrics`` renders at most every 0.5 s (a scrape never gets a rendering that started before it arrived);
-- ``serve --check`` and configuration errors mask the credentials of ``triton_url`` as of camera URLs.
+- ``serve --check`` and configuration errors mask the credentials of ``triton_url`` as of camera URLs;
+- preview viewers count toward ``max_clients`` (two viewers, then a WebSocket client);
+- two cameras whose frame numbers coincide each preview their own picture.
 
 `StubEstimator` stands in for the models (these are about the daemon); all traffic is on 127.0.0.1.
 """
@@ -29,14 +31,16 @@ pytest.importorskip("aiohttp", reason="the daemon needs the 'serve' extra: pip i
 pytest.importorskip("prometheus_client", reason="the daemon needs the 'serve' extra")
 
 import aiohttp  # noqa: E402
-from test_serve_support import StubEstimator, config_from, free_port, wait_for, write_video  # noqa: E402
+from test_serve_support import IMAGES, StubEstimator, config_from, free_port, wait_for, write_video  # noqa: E402
 
 from rtmw_edge.cli import main  # noqa: E402
+from rtmw_edge.results import FrameResult  # noqa: E402
 from rtmw_edge.serve.cameras import Camera  # noqa: E402
-from rtmw_edge.serve.config import ConfigError  # noqa: E402
+from rtmw_edge.serve.config import ConfigError, ServerConfig  # noqa: E402
 from rtmw_edge.serve.daemon import DaemonThread  # noqa: E402
+from rtmw_edge.serve.hub import Hub  # noqa: E402
 from rtmw_edge.serve.metrics import Metrics  # noqa: E402
-from rtmw_edge.serve.worker import InferenceWorker  # noqa: E402
+from rtmw_edge.serve.worker import InferenceWorker, Processed  # noqa: E402
 
 PASSWORD = "S3cret-triton-pw"
 
@@ -262,3 +266,59 @@ def test_check_and_errors_mask_the_triton_url_credentials(tmp_path, capsys):
     assert "admin:***@127.0.0.1" in err
     assert PASSWORD not in err
 
+
+
+# ------------------------------------------------------------------------------------------ two or more viewers
+def test_preview_viewers_count_toward_max_clients(tmp_path, clip):
+    """max_clients = 2 and two preview viewers: a WebSocket client and a third viewer are refused (503). (The other
+    test fills the limit with WebSocket clients only.)"""
+    cfg = config_from(tmp_path, f'[server]\nport = 0\nmax_clients = 2\n[cameras.a]\nsource = "{clip}"\nloop = true\n')
+    with DaemonThread(cfg, estimator=StubEstimator()) as d:
+        wait_for(lambda: d.daemon.hub.latest.get("a"), 20, what="a first result")
+        viewers = [_raw_preview(d.port) for _ in range(2)]
+        try:
+            async def ws_status() -> int:
+                async with aiohttp.ClientSession() as session:
+                    try:
+                        ws = await session.ws_connect(f"http://127.0.0.1:{d.port}/ws?camera=a")
+                    except aiohttp.WSServerHandshakeError as exc:
+                        return exc.status
+                    await ws.close()
+                    return 101
+
+            assert asyncio.run(ws_status()) == 503
+            third = http.client.HTTPConnection("127.0.0.1", d.port, timeout=10)
+            third.request("GET", "/preview/a.mjpg")
+            refused = third.getresponse()
+            assert refused.status == 503 and "max_clients" in json.loads(refused.read())["error"]
+            third.close()
+        finally:
+            for s in viewers:
+                s.close()
+
+
+def test_each_camera_previews_its_own_frames_when_their_numbers_coincide():
+    """Two cameras number their frames independently, so frame 7 of camera a and frame 7 of camera b meet in the
+    hub. Each preview JPEG is its own camera's picture (JPEGs are shared per camera and frame, never per frame
+    number alone)."""
+    photos = sorted(IMAGES.glob("*.jpg"))[:2]
+    images = {name: cv2.resize(cv2.imread(str(p)), (160, 120)) for name, p in zip("ab", photos)}
+
+    async def scenario() -> dict[str, np.ndarray]:
+        hub = Hub(["a", "b"], Metrics(), ServerConfig(), 0.3)
+        try:
+            out = {}
+            for name, image in images.items():
+                result = FrameResult(frame=7, timestamp=0.0, width=160, height=120)
+                p = Processed(name, 7, image, result, json.dumps({"camera": name}), time.monotonic())
+                hub.publish(p)
+                out[name] = cv2.imdecode(np.frombuffer(await hub.preview_jpeg(p), np.uint8), cv2.IMREAD_COLOR)
+            return out
+        finally:
+            hub.offload.shutdown()
+
+    shown = asyncio.run(scenario())
+    for name, other in (("a", "b"), ("b", "a")):
+        own = np.abs(shown[name].astype(int) - images[name]).mean()
+        wrong = np.abs(shown[name].astype(int) - images[other]).mean()
+        assert own < 10 and wrong > 40, (name, own, wrong)  # JPEG quality 80: a few gray levels

@@ -1,7 +1,8 @@
 """Pose-side behaviours that show only with two or more of something, or with a value the other tests never vary
 (issue 23 §3), each against hand-computed truth:
 
-- skip-frame detection redoes a frame when *any* carried person collapses (two people, one leaves);
+- skip-frame detection redoes a frame when *any* carried person collapses (two people, one leaves), and carried
+  people keep their own detection scores (two people of different scores);
 - a person is confident with ⌈K/2⌉ keypoints above the threshold (mmdeploy PoseTracker's ``pose_min_keypoints``);
 - One-Euro on 3D keypoints (metres) scales beta *up* by pixels per metre: one step, computed from the filter's
   published formulas (Casiez et al., CHI 2012);
@@ -80,6 +81,26 @@ def test_a_frame_is_redone_when_one_of_two_carried_people_collapses():
     assert script.detected_on == [0, 3]
     assert reported == [2, 2, 2, 1, 1, 1, 1, 1]
     assert (skip.detector_runs, skip.redetections) == (2, 1)
+
+
+def test_carried_people_keep_their_own_detection_scores():
+    """Two people detected with different scores, the weaker one first (detector order is not score order): on the
+    frames without detection each carried box is reported with its own person's score. (Every other skip-frame
+    fixture gives all people one score.)"""
+    script = _TwoPeople(leaves_at=99)
+    own = {0: 0.6, 1: 0.9}
+    detect = script.detect
+    script.detect = lambda image: (lambda b, s, c: (b, np.array([own[0], own[1]], np.float32), c))(*detect(image))
+    skip = SkipFrameDetection(5)
+    image = np.zeros((480, 640, 3), np.uint8)
+    centres = (TRUE_BOXES[:, :2] + TRUE_BOXES[:, 2:]) / 2
+    for t in range(5):
+        script.frame = t
+        boxes, scores, _, _, detected = skip.step(image, script.detect, script.pose)
+        assert detected == (t == 0) and len(boxes) == 2
+        for box, score in zip(boxes, scores):
+            person = next(p for p in (0, 1) if np.all(box[:2] <= centres[p]) and np.all(centres[p] <= box[2:]))
+            assert score == pytest.approx(own[person]), (t, person)
 
 
 @pytest.mark.parametrize(("k", "need"), [(17, 9), (133, 67), (5, 3), (21, 11), (6, 3)])
