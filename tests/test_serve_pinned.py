@@ -209,11 +209,11 @@ def test_metrics_render_at_most_every_half_second_and_never_stale(tmp_path, clip
         daemon.metrics.exposition = lambda: (starts.append(time.monotonic()), render())[1]
         counter = daemon.metrics.unauthorized
 
-        async def scrape_until_four_renderings() -> list[tuple[float, float, float]]:
+        async def scrape_until_five_renderings() -> list[tuple[float, float]]:
             seen = []  # (counter value set before sending, counter value in the answer)
             async with aiohttp.ClientSession() as session:
                 async def client() -> None:
-                    while len(starts) < 4:
+                    while len(starts) < 5:
                         counter.inc()
                         expected = counter._value.get()
                         async with session.get(f"http://127.0.0.1:{d.port}/metrics") as resp:
@@ -223,9 +223,11 @@ def test_metrics_render_at_most_every_half_second_and_never_stale(tmp_path, clip
                 await asyncio.wait_for(asyncio.gather(client(), client()), 30)
             return seen
 
-        seen = asyncio.run(scrape_until_four_renderings())
+        seen = asyncio.run(scrape_until_five_renderings())
     gaps = np.diff(starts)
-    assert len(starts) >= 4 and gaps.min() >= 0.4, gaps  # 0.5 s, less the thread hand-over of a busy machine
+    # each rendering is scheduled 0.5 s after the previous one was; a start is seen when a pool thread runs it, a
+    # little later on a busy machine: the gaps telescope, so their mean stays near 0.5 s even if one is short
+    assert len(starts) >= 5 and gaps.mean() >= 0.4 and gaps.min() >= 0.2, gaps
     assert len(seen) >= len(starts)
     for expected, shown in seen:
         assert shown >= expected, "a scrape got a rendering older than itself"
