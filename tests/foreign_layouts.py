@@ -12,6 +12,9 @@ random-weight exports of the same architectures, the way those tools lay them ou
   variant ``opaque_k`` — outputs behind a Reshape whose shape ONNX shape inference cannot follow, so
   only a run of the graph tells K;
 - static batch 1 (mmdeploy's static configs): exported with batch 1.
+
+`constant_simcc_onnx` makes no layout of a tool: a hand-made graph whose SimCC logits are constants chosen by the
+test, so every keypoint (and RTMW3D depth) has an answer computed by hand.
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import onnx
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 
 def foreign_copy(src: Path, dst: Path, *, symbolic_k: bool = False, opaque_k: bool = False,
@@ -95,3 +99,26 @@ def write_sdk_json(folder: Path, *, input_size: tuple[int, int], mean, std, to_r
     for name, data in (("pipeline.json", pipeline), ("deploy.json", deploy), ("detail.json", detail)):
         (folder / name).write_text(json.dumps(data, indent=4))
     return folder
+
+
+def constant_simcc_onnx(path, outputs: list[tuple[str, np.ndarray]], input_hw: tuple[int, int]) -> None:
+    """An ONNX graph N×3×H×W → the given [1, K, bins] constants broadcast to [N, K, bins], in the order given
+    (output 0 first). The batch is read from the input, so the pipeline's batching works as with a real model."""
+    h, w = input_hw
+    nodes = [helper.make_node("ReduceMean", ["input"], ["mean"], axes=[1, 2, 3], keepdims=1),   # [N,1,1,1]
+             helper.make_node("Reshape", ["mean", "shape_n11"], ["mean_n11"]),                   # [N,1,1]
+             helper.make_node("Mul", ["mean_n11", "zero"], ["zeros_n11"])]
+    inits = [numpy_helper.from_array(np.array([-1, 1, 1], np.int64), "shape_n11"),
+             numpy_helper.from_array(np.zeros((1, 1, 1), np.float32), "zero")]
+    graph_outputs = []
+    for name, value in outputs:
+        inits.append(numpy_helper.from_array(value.astype(np.float32), f"{name}_const"))
+        nodes.append(helper.make_node("Add", ["zeros_n11", f"{name}_const"], [name]))
+        graph_outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N", *value.shape[1:]]))
+    graph = helper.make_graph(nodes, "constant_simcc",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, h, w])],
+                              graph_outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))

@@ -135,3 +135,33 @@ def test_pose_crops_come_from_the_run_time_detector(pose, tmp_path):
     assert not np.array_equal(x[1], crops[0])  # then jittered boxes / flips
     with pytest.raises(Exception, match="give --det"):
         D.build_calibration_set(pose, inputs, source, units, D.DataConfig(num=3), D.CalibrationCache(tmp_path / "d"))
+
+
+def test_the_detector_threshold_is_part_of_the_cache_key(pose, tmp_path):
+    """Issue 23 §3: the same photo, model, detector and sampling, another --det-threshold: other person boxes, so
+    the cached crops must not be reused. The skiers' detections score 0.83, 0.82, 0.78, 0.74, 0.61 (then < 0.15):
+    at 0.7 the fifth skier is no calibration person any more."""
+    folder = tmp_path / "one"
+    folder.mkdir()
+    shutil.copy(IMAGES / "000000197388.jpg", folder)
+    inputs = D.describe_model(pose)
+    source = D.Source(images=folder)
+    units, _ = D.split_units(source, 0.0, 0, 5)
+    cache = D.CalibrationCache(tmp_path / "cache")
+
+    def plan_boxes() -> list:
+        manifest = json.loads((tmp_path / "cache" / "manifest.json").read_text())
+        return [tuple(b) for u in manifest["plan"]["units"] for b in u["boxes"]]
+
+    status = D.build_calibration_set(pose, inputs, source, units, D.DataConfig(num=5, det=DET, det_threshold=0.3),
+                                     cache)
+    assert status.action == "built"
+    low = plan_boxes()
+    status = D.build_calibration_set(pose, inputs, source, units, D.DataConfig(num=5, det=DET, det_threshold=0.7),
+                                     cache)
+    assert status.action == "rebuilt" and status.reason == "detector changed"
+    high = plan_boxes()
+    assert len(high) < len(low) and set(high) < set(low)  # the boxes of the stricter threshold, a subset
+    status = D.build_calibration_set(pose, inputs, source, units, D.DataConfig(num=5, det=DET, det_threshold=0.7),
+                                     cache)
+    assert status.action == "reused"

@@ -357,6 +357,26 @@ def test_decode_kernel_equals_the_cpu_postprocess(ordered, task):
         np.testing.assert_array_equal(got_3d, want_3d)
 
 
+@pytest.mark.parametrize("task", ["pose2d", "decoded"])
+def test_a_best_logit_of_exactly_zero_is_invalid_on_both_paths(device, task):
+    """Issue 23 §3: INT8 Q/DQ outputs make exact zeros likely. Hand truth: score = min(max_x, max_y); a score ≤ 0
+    is an invalid keypoint at (−1, −1), on the GPU's decode as in the CPU postprocess (random logits never hit 0)."""
+    n, k, in_wh, split = 2, 6, (192, 256), 2.0
+    sx = np.full((n, k, 384), -1.0, np.float32)
+    sy = np.full((n, k, 512), -1.0, np.float32)
+    sx[:, :, 100], sy[:, :, 300] = 0.5, 0.4
+    sx[:, 0], sy[:, 0] = 0.0, 0.0                 # every logit exactly 0
+    sy[:, 1, 300] = 0.0                           # x peak 0.5, y peak exactly 0 → score 0
+    sx[:, 2, 100] = -0.0                          # negative zero is zero too
+    sx[:, 3, 100] = 1e-6                          # the smallest positive score stays a keypoint
+    boxes = np.array([[100, 50, 300, 450], [400, 100, 500, 300]], np.float32)
+    want_k, want_s, _, got, _ = run_decode(device, task, sx, sy, sy, boxes, in_wh, split)
+    for keypoints, scores in ((want_k, want_s), (got[..., :2], got[..., 2])):
+        np.testing.assert_array_equal(keypoints[:, :3], -1.0)
+        np.testing.assert_array_equal(scores[:, :3], 0.0)
+        assert (keypoints[:, 3:] >= 0).all() and (scores[:, 3] == np.float32(1e-6)).all()
+
+
 def run_decode(device, task, sx, sy, sz, boxes, in_wh, split, image_wh=(800, 600)):
     """The decode kernel and TopDownPose.postprocess on the same logits; returns both answers."""
     from rtmw_edge.pipeline import TopDownPose

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import SHARED
+from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval, Params
 
@@ -318,3 +319,87 @@ def test_cli_eval_missing_annotation_and_missing_pose(tmp_path, capsys):
     assert len(err.strip().splitlines()) == 1
     assert main(["eval", "--ann", str(WB_ANN), "--images", str(IMAGES), "--gt-boxes"]) == 2
     assert "needs --pose and --images" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- crowd regions, COCO bbox (issue 23 §3)
+SKIERS = 197388
+# a crowd region as COCO writes one: iscrowd 1, no keypoints, its mask as an uncompressed RLE (column-major runs
+# of 0s and 1s) of the box x 380–530, y 0–40 in the 640×392 photo
+CROWD = {"id": 900000001, "image_id": SKIERS, "category_id": 1, "iscrowd": 1, "bbox": [380.0, 0.0, 150.0, 40.0],
+         "area": 6000.0, "num_keypoints": 0, "keypoints": [0] * 51,
+         "segmentation": {"size": [392, 640], "counts": [380 * 392] + [40, 352] * 149 + [40, 352 + 110 * 392]}}
+
+
+def _with_crowd(tmp_path: Path, only_skiers: bool = False) -> tuple[Path, dict]:
+    data = _load(COCO_ANN)
+    if only_skiers:
+        data["images"] = [im for im in data["images"] if im["id"] == SKIERS]
+        data["annotations"] = [a for a in data["annotations"] if a["image_id"] == SKIERS]
+    data["annotations"].append(CROWD)
+    path = tmp_path / "with_crowd.json"
+    path.write_text(json.dumps(data))
+    return path, data
+
+
+def test_predictions_inside_a_crowd_region_are_ignored_not_false_positives(tmp_path):
+    """COCO's rule (pycocotools COCOeval.evaluateImg): any number of detections may match a crowd region (iscrowd
+    1) and each is ignored. Two predictions inside the skiers' crowd region outscore the exact predictions of the
+    labelled people: ignored, AP stays 1. Were the region an ordinary person without labelled points, the second
+    would be a false positive ahead of every true one."""
+    path, data = _with_crowd(tmp_path)
+    people = _gt_as_predictions(data, wholebody=False)
+    for p in people:
+        p["score"] = 0.5
+    x, y, w, h = CROWD["bbox"]
+    inside = [{"image_id": SKIERS, "category_id": 1, "score": 1.0,
+               "keypoints": np.column_stack([np.linspace(x + 10 + dx, x + w - 10, 17), np.full(17, y + h / 2),
+                                             np.ones(17)]).ravel().tolist()} for dx in (0.0, 20.0)]
+    preds = inside + people
+    got = evaluate_predictions(path, preds)["body"]
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools on the file as written, no rewriting
+        coco_gt = COCO(str(path))
+        ev = COCOeval(coco_gt, coco_gt.loadRes(copy.deepcopy(preds)), "keypoints")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    rle = coco_gt.annToRLE(CROWD)  # the mask is the box
+    assert mask_utils.area(rle) == CROWD["area"] and mask_utils.toBbox(rle).tolist() == CROWD["bbox"]
+    assert got["AP"] == pytest.approx(ev.stats[0], abs=1e-12) == 1.0
+    assert got["AR"] == pytest.approx(ev.stats[5], abs=1e-12) == 1.0
+    ordinary = tmp_path / "crowd_as_a_person.json"
+    ordinary.write_text(json.dumps({**data, "annotations": [{**a, "iscrowd": 0} for a in data["annotations"]]}))
+    assert evaluate_predictions(ordinary, preds)["body"]["AP"] < 0.99  # the test can tell the two apart
+
+
+def test_gt_boxes_never_include_a_crowd_region(pose_model, tmp_path):
+    path, data = _with_crowd(tmp_path, only_skiers=True)
+    _, preds = run_eval(path, IMAGES, pose_model, gt_boxes=True, progress=False)
+    people = [a for a in data["annotations"] if not a["iscrowd"]]
+    assert len(preds) == len(people) == 5
+    boxes = sorted(tuple(np.round(p["bbox"], 2)) for p in preds)
+    assert boxes == sorted(tuple(np.round(a["bbox"], 2)) for a in people)  # COCO [x, y, w, h], the GT's own
+
+
+def test_coco_results_bbox_is_xywh_as_every_coco_reader_takes_it():
+    """pycocotools recomputes boxes from the keypoints for keypoint AP, so `eval` never reads `bbox`; its box
+    evaluation (and every other COCO reader) does: the people's own boxes, through Person (x1, y1, x2, y2) and
+    coco_items, must score box AP 1 against the file they came from."""
+    from rtmw_edge.results import FrameResult, Person, coco_items
+
+    data = _load(COCO_ANN)
+    preds = []
+    for img in data["images"]:
+        persons = []
+        for a in (a for a in data["annotations"] if a["image_id"] == img["id"]):
+            x, y, w, h = a["bbox"]
+            persons.append(Person(bbox=np.array([x, y, x + w, y + h], np.float64), score=0.9,
+                                  keypoints=np.zeros((17, 2), np.float32), keypoint_scores=np.ones(17, np.float32)))
+        preds += coco_items(FrameResult(0, 0.0, img["width"], img["height"], persons), img["id"])
+    assert preds[0]["bbox"] == pytest.approx(data["annotations"][0]["bbox"], abs=1e-9)
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = COCO(str(COCO_ANN))
+        ev = COCOeval(coco_gt, coco_gt.loadRes(preds), "bbox")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    assert ev.stats[0] == pytest.approx(1.0) and ev.stats[8] == pytest.approx(1.0)  # AP, AR@100

@@ -434,7 +434,7 @@ def test_daemon_cameras_go_to_the_server(server, local, tmp_path):
         config_from(tmp_path, '[model]\nbackend = "triton"\n[cameras.door]\nsource = "0"\n')
 
 
-@pytest.mark.slow  # exports RTMW3D-l and starts its own server (~2 min); the 3D config is checked by a fast test
+@pytest.mark.slow  # exports RTMW3D-l and starts its own server (~2 min); fast: tests/test_triton_pinned.py (camera)
 def test_rtmw3d_remote_equals_local(models, tmp_path):
     pose3d = export_onnx("rtmw3d-l-384x288", tmp_path / "rtmw3d.onnx", random_init=True, progress=False)
     repo = tmp_path / "repo3d"

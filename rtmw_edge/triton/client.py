@@ -50,13 +50,27 @@ class TritonUrl:
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
+    @property
+    def shown(self) -> str:
+        """The address as messages show it: user:password@host → user:***@host."""
+        from ..sources import mask_credentials
+
+        return mask_credentials(f"{self.protocol}://{self.address}").split("://", 1)[1]
+
+    def hide(self, text: str) -> str:
+        """TEXT (a client library's message quoting the address) with the address as `shown`."""
+        return text.replace(self.address, self.shown)
+
     def __str__(self) -> str:
-        return f"{self.address} ({'gRPC' if self.protocol == 'grpc' else 'HTTP'})"
+        return f"{self.shown} ({'gRPC' if self.protocol == 'grpc' else 'HTTP'})"
 
 
 def parse_url(url: str) -> TritonUrl:
     """'host:port' / 'grpc://host:port' → gRPC; 'http://host:port' → HTTP (default ports 8001 / 8000)."""
+    from ..sources import mask_credentials
+
     text = str(url).strip()
+    shown = mask_credentials(text)  # what the messages show: no password
     protocol = "grpc"
     for scheme in ("grpc", "http"):
         if text.lower().startswith(f"{scheme}://"):
@@ -64,14 +78,14 @@ def parse_url(url: str) -> TritonUrl:
             break
     else:
         if "://" in text:
-            raise UsageError(f"--triton-url {url!r}: use host:port, grpc://host:port or http://host:port")
+            raise UsageError(f"--triton-url {shown!r}: use host:port, grpc://host:port or http://host:port")
     text = text.rstrip("/")
     host, sep, port = text.rpartition(":")
     if not sep:
         host, port = text, str(DEFAULT_PORTS[protocol])
     host = host.strip("[]")
     if not host or not port.isdigit() or not 0 < int(port) < 65536 or "/" in host:
-        raise UsageError(f"--triton-url {url!r}: expected host:port (e.g. 127.0.0.1:8001)")
+        raise UsageError(f"--triton-url {shown!r}: expected host:port (e.g. 127.0.0.1:8001)")
     return TritonUrl(protocol, host, int(port))
 
 
@@ -118,7 +132,8 @@ class TritonPoseEstimator:
             return m.InferenceServerClient(self.url.address, connection_timeout=self.timeout,
                                            network_timeout=self.timeout)
         except Exception as exc:  # malformed address and the like
-            raise TritonUnavailableError(f"cannot connect to the Triton server at {self.url}: {_reason(exc)}") from None
+            raise TritonUnavailableError(f"cannot connect to the Triton server at {self.url}: "
+                                         f"{self.url.hide(_reason(exc))}") from None
 
     def _call(self, fn, *args, **kwargs):
         if self.url.protocol == "grpc":
@@ -141,10 +156,11 @@ class TritonPoseEstimator:
                 return self._call(fn, *args, **kwargs)
             except Exception as exc:
                 if not self._retryable(exc):
-                    raise TritonModelError(f"{self.model} on {self.url}: {what} failed: {_reason(exc)}") from None
+                    raise TritonModelError(f"{self.model} on {self.url}: {what} failed: "
+                                           f"{self.url.hide(_reason(exc))}") from None
                 if attempt == self.retries:
                     raise TritonUnavailableError(
-                        f"Triton server at {self.url} is not answering ({what}: {_reason(exc)}; "
+                        f"Triton server at {self.url} is not answering ({what}: {self.url.hide(_reason(exc))}; "
                         f"{attempt + 1} attempt(s) over {time.monotonic() - start:.1f} s)") from None
                 time.sleep(self.backoff * (2 ** attempt))
         raise AssertionError("unreachable")  # pragma: no cover
