@@ -105,6 +105,8 @@ def test_c1_profiling_with_cuda_graphs_times_only_outside_the_capture(emu, model
         same_results(want, got)
     slot = est.slots[0]
     assert slot.graphs.captures == 1 and emu.stats["graph_launches"] == 3       # eager, capture+replay, replays
+    recorded_in_graphs = [node for nodes in emu.execs.values() for node in nodes if node[0] == "record"]
+    assert emu.execs and recorded_in_graphs == []                               # no event inside a capture
     summary = est.timings.summary()
     assert {"letterbox", "detector", "select", "pose_segment"} <= set(summary)
     assert len(est.timings.ms["pose_segment"]) == 4 and len(est.timings.ms["crops"]) == 1   # stages: eager only
