@@ -373,6 +373,13 @@ def test_y3_close_destroys_contexts_engines_and_buffers(emu, models, trt):
     assert all(e._engine is None and e._contexts == [] for e in engines)
     assert all(fe._live_contexts == 0 for fe in fake_engines)                  # every context destroyed
     assert not any(emu.leaks().values()), emu.leaks()
+    engine = trt_backend.TensorRTEngine(models["pose"])                        # the engine alone: a user's context
+    stream = R.Stream()
+    context = engine.create_context(stream.handle)
+    fake = engine._engine
+    engine.close()
+    assert fake._live_contexts == 0 and context._context is None and engine._engine is None
+    stream.close()
 
 
 def test_y4_a_failed_capture_is_not_retried_and_the_frame_still_runs(emu, models, monkeypatch):
