@@ -18,6 +18,9 @@ from pathlib import Path
 from .errors import RtmwEdgeError
 
 METADATA_KEY = "rtmw_edge"
+# what `calibrate` records in the INT8 copy of a foreign graph (one without project metadata): adding project
+# metadata there would change how the graph is recognised, so its calibration info has a key of its own
+CALIBRATION_KEY = "rtmw_edge_calibration"
 SCHEMA_VERSION = 1
 
 
