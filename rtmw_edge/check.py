@@ -133,15 +133,13 @@ def _torch_runner(meta: dict, checkpoint: Path, trust: bool):
     """The registered PyTorch model with official weights, post-processed like the candidate graph."""
     import torch
 
-    from .export import _detector_wrapper, _pose_wrapper
+    from .export import export_graph
     from .models import create_model
 
     spec = get_spec(meta["name"])
     model = create_model(spec.name, checkpoint, trust_checkpoint=trust)
-    if spec.is_pose:
-        graph = _pose_wrapper(model, spec, bool(meta.get("decoded")), bool(meta.get("flip_test")))
-    else:
-        graph, _ = _detector_wrapper(model, spec, int(meta.get("topk") or 1000))
+    graph, _, _ = export_graph(model, spec, decode=bool(meta.get("decoded")), flip_test=bool(meta.get("flip_test")),
+                               topk=int(meta.get("topk") or 1000))
     names = meta["outputs"]
 
     def run(x: np.ndarray) -> dict[str, np.ndarray]:
