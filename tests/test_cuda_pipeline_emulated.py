@@ -1,7 +1,7 @@
 """The GPU pipeline on the CPU: `GpuPoseEstimator` with the CUDA runtime replaced by host memory, each kernel
 launch run by the host shim (`rtmw_edge.cuda.host`: the unchanged `.cu` sources, launched with the packed
 arguments) — or, as a second check of the bookkeeping, by its numpy reference (`cuda/kernels.py`) — and the
-engines by the torch executor on the CPU. Checks buffer plan and offsets, the pinned result layout, the header,
+engines by ONNX Runtime on the CPU. Checks buffer plan and offsets, the pinned result layout, the header,
 pose chunking at the engine's max batch, the two-slot `stream` order, and results equal to the CPU pipeline's
 on the shared photos within the tolerances of docs/gpu-validation.md."""
 
@@ -12,17 +12,15 @@ import ctypes
 import cv2
 import numpy as np
 import pytest
-import torch
 from conftest import SHARED
 from kernel_devices import pipelines_agree
 
 from rtmw_edge import geometry as G
-from rtmw_edge.backends.torch_cuda import BatchShape, OnnxTorchGraph
+from rtmw_edge.backends.onnxruntime_gpu import OrtGpuEngine
 from rtmw_edge.cuda import kernels as KK
 from rtmw_edge.cuda import pipeline as P
 from rtmw_edge.cuda import runtime as R
 from rtmw_edge.export import export_onnx
-from rtmw_edge.onnx_meta import read_metadata
 from rtmw_edge.pipeline import PoseEstimator, TopDownPose
 
 RAWHEAD = SHARED / "models" / "rtmdet-nano_person_320_rawhead.onnx"
@@ -153,37 +151,23 @@ class Kernels:
 
 
 class HostEngine:
-    """DeviceEngine over emulated pointers, running the ONNX with the torch executor on the CPU."""
+    """DeviceEngine over emulated pointers: the ONNX on ONNX Runtime's CPU provider through the onnxruntime-gpu
+    engine's own I/O-binding path (device "cpu", host pointers); records the batch of each call. The pipeline
+    calls `infer_async(inputs, outputs, stream, batch)`: it goes to the one context of the engine."""
 
     graph_capturable = False
 
     def __init__(self, path, max_batch: int) -> None:
-        self.graph = OnnxTorchGraph(str(path))
-        self.metadata = read_metadata(path)
-        self.name = path.name
-        self.input_name = self.graph.input_names[0]
-        self.output_names = self.graph.output_names
-        import onnx
-
-        dims = [d.dim_value or None for d in onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim]
-        self.min_batch, self.max_batch = (dims[0], dims[0]) if dims[0] else (1, max_batch)
-        self.input_shape = BatchShape((dims[0], *dims[1:]))
-        out = self.graph.run({self.input_name: torch.zeros(self.input_shape(self.min_batch))})
-        self._per_item = {k: tuple(v.shape[1:]) for k, v in out.items()}
+        self.engine = OrtGpuEngine(path, device="cpu", max_batch=max_batch)
+        self.context = self.engine.create_context(1)
         self.batches: list[int] = []
 
-    def output_shape(self, name, batch):
-        return (batch, *self._per_item[name])
-
-    def output_dtype(self, name):
-        return "float32"
+    def __getattr__(self, name):  # name, input_name, output_names, metadata, min/max_batch, shapes, dtypes
+        return getattr(self.engine, name)
 
     def infer_async(self, inputs, outputs, stream, batch):
-        assert self.min_batch <= batch <= self.max_batch
         self.batches.append(batch)
-        x = torch.from_numpy(view(inputs[self.input_name], np.float32, self.input_shape(batch)).copy())
-        for name, value in self.graph.run({self.input_name: x}).items():
-            view(outputs[name], np.float32, self.output_shape(name, batch))[...] = value.numpy()
+        self.context.infer_async(inputs, outputs, batch)
 
 
 @pytest.fixture(scope="module")

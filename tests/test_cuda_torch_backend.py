@@ -217,6 +217,10 @@ def test_a_context_runs_over_the_pointers_it_is_given(made, crops):
     engine._per_item["simcc_x"] = (17, 383)  # what the module gives is checked before anything is written
     with pytest.raises(RtmwEdgeError, match="output simcc_x is"):
         context.infer_async({"input": ptr_in}, {"simcc_x": outs["simcc_x"][1]}, 2)
+    other = engine.create_context(5)
+    other.close()
+    with pytest.raises(RtmwEdgeError, match="closed"):
+        other.infer_async({"input": ptr_in}, {}, 2)
     engine.close()
     with pytest.raises(RtmwEdgeError, match="closed"):
         context.infer_async({"input": ptr_in}, {}, 2)

@@ -264,8 +264,8 @@ class TorchContext:
     def infer_async(self, inputs: dict[str, int], outputs: dict[str, int], batch: int) -> None:
         torch = _torch()
         engine = self.engine
-        if engine.module is None:
-            raise RtmwEdgeError(f"{engine.name}: the engine is closed")
+        if engine.module is None or self.stream is None:
+            raise RtmwEdgeError(f"{engine.name}: the engine or the context is closed")
         engine.check_batch(batch)
         on_stream = torch.cuda.stream(self._stream) if self._cuda else contextlib.nullcontext()
         with on_stream, torch.inference_mode():
@@ -275,4 +275,4 @@ class TorchContext:
                 self._tensor(ptr, engine.output_shape(name, batch), engine.output_dtype(name)).copy_(result[name])
 
     def close(self) -> None:
-        self._stream = None
+        self._stream = self.stream = None
