@@ -30,7 +30,7 @@ from . import geometry as G
 from .detectors import OnnxDetector, project_signature
 from .errors import RtmwEdgeError
 from .keypoints import KEYPOINT_SETS, OKS_SIGMAS
-from .onnx_meta import read_metadata
+from .onnx_meta import CALIBRATION_KEY, read_metadata
 from .zoo import get_spec
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
@@ -133,15 +133,13 @@ def _torch_runner(meta: dict, checkpoint: Path, trust: bool):
     """The registered PyTorch model with official weights, post-processed like the candidate graph."""
     import torch
 
-    from .export import _detector_wrapper, _pose_wrapper
+    from .export import export_graph
     from .models import create_model
 
     spec = get_spec(meta["name"])
     model = create_model(spec.name, checkpoint, trust_checkpoint=trust)
-    if spec.is_pose:
-        graph = _pose_wrapper(model, spec, bool(meta.get("decoded")), bool(meta.get("flip_test")))
-    else:
-        graph, _ = _detector_wrapper(model, spec, int(meta.get("topk") or 1000))
+    graph, _, _ = export_graph(model, spec, decode=bool(meta.get("decoded")), flip_test=bool(meta.get("flip_test")),
+                               topk=int(meta.get("topk") or 1000))
     names = meta["outputs"]
 
     def run(x: np.ndarray) -> dict[str, np.ndarray]:
@@ -207,14 +205,6 @@ def _pose_keypoints(meta: dict, outs: dict[str, np.ndarray]) -> tuple[np.ndarray
     return G.simcc_decode(outs["simcc_x"], outs["simcc_y"], meta.get("simcc_split_ratio", 2.0))
 
 
-def oks(pred: np.ndarray, ref: np.ndarray, valid: np.ndarray, sigmas: np.ndarray, area: float) -> np.ndarray:
-    """Object keypoint similarity per sample: mean over valid keypoints of exp(−d² / (2·area·(2σ)²))."""
-    d2 = np.sum((pred - ref) ** 2, axis=-1)
-    e = np.exp(-d2 / (2.0 * area * (2.0 * sigmas) ** 2))
-    counts = valid.sum(axis=1)
-    return np.where(counts > 0, (e * valid).sum(axis=1) / np.maximum(counts, 1), 1.0)
-
-
 def check_model(candidate: str | Path, against: str | Path, images: str | Path, *, max_samples: int = 16,
                 tolerances: Tolerances | None = None, trust_checkpoint: bool = False,
                 pose_spec: str | None = None) -> CheckReport:
@@ -274,8 +264,6 @@ def _calibration_info(path: Path) -> dict:
     import json
 
     import onnx
-
-    from .calibrate.runner import CALIBRATION_KEY
 
     model = onnx.load(str(path), load_external_data=False)
     for prop in model.metadata_props:
@@ -415,13 +403,13 @@ def _compare_keypoints(meta, cand, ref, report: CheckReport, tol: Tolerances) ->
     w, h = meta["input_size"]
     # area of the person in the crop: the padded box fills the crop, so its area is (w·h)/1.25²
     area = w * h / G.BBOX_PADDING ** 2
-    report.keypoints["oks"] = float(oks(kp_a, kp_b, valid, sigmas, area).mean())
+    report.keypoints["oks"] = float(G.oks(kp_a, kp_b, valid, sigmas, area).mean())
     if kset:
         for part, (lo, hi) in kset.parts.items():
             v = valid[:, lo:hi]
             pd = dist[:, lo:hi][v]
             report.parts[part] = {"mean_px": float(pd.mean()) if pd.size else 0.0,
-                                  "oks": float(oks(kp_a[:, lo:hi], kp_b[:, lo:hi], v, sigmas[lo:hi], area).mean())}
+                                  "oks": float(G.oks(kp_a[:, lo:hi], kp_b[:, lo:hi], v, sigmas[lo:hi], area).mean())}
     if report.keypoints["p95_px"] > tol.max_px_p95:
         report.failures.append(f"keypoints: p95 displacement {report.keypoints['p95_px']:.2f} px > {tol.max_px_p95:g}")
     if report.keypoints["oks"] < tol.min_oks:

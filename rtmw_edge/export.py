@@ -14,6 +14,7 @@ Gather/GatherElements, ArgMax, Min, Where, Cast, TopK; NonMaxSuppression and Sca
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -118,6 +119,46 @@ def _detector_wrapper(model, spec: ModelSpec, topk: int):
             return top_boxes, top_scores
 
     return DetectorGraph(), k
+
+
+def export_graph(model, spec: ModelSpec, *, decode: bool = False, flip_test: bool = False, topk: int = 1000):
+    """The graph an export traces, as a PyTorch module: `model` with the export's wrappers (pose: flip test and
+    in-graph SimCC decode; detector: box decoding and top-k). Returns (module, output names, the detector's
+    top-k or None). The export, `check`'s PyTorch reference and the PyTorch engine all run this."""
+    if spec.is_pose:
+        n_out = 3 if spec.task == "pose3d" else 2
+        return (_pose_wrapper(model, spec, decode, flip_test),
+                list((DECODED_OUTPUTS if decode else POSE_OUTPUTS)[:n_out]), None)
+    graph, k = _detector_wrapper(model, spec, topk)
+    return graph, list(DETECTOR_OUTPUTS), k
+
+
+def build_weights(spec: ModelSpec, *, checkpoint: str | Path | None = None, seed: int = 0,
+                  trust_checkpoint: bool = False):
+    """The model an export starts from: the architecture initialised under `seed` (the caller's random state
+    is left as it was), then the checkpoint's weights when one is given; eval mode, float32."""
+    torch = require("torch", "export")
+    from .models import build_model
+    from .models.checkpoint import load_checkpoint
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_model(spec)
+    if checkpoint is not None:
+        load_checkpoint(model, checkpoint, model_name=spec.name, trust=trust_checkpoint)
+    return model.eval().float()
+
+
+def weights_sha256(model) -> str:
+    """sha256 of a model's state: every parameter and buffer (name, dtype, shape, bytes) in name order. An export
+    records it, so whoever rebuilds the model later can prove it holds the very weights the export was traced
+    with (the PyTorch engine does)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        array = tensor.detach().cpu().contiguous().numpy()
+        digest.update(f"{name}|{array.dtype.str}|{array.shape}\n".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
 
 
 def _append_nms(model_proto, iou: float, score_threshold: float) -> None:
@@ -258,13 +299,16 @@ def _is_float_tensor(graph, name: str) -> bool:
 
 
 def build_metadata(spec: ModelSpec, *, outputs: list[str], batch, decode: bool, flip_test: bool, precision: str,
-                   checkpoint_sha256: str | None, topk: int | None = None, nms: bool = False) -> dict:
+                   checkpoint_sha256: str | None, topk: int | None = None, nms: bool = False,
+                   weights: dict | None = None) -> dict:
     meta = {
         "name": spec.name, "task": spec.task, "arch": spec.arch, "input_name": "input",
         "input_size": list(spec.input_size), "batch": batch, "mean": list(spec.mean), "std": list(spec.std),
         "color": spec.color, "outputs": outputs, "decoded": decode, "flip_test": flip_test, "precision": precision,
         "checkpoint_sha256": checkpoint_sha256, "package_version": __version__,
     }
+    if weights is not None:  # {"from": "checkpoint" | "random-init" | "model", "seed": int | None, "sha256": ...}
+        meta["weights"] = weights
     if spec.is_pose:
         meta.update({
             "keypoint_set": spec.keypoint_set, "num_keypoints": spec.num_keypoints,
@@ -324,9 +368,6 @@ def export_onnx(name: str, output: str | Path, *, checkpoint: str | Path | None 
     import onnx
     from rich.progress import Progress
 
-    from .models import build_model
-    from .models.checkpoint import load_checkpoint
-
     steps = ["build", "weights", "trace", "simplify", "fp16", "metadata"]
     with Progress(transient=True, disable=not progress) as bar:
         task = bar.add_task(f"export {name}", total=len(steps))
@@ -336,28 +377,23 @@ def export_onnx(name: str, output: str | Path, *, checkpoint: str | Path | None 
 
         ckpt_sha = None
         if model is None:
-            torch.manual_seed(seed)
-            model = build_model(spec)
             step("weights")
+            model = build_weights(spec, checkpoint=checkpoint, seed=seed, trust_checkpoint=trust_checkpoint)
             if checkpoint is not None:
-                load_checkpoint(model, checkpoint, model_name=name, trust=trust_checkpoint)
                 ckpt_sha = sha256_file(Path(checkpoint))
+            weights = {"from": "checkpoint" if checkpoint is not None else "random-init",
+                       "seed": None if checkpoint is not None else int(seed)}
         else:
             step("weights")
-        model = model.eval().float()
+            model = model.eval().float()
+            weights = {"from": "model", "seed": None}
+        weights["sha256"] = weights_sha256(model)
         step("trace")
 
         w, h = spec.input_size
         example_batch = 2 if batch == "dynamic" else batch
         example = torch.zeros(example_batch, 3, h, w)
-        if spec.is_pose:
-            graph = _pose_wrapper(model, spec, decode, flip_test)
-            n_out = 3 if spec.task == "pose3d" else 2
-            outputs = list((DECODED_OUTPUTS if decode else POSE_OUTPUTS)[:n_out])
-            k = None
-        else:
-            graph, k = _detector_wrapper(model, spec, topk)
-            outputs = list(DETECTOR_OUTPUTS)
+        graph, outputs, k = export_graph(model, spec, decode=decode, flip_test=flip_test, topk=topk)
         dynamic_axes = None
         if batch == "dynamic":
             dynamic_axes = {"input": {0: "batch"}, **{o: {0: "batch"} for o in outputs}}
@@ -384,7 +420,7 @@ def export_onnx(name: str, output: str | Path, *, checkpoint: str | Path | None 
         step("metadata")
         write_metadata(proto, build_metadata(spec, outputs=outputs, batch=batch, decode=decode,
                                              flip_test=flip_test, precision=precision, checkpoint_sha256=ckpt_sha,
-                                             topk=k, nms=nms))
+                                             topk=k, nms=nms, weights=weights))
         proto.producer_name, proto.producer_version = "rtmw-edge", __version__
         onnx.checker.check_model(proto)
         save_model_atomically(proto, output)

@@ -317,3 +317,13 @@ def keypoints_to_boxes(keypoints: np.ndarray, scores: np.ndarray, threshold: flo
         boxes[:, 0::2] = np.clip(boxes[:, 0::2], 0, image_wh[0])
         boxes[:, 1::2] = np.clip(boxes[:, 1::2], 0, image_wh[1])
     return boxes
+
+
+# --------------------------------------------------------------------------- keypoint similarity
+def oks(pred: np.ndarray, ref: np.ndarray, valid: np.ndarray, sigmas: np.ndarray, area: float) -> np.ndarray:
+    """Object keypoint similarity per sample: mean over valid keypoints of exp(−d² / (2·area·(2σ)²)).
+    [N,K,2] predictions and references, [N,K] validity, [K] sigmas → [N] (1.0 where nothing is valid)."""
+    d2 = np.sum((pred - ref) ** 2, axis=-1)
+    e = np.exp(-d2 / (2.0 * area * (2.0 * sigmas) ** 2))
+    counts = valid.sum(axis=1)
+    return np.where(counts > 0, (e * valid).sum(axis=1) / np.maximum(counts, 1), 1.0)

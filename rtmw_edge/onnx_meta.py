@@ -7,7 +7,9 @@ Schema (version 1): name, task (pose2d | pose3d | detector), input_name, input_s
 (names), decoded (bool: keypoints/scores instead of SimCC logits; boxes/scores for detectors),
 flip_test, precision, keypoint_set, num_keypoints, keypoint_names, flip_indices, simcc_split_ratio,
 simcc_sigma, z_range, root_z, focal, strides, score_threshold, nms_iou, max_per_image, topk, nms (bool),
-pad_value, checkpoint_sha256, package_version, schema_version.
+pad_value, checkpoint_sha256, package_version, schema_version; `weights` (exports): {"from": "checkpoint" |
+"random-init" | "model", "seed": the random-init seed or null, "sha256": `export.weights_sha256` of the traced
+model}, what the torch-cuda engine rebuilds the model from.
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ from pathlib import Path
 from .errors import RtmwEdgeError
 
 METADATA_KEY = "rtmw_edge"
+# what `calibrate` records in the INT8 copy of a foreign graph (one without project metadata): adding project
+# metadata there would change how the graph is recognised, so its calibration info has a key of its own
+CALIBRATION_KEY = "rtmw_edge_calibration"
 SCHEMA_VERSION = 1
 
 

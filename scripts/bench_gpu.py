@@ -2,11 +2,14 @@
 """GPU runtime benchmark: end-to-end FPS and per-stage time of the CUDA-stream pipeline, GPU kernels vs. the CPU
 pipeline's pre/post-processing around the same engines, and the per-extra-person cost at pose batch 1..32.
 
-    python scripts/bench_gpu.py [--backend torch-cuda|tensorrt] [--det DET] [--pose rtmw-m-256x192]
+    python scripts/bench_gpu.py [--backend torch-cuda|onnxruntime-gpu|tensorrt] [--det DET] [--pose rtmw-m-256x192]
                                 [--frames 100] [--persons 1,2,4,8,16,32] [--cuda-graphs] [--tf32] [--json out.json]
 
-Defaults: the shared RTMDet-nano raw-head detector (real weights) and an RTMW exported with random weights
-(speed does not depend on the weights). With --backend tensorrt give built engines (`rtmw-edge build`).
+Defaults: an RTMW exported with random weights (speed does not depend on the weights) and, as detector, the
+shared RTMDet-nano raw-head file (real weights) — except on torch-cuda, which runs project exports only: there
+rtmdet-nano-person is exported from its official checkpoint when `rtmw-edge models download rtmdet-nano-person`
+has cached it, else with random weights (then persons/frame says nothing). A registered name as --det or --pose
+is exported the same way. With --backend tensorrt give built engines (`rtmw-edge build`).
 Columns:
   * gpu-stream   GpuPoseEstimator.stream: two frames in flight (what `rtmw-edge run --backend ...` does)
   * gpu-serial   GpuPoseEstimator(image): one frame at a time, same kernels
@@ -47,6 +50,11 @@ def preflight(backend: str) -> str:
                 ok, why = False, "PyTorch has no CUDA (install a CUDA build of torch for --backend torch-cuda)"
         except ImportError:
             ok, why = False, "PyTorch is not installed (pip install 'rtmw-edge[export]' with a CUDA build of torch)"
+    if ok and backend == "onnxruntime-gpu":
+        import onnxruntime as ort
+
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            ok, why = False, "onnxruntime has no CUDA execution provider (install onnxruntime-gpu: docs/gpu-runtime.md)"
     if not ok:
         print(f"bench_gpu: needs a CUDA GPU: {why}", file=sys.stderr)
         sys.exit(2)
@@ -69,6 +77,7 @@ def tiled_boxes(n: int, wh=(1920, 1080)) -> np.ndarray:
 
 def cpu_estimator(det, pose, det_engine, pose_engine, backend: str):
     """The CPU pipeline with both models on the GPU engines' host interface."""
+    from rtmw_edge.backends.device import HostEngine
     from rtmw_edge.pipeline import PoseEstimator, TopDownPose
 
     if Path(det).suffix.lower() == ".onnx":
@@ -77,8 +86,35 @@ def cpu_estimator(det, pose, det_engine, pose_engine, backend: str):
         est.detector.infer = lambda x: [det_engine.run(x)[n] for n in names]
     else:
         est = PoseEstimator(det, pose, backend=backend)  # TensorRT engines behind the host interface
-    est.pose = TopDownPose(pose_engine)
+    est.pose = TopDownPose(pose_engine if backend == "tensorrt" else HostEngine(pose_engine))
     return est
+
+
+def model_file(name_or_path: str, tmp: Path, role: str) -> Path:
+    """A file as given, or a registered name exported here: from its cached official checkpoint when there is one
+    (`rtmw-edge models download`), else with random weights."""
+    from rtmw_edge.export import export_onnx
+    from rtmw_edge.hub import checkpoints_dir
+    from rtmw_edge.zoo import get_spec
+
+    path = Path(name_or_path)
+    if path.suffix:
+        return path
+    cached = checkpoints_dir() / get_spec(name_or_path).checkpoint_filename
+    weights = {"checkpoint": cached} if cached.is_file() else {"random_init": True}
+    print(f"bench_gpu: {role} {name_or_path} exported with {'official' if cached.is_file() else 'random'} weights",
+          file=sys.stderr)
+    return export_onnx(name_or_path, tmp / f"{name_or_path}.onnx", progress=False, **weights)
+
+
+def device_engine(path: Path, backend: str, tf32: bool):
+    if backend == "onnxruntime-gpu":
+        from rtmw_edge.backends.onnxruntime_gpu import OrtGpuEngine
+
+        return OrtGpuEngine(path)
+    from rtmw_edge.cuda.pipeline import load_device_engine
+
+    return load_device_engine(path, backend, **({"allow_tf32": tf32} if backend == "torch-cuda" else {}))
 
 
 def time_cpu_stages(est, image, frames: int) -> dict[str, float]:
@@ -154,8 +190,8 @@ def cpu_pose_segment(est, n: int, frames: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--backend", default="torch-cuda", choices=("torch-cuda", "tensorrt"))
-    ap.add_argument("--det", default=str(SHARED / "models" / "rtmdet-nano_person_320_rawhead.onnx"))
+    ap.add_argument("--backend", default="torch-cuda", choices=("torch-cuda", "onnxruntime-gpu", "tensorrt"))
+    ap.add_argument("--det", default=None, help="file or registered name (default: see above)")
     ap.add_argument("--pose", default="rtmw-m-256x192", help="registered name (exported with random weights) or file")
     ap.add_argument("--frames", type=int, default=100)
     ap.add_argument("--persons", default="1,2,4,8,16,32")
@@ -166,22 +202,20 @@ def main() -> None:
     device = preflight(args.backend)
     persons = [int(p) for p in args.persons.split(",")]
 
-    from rtmw_edge.cuda.pipeline import GpuPoseEstimator, load_device_engine
-    from rtmw_edge.export import export_onnx
+    from rtmw_edge.cuda.pipeline import GpuPoseEstimator
 
     images = [cv2.imread(str(p)) for p in sorted((SHARED / "images").glob("*.jpg"))] or \
         [np.full((720, 1280, 3), 127, np.uint8)]
     report: dict = {"device": device, "backend": args.backend, "frames": args.frames,
                     "date": time.strftime("%Y-%m-%d")}
     with tempfile.TemporaryDirectory() as tmp:
-        pose = Path(args.pose)
-        if not pose.suffix:
-            pose = export_onnx(args.pose, Path(tmp) / f"{args.pose}.onnx", random_init=True, progress=False)
-        options = {"allow_tf32": args.tf32} if args.backend == "torch-cuda" else {}
-        det_engine = load_device_engine(args.det, args.backend, **options)
-        pose_engine = load_device_engine(pose, args.backend, **options)
-        report.update(det=Path(args.det).name, pose=pose.name)
-        gpu = GpuPoseEstimator(args.det, pose, backend=args.backend, det_engine=det_engine, pose_engine=pose_engine,
+        det = args.det or ("rtmdet-nano-person" if args.backend == "torch-cuda" else
+                           str(SHARED / "models" / "rtmdet-nano_person_320_rawhead.onnx"))
+        det, pose = model_file(det, Path(tmp), "detector"), model_file(args.pose, Path(tmp), "pose")
+        det_engine = device_engine(det, args.backend, args.tf32)
+        pose_engine = device_engine(pose, args.backend, args.tf32)
+        report.update(det=det.name, pose=pose.name)
+        gpu = GpuPoseEstimator(det, pose, backend=args.backend, det_engine=det_engine, pose_engine=pose_engine,
                                max_persons=max(persons), cuda_graphs=args.cuda_graphs)
         sequence = frames_from(images, args.frames)
         list(gpu.stream(sequence[:10]))  # warm-up
@@ -194,12 +228,12 @@ def main() -> None:
         report["gpu-serial FPS"] = args.frames / (time.perf_counter() - t)
         report["persons/frame"] = people / args.frames
         gpu.close()
-        gpu = GpuPoseEstimator(args.det, pose, backend=args.backend, det_engine=det_engine, pose_engine=pose_engine,
+        gpu = GpuPoseEstimator(det, pose, backend=args.backend, det_engine=det_engine, pose_engine=pose_engine,
                                max_persons=max(persons), cuda_graphs=args.cuda_graphs, profile=True)
         list(gpu.stream(sequence))
         report["gpu stage ms (median, CUDA events)"] = gpu.timings.summary()
 
-        cpu = cpu_estimator(args.det, pose, det_engine, pose_engine, args.backend)
+        cpu = cpu_estimator(det, pose, det_engine, pose_engine, args.backend)
         for image in sequence[:3]:
             cpu(image)
         t = time.perf_counter()

@@ -22,9 +22,9 @@ import pytest
 
 from rtmw_edge.calibrate import data as D
 from rtmw_edge.calibrate.quantize import find_layers, int8_mac_share, prepare_model, validate_qdq
-from rtmw_edge.calibrate.runner import CALIBRATION_KEY
 from rtmw_edge.cli import main
 from rtmw_edge.detectors import OnnxDetector
+from rtmw_edge.onnx_meta import CALIBRATION_KEY
 from rtmw_edge.sources import read_image
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"

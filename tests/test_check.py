@@ -10,10 +10,11 @@ import pytest
 import torch
 from conftest import SHARED
 
-from rtmw_edge.check import Tolerances, check_model, oks
+from rtmw_edge.check import Tolerances, check_model
 from rtmw_edge.cli import main
 from rtmw_edge.errors import RtmwEdgeError
 from rtmw_edge.export import export_onnx
+from rtmw_edge.geometry import oks
 from rtmw_edge.models import create_model
 from rtmw_edge.models.checkpoint import save_checkpoint
 

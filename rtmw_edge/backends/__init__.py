@@ -48,10 +48,12 @@ def load_engine(path: str | Path, backend: str = "auto", **options) -> Engine:
         return TensorRTEngine(path, **options)
     if is_engine:
         raise RtmwEdgeError(f"{path.name} is a TensorRT engine: use --backend tensorrt (or auto)")
-    if backend == "torch-cuda":  # the exported ONNX run by PyTorch on the GPU (backends/torch_cuda.py)
+    if backend == "torch-cuda":  # the zoo's PyTorch model an export was made from, on the GPU (backends/torch_cuda.py)
+        from .device import HostEngine
         from .torch_cuda import TorchCudaEngine
 
-        return TorchCudaEngine(path, **options)
+        options.pop("threads", None)  # an ONNX Runtime setting
+        return HostEngine(TorchCudaEngine(path, **options))
     from .onnxruntime import OrtEngine
 
     return OrtEngine(path, **options)

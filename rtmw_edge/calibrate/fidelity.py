@@ -19,7 +19,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import geometry as G
-from ..check import oks
 from ..keypoints import KEYPOINT_SETS, OKS_SIGMAS
 
 SCORE_MARGIN = 0.05
@@ -154,7 +153,7 @@ def keypoint_fidelity(ref_kpts: np.ndarray, ref_scores: np.ndarray, cand_kpts: n
 def _oks_per_person(pred, ref, valid, sigmas, areas) -> np.ndarray:
     if len(pred) == 0:
         return np.zeros(0)
-    return np.array([oks(pred[i:i + 1], ref[i:i + 1], valid[i:i + 1], sigmas, max(float(areas[i]), 1.0))[0]
+    return np.array([G.oks(pred[i:i + 1], ref[i:i + 1], valid[i:i + 1], sigmas, max(float(areas[i]), 1.0))[0]
                      for i in range(len(pred))])
 
 

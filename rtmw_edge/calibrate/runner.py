@@ -21,7 +21,7 @@ import numpy as np
 from .. import __version__
 from ..errors import RtmwEdgeError, UsageError
 from ..hub import sha256_file
-from ..onnx_meta import METADATA_KEY, read_metadata, save_model_atomically, write_metadata
+from ..onnx_meta import CALIBRATION_KEY, METADATA_KEY, read_metadata, save_model_atomically, write_metadata
 from ..outputs import atomic_path, atomic_write_text, check_output
 from .data import (
     CalibrationCache,
@@ -50,7 +50,6 @@ from .quantize import (
 )
 from .ranges import METHODS, RangeCollector
 
-CALIBRATION_KEY = "rtmw_edge_calibration"  # metadata key for graphs without project metadata
 STATS_FILE = "statistics.npz"
 SENSITIVITY_FILE = "sensitivity.json"
 BIAS_SAMPLES = 128  # per-channel means settle long before this (samples spread over the whole set)

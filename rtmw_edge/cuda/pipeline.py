@@ -90,7 +90,8 @@ class DeviceFrame:
 
 
 def load_device_engine(path: str | Path, backend: str, device: int = 0, **options):
-    """A DeviceEngine for a model file: torch-cuda (an .onnx) or tensorrt (a built .engine)."""
+    """A DeviceEngine for a model file: tensorrt (a built .engine), onnxruntime-gpu (any .onnx) or torch-cuda
+    (a project export, run by the PyTorch model it was made from)."""
     path = Path(path)
     if backend == "torch-cuda":
         if path.suffix.lower() != ".onnx":
@@ -98,6 +99,12 @@ def load_device_engine(path: str | Path, backend: str, device: int = 0, **option
         from ..backends.torch_cuda import TorchCudaEngine
 
         return TorchCudaEngine(path, device=device, **options)
+    if backend == "onnxruntime-gpu":
+        if path.suffix.lower() != ".onnx":
+            raise RtmwEdgeError(f"--backend onnxruntime-gpu runs .onnx models, not {path.name}")
+        from ..backends.onnxruntime_gpu import OrtGpuEngine
+
+        return OrtGpuEngine(path, device=device)
     if backend == "tensorrt":
         from ..backends import tensorrt as trt_backend
 
@@ -105,7 +112,7 @@ def load_device_engine(path: str | Path, backend: str, device: int = 0, **option
         if path.suffix.lower() == ".onnx":
             raise RtmwEdgeError(f"--backend tensorrt runs built engines: `rtmw-edge build {path}` first")
         return trt_backend.load_device_engine(path, device=device)
-    raise RtmwEdgeError(f"the GPU pipeline runs --backend tensorrt or torch-cuda, not {backend!r}")
+    raise RtmwEdgeError(f"the GPU pipeline runs --backend tensorrt, onnxruntime-gpu or torch-cuda, not {backend!r}")
 
 
 def detector_config(engine, path: Path | None = None) -> DetectorConfig:
@@ -194,6 +201,8 @@ class GpuPoseModel:
             require("tensorrt", "trt")
         elif backend == "torch-cuda":
             require("torch", "export")
+        elif backend == "onnxruntime-gpu":
+            require("onnxruntime", "ort-gpu")
         R.cuda_modules()  # cuda-python present, or one line naming the gpu extra
         ok, why = R.device_available(device)
         if not ok:
