@@ -949,80 +949,63 @@ class _Driver(_Api):
         emu.enqueue(int(stream), "kernel", kernel, run, reads=reads, writes=writes)
 
 
-# --------------------------------------------------------------------------------------------- an engine
-class OrtDeviceEngine:
-    """A `DeviceEngine` (backends/device.py) over the emulated runtime: each context's enqueue is deferred work on
-    its stream that ONNX Runtime (CPU) runs when the emulated GPU gets to it — reading the input bytes, writing
-    the outputs and the context's own synthetic scratch range (so two streams sharing a context race). Stands in
-    for the PyTorch / onnxruntime-gpu device engines, which cannot run here."""
+# --------------------------------------------------------------------------------------------- engines
+def OrtDeviceEngine(emu: Emulator, path, max_batch: int = 8) -> Deferred:  # noqa: N802 - reads as a class
+    """The project's onnxruntime-gpu device engine on the CPU provider (its I/O binding over host pointers) as
+    deferred work on the emulated streams — stands in for every non-TensorRT device engine (any ONNX runs)."""
+    from rtmw_edge.backends.onnxruntime_gpu import OrtGpuEngine
 
-    graph_capturable = False
-    scratch_bytes = 0
+    return Deferred(emu, OrtGpuEngine(path, device="cpu", max_batch=max_batch))
 
-    def __init__(self, emu: Emulator, path, max_batch: int = 8) -> None:
-        import onnx
-        import onnxruntime as ort
 
-        from rtmw_edge.onnx_meta import read_metadata
+def TorchDeviceEngine(emu: Emulator, path, max_batch: int = 8) -> Deferred:  # noqa: N802
+    """The project's PyTorch device engine (the zoo's module an export was made from) on torch device "cpu", as
+    deferred work on the emulated streams."""
+    from rtmw_edge.backends.torch_cuda import TorchCudaEngine
 
-        self.emu, self.path = emu, Path(path)
-        self.name = self.path.name
-        self.metadata = read_metadata(self.path)
-        self.session = ort.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
-        self.input_name = self.session.get_inputs()[0].name
-        self.output_names = [o.name for o in self.session.get_outputs()]
-        dims = [d.dim_value or None for d in onnx.load(str(self.path)).graph.input[0].type.tensor_type.shape.dim]
-        self.min_batch, self.max_batch = (dims[0], dims[0]) if dims[0] else (1, max_batch)
-        self._chw = tuple(dims[1:])
-        out = self.session.run(None, {self.input_name: np.zeros(self.input_shape(self.min_batch), np.float32)})
-        self._per_item = {n: tuple(v.shape[1:]) for n, v in zip(self.output_names, out)}
-        self.batches: list[int] = []
+    return Deferred(emu, TorchCudaEngine(path, device="cpu", max_batch=max_batch))
+
+
+class Deferred:
+    """Any device engine of the project run on the CPU (the PyTorch engine on torch device "cpu", the
+    onnxruntime-gpu engine on the CPU provider with its I/O binding over host pointers) as *deferred* work on the
+    emulated streams: its context's `infer_async` is queued, declares the bytes it reads and writes (its bindings
+    and a synthetic scratch range per context), and runs — the product's own binding code — only when the
+    emulated GPU gets to it."""
+
+    def __init__(self, emu: Emulator, engine) -> None:
+        self.emu, self.engine = emu, engine
         self.contexts: list = []
+        self.batches: list[int] = []
 
-    def input_shape(self, batch: int) -> tuple[int, ...]:
-        return (int(batch), *self._chw)
-
-    def output_shape(self, name: str, batch: int) -> tuple[int, ...]:
-        return (int(batch), *self._per_item[name])
-
-    def output_dtype(self, name: str) -> str:
-        return "float32"
+    def __getattr__(self, name):
+        return getattr(self.__dict__["engine"], name)
 
     def create_context(self, stream: int, scratch: int | None = None):
-        ctx = _OrtContext(self, int(stream))
+        ctx = _DeferredContext(self, self.engine.create_context(int(stream)), int(stream))
         self.contexts.append(ctx)
         return ctx
 
-    def close(self) -> None:
-        self.session = None
 
-
-class _OrtContext:
-    def __init__(self, engine: OrtDeviceEngine, stream: int) -> None:
-        self.engine, self.stream = engine, stream
-        self.scratch = engine.emu.synthetic(4096, f"scratch of {engine.name} context on stream {stream:#x}")
-        self.closed = False
+class _DeferredContext:
+    def __init__(self, owner: Deferred, inner, stream: int) -> None:
+        self.owner, self.inner, self.stream = owner, inner, stream
+        self.scratch = owner.emu.synthetic(4096, f"scratch of {owner.engine.name} context on stream {stream:#x}")
 
     def infer_async(self, inputs: dict[str, int], outputs: dict[str, int], batch: int) -> None:
-        eng = self.engine
-        assert not self.closed, "infer_async on a closed context"
-        assert eng.min_batch <= batch <= eng.max_batch, (batch, eng.min_batch, eng.max_batch)
+        eng = self.owner.engine
         for name, ptr in {**inputs, **outputs}.items():
             if int(ptr) % 256:
                 raise EmulationError(f"{eng.name}: {name} at {int(ptr):#x} is not 256-byte aligned")
-        eng.batches.append(batch)
-        shape = eng.input_shape(batch)
-        in_ptr = int(inputs[eng.input_name])
-        nbytes = int(np.prod(shape)) * 4
-        out_bytes = {n: int(np.prod(eng.output_shape(n, batch))) * 4 for n in eng.output_names}
-
-        def run():
-            x = np.frombuffer((ctypes.c_uint8 * nbytes).from_address(in_ptr), np.float32).reshape(shape).copy()
-            for name, value in zip(eng.output_names, eng.session.run(None, {eng.input_name: x})):
-                value = np.ascontiguousarray(value, np.float32)
-                ctypes.memmove(int(outputs[name]), value.ctypes.data, value.nbytes)
-        eng.emu.enqueue_engine(self.stream, f"engine {eng.name}", run, reads=[(in_ptr, nbytes)],
-                               writes=[(int(outputs[n]), b) for n, b in out_bytes.items()] + [(self.scratch, 4096)])
+        self.owner.batches.append(batch)
+        nbytes = int(np.prod(eng.input_shape(batch))) * 4
+        writes = [(int(outputs[n]), int(np.prod(eng.output_shape(n, batch))) * np.dtype(eng.output_dtype(n)).itemsize)
+                  for n in eng.output_names]
+        inputs, outputs = dict(inputs), dict(outputs)
+        self.owner.emu.enqueue_engine(self.stream, f"engine {eng.name}",
+                                      lambda: self.inner.infer_async(inputs, outputs, batch),
+                                      reads=[(int(inputs[eng.input_name]), nbytes)],
+                                      writes=writes + [(self.scratch, 4096)])
 
     def close(self) -> None:
-        self.closed = True
+        self.inner.close()

@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 import pytest
 from conftest import SHARED
-from emulated_cuda import EmulationError, Emulator, OrtDeviceEngine
+from emulated_cuda import EmulationError, Emulator, OrtDeviceEngine, TorchDeviceEngine
 from fake_tensorrt import make_fake_tensorrt
 from kernel_devices import pipelines_agree
 from onnx import TensorProto, helper
@@ -412,12 +412,15 @@ def test_y4_graph_close_destroys_the_graph_even_when_the_exec_fails(emu, monkeyp
 
 
 # ------------------------------------------------------------------------------- the same on a non-TensorRT engine
-def test_deferred_engines_run_the_two_slot_pipeline_in_order(monkeypatch, models):
-    """The ONNX Runtime device engine (stands for the PyTorch / onnxruntime-gpu ones: not graph-capturable) over
-    the lazy policy: two frames in flight, results in order and equal to one-at-a-time."""
+@pytest.mark.parametrize("pose_engine", ["onnxruntime-gpu", "torch"])
+def test_deferred_engines_run_the_two_slot_pipeline_in_order(monkeypatch, models, pose_engine):
+    """The project's other device engines — onnxruntime-gpu (I/O binding) and PyTorch (the zoo's module) on the
+    CPU, not graph-capturable — as deferred work under the lazy policy: two frames in flight, results in order
+    and equal to one-at-a-time, one context per slot stream."""
     emu = Emulator(seed=9, policy="lazy").install(monkeypatch)
     det = OrtDeviceEngine(emu, RAWHEAD, max_batch=1)
-    pose = OrtDeviceEngine(emu, models["pose_onnx"], max_batch=4)
+    make = OrtDeviceEngine if pose_engine == "onnxruntime-gpu" else TorchDeviceEngine
+    pose = make(emu, models["pose_onnx"], max_batch=4)
     est = P.GpuPoseEstimator(RAWHEAD, models["pose_onnx"], det_engine=det, pose_engine=pose, cuda_graphs=True)
     assert not est.cuda_graphs                                                  # not capturable: stays eager
     images = [photo(n) for n in ("000000040083.jpg", "human-pose.jpg", "000000197388.jpg")]
@@ -426,6 +429,7 @@ def test_deferred_engines_run_the_two_slot_pipeline_in_order(monkeypatch, models
     assert [r.frame for _, r in got] == [0, 1, 2] and [r.timestamp for _, r in got] == [0.0, 0.5, 1.0]
     for want, (_, r) in zip(serial, got):
         same_results(want, r)
-    assert len({id(c) for c in det.contexts}) == 2 and {c.stream for c in det.contexts} == {
-        s.stream.handle for s in est.slots}
+    for engine in (det, pose):
+        assert len({id(c) for c in engine.contexts}) == 2 and {c.stream for c in engine.contexts} == {
+            s.stream.handle for s in est.slots}
     est.close()
