@@ -135,3 +135,16 @@ def pipelines_agree(pairs, input_px: float = 2.0) -> dict:
     assert box <= tol, out
     assert out["median_px"] <= tol and out["person_median_p95_px"] <= tol, out
     return out
+
+
+def real_detector_export(folder, rawhead):
+    """The shared RTMDet-nano raw head's official weights as a project export (what the PyTorch device engine
+    runs: it refuses foreign files), and the model: (path, model)."""
+    from onnx_weights import load_folded_rtmdet
+
+    from rtmw_edge.export import export_onnx
+    from rtmw_edge.models import create_model
+
+    det = create_model("rtmdet-nano-person")
+    load_folded_rtmdet(det, rawhead)
+    return export_onnx("rtmdet-nano-person", folder / "rtmdet-nano-real.onnx", model=det, progress=False), det

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 from conftest import SHARED
-from kernel_devices import gpu_or_skip
+from kernel_devices import gpu_or_skip, real_detector_export
 
 pytestmark = pytest.mark.gpu
 
@@ -27,12 +27,15 @@ def model(tmp_path_factory):
         pytest.skip("the torch engines need a CUDA build of PyTorch")
     if not RAWHEAD.is_file():
         pytest.skip("shared RTMDet raw-head detector not found")
+    from rtmw_edge.backends.torch_cuda import TorchCudaEngine
     from rtmw_edge.cuda.pipeline import GpuPoseModel
     from rtmw_edge.export import export_onnx
 
-    pose = export_onnx("rtmpose-t-256x192", tmp_path_factory.mktemp("gpu_async") / "t.onnx", random_init=True,
-                       progress=False)
-    m = GpuPoseModel(RAWHEAD, pose, backend="torch-cuda", max_persons=4)
+    folder = tmp_path_factory.mktemp("gpu_async")
+    pose = export_onnx("rtmpose-t-256x192", folder / "t.onnx", random_init=True, progress=False)
+    det, det_model = real_detector_export(folder, RAWHEAD)
+    m = GpuPoseModel(det, pose, backend="torch-cuda", max_persons=4,
+                     det_engine=TorchCudaEngine(det, model=det_model, device=0))
     yield m
     m.close()
 
