@@ -370,6 +370,102 @@ class _Slot:
         self.stream.close()
 
 
+def enqueue_detect(model: GpuPoseModel, slot, item, *, copy_boxes: bool = False) -> None:
+    """Upload (or adopt) the frame and enqueue letterbox → detector → select → header copy on `slot.stream`,
+    then record `slot.counted`. `slot`: a frame slot or a camera lane (stream, events, buffers, its detector
+    context). `copy_boxes`: also copy every box and score slot back with the header (the multi-camera tick reads
+    them before the pose work)."""
+    s = slot.stream
+    slot.busy = True
+    slot.mark("start")
+    if isinstance(item, DeviceFrame):
+        w, h = int(item.width), int(item.height)
+        pitch = int(item.pitch or w * 3)
+        src = R.as_device_pointer(item.ptr)
+        producer = item.stream
+        if producer is None:
+            cai = getattr(item.ptr, "__cuda_array_interface__", None)
+            producer = cai.get("stream", LEGACY_STREAM) if cai is not None else LEGACY_STREAM
+            producer = LEGACY_STREAM if producer == 1 else producer   # CAI: 1 = the legacy default stream
+        if producer is not None:      # None: the producer says the data is ready
+            slot.ready.record(R.as_stream_handle(producer))
+            s.wait(slot.ready)
+        index, timestamp = item.index, item.timestamp
+    else:
+        from ..detectors import as_bgr_uint8
+
+        image, index, timestamp = item
+        image = as_bgr_uint8(image)
+        h, w = image.shape[:2]
+        pitch = w * 3
+        slot.frame_buffers(image.nbytes, model.zero_copy)
+        np.copyto(slot.frame_host.array(np.uint8, image.shape), image)
+        if model.zero_copy:
+            src = slot.frame_host.device_ptr
+        else:
+            R.copy_htod_async(slot.frame_dev.ptr, slot.frame_host.ptr, image.nbytes, s.handle)
+            src = slot.frame_dev.ptr
+    slot.mark("upload")
+    slot.meta = {"src": src, "w": w, "h": h, "pitch": pitch, "index": index, "timestamp": timestamp}
+
+    det, lb = model.det, KK.letterbox_args((h, w), model.det.input_size)
+    model.kernels.launch("letterbox_bgr_to_nchw", KK.letterbox_launch(det.input_size), KK.pack_args(
+        "letterbox_bgr_to_nchw", src=src, src_w=w, src_h=h, src_pitch=pitch, dst=slot.ptr["det_input"],
+        dst_w=det.input_size[0], dst_h=det.input_size[1], new_w=lb["new_w"], new_h=lb["new_h"],
+        scale_x=lb["resize_scale_x"], scale_y=lb["resize_scale_y"], **KK.normalisation(det.mean, det.std),
+        swap_rb=int(det.swap_rb), pad_value=float(det.pad_value), quantize=model.quantize), s)
+    slot.mark("letterbox")
+    det_engine = model.det_engine
+    outputs = {n: slot.ptr[f"det:{n}"] for n in det_engine.output_names}
+    slot.det_ctx.infer_async({det_engine.input_name: slot.ptr["det_input"]}, outputs, 1)
+    slot.mark("detector")
+    if det.kind == "rtmdet-rawhead":
+        args = {}
+        for i, (name, stride) in enumerate(det.levels):
+            shape = det_engine.output_shape(name, 1)
+            args.update({f"level{i}": outputs[name], f"h{i}": shape[1], f"w{i}": shape[2], f"stride{i}": stride})
+        model.kernels.launch("rtmdet_rawhead_decode", KK.rawhead_launch(model.num_candidates), KK.pack_args(
+            "rtmdet_rawhead_decode", **args, boxes=slot.ptr["cand_boxes"], scores=slot.ptr["cand_scores"]), s)
+        boxes, scores = slot.ptr["cand_boxes"], slot.ptr["cand_scores"]
+    else:
+        boxes, scores = outputs[det.boxes_output], outputs[det.scores_output]
+    model.kernels.launch("detector_select", KK.select_launch(model.num_candidates), KK.pack_args(
+        "detector_select", boxes=boxes, scores=scores, num_candidates=model.num_candidates,
+        score_threshold=float(np.float32(model.det_threshold)), run_nms1=int(not det.has_nms),
+        iou1=model.det_nms_iou, max_det1=model.det_max_detections, scale_x=float(lb["box_scale_x"]),
+        scale_y=float(lb["box_scale_y"]), clip_w=lb["clip_w"], clip_h=lb["clip_h"], iou2=model.nms_iou,
+        max_persons=model.max_persons, work=slot.ptr["nms_work"], out_boxes=slot.ptr["boxes"],
+        out_scores=slot.ptr["scores"], header=slot.ptr["header"]), s)
+    if not model.zero_copy:
+        R.copy_dtoh_async(slot.host.ptr, slot.ptr["header"], 16, s.handle)
+        if copy_boxes:
+            m = model.max_persons
+            R.copy_dtoh_async(slot.host.ptr + slot.out["boxes"], slot.ptr["boxes"], 16 * m, s.handle)
+            R.copy_dtoh_async(slot.host.ptr + slot.out["scores"], slot.ptr["scores"], 4 * m, s.handle)
+    slot.mark("select")
+    slot.counted.record(s)
+
+
+def camera_args(model: GpuPoseModel, camera: G.Camera | None, meta: dict) -> tuple[float, float, float, float]:
+    """The intrinsics the decode kernel gets (float32 values) for a frame: a captured graph bakes them in."""
+    info = model.info
+    cam = camera or G.Camera(*(info.focal or (G.Camera.fx, G.Camera.fy)))
+    cx = meta["w"] / 2 if cam.cx is None else cam.cx
+    cy = meta["h"] / 2 if cam.cy is None else cam.cy
+    f32 = np.float32
+    return float(f32(cam.fx)), float(f32(cam.fy)), float(f32(cx)), float(f32(cy))
+
+
+def read_count(model: GpuPoseModel, header: np.ndarray) -> tuple[int, int]:
+    """The person count (and the total before the cap) from a header — after its `counted` was waited for.
+    A value outside [0, max_persons] means corrupted memory: an error, never a buffer overrun."""
+    n, total = int(header[0]), int(header[1])
+    if not 0 <= n <= model.max_persons or total < n:
+        raise RtmwEdgeError(f"the detector stage reported {n} person(s) (total {total}), outside "
+                            f"[0, {model.max_persons}]: device results are corrupt")
+    return n, total
+
+
 class GpuPoseStream:
     """One camera on a `GpuPoseModel`: `stream(image)` → `FrameResult` (one frame to completion),
     `stream.stream(frames)` (two frames in flight), `detect`, `infer_device` — and its own tracker."""
@@ -405,82 +501,10 @@ class GpuPoseStream:
 
     # ------------------------------------------------------------------ stages
     def _enqueue_detect(self, slot: _Slot, item) -> None:
-        """Upload (or adopt) the frame and enqueue letterbox → detector → select → header copy."""
-        model = self.model
-        s = slot.stream
-        slot.busy = True
-        slot.mark("start")
-        if isinstance(item, DeviceFrame):
-            w, h = int(item.width), int(item.height)
-            pitch = int(item.pitch or w * 3)
-            src = R.as_device_pointer(item.ptr)
-            producer = item.stream
-            if producer is None:
-                cai = getattr(item.ptr, "__cuda_array_interface__", None)
-                producer = cai.get("stream", LEGACY_STREAM) if cai is not None else LEGACY_STREAM
-                producer = LEGACY_STREAM if producer == 1 else producer   # CAI: 1 = the legacy default stream
-            if producer is not None:      # None: the producer says the data is ready
-                slot.ready.record(R.as_stream_handle(producer))
-                s.wait(slot.ready)
-            index, timestamp = item.index, item.timestamp
-        else:
-            from ..detectors import as_bgr_uint8
-
-            image, index, timestamp = item
-            image = as_bgr_uint8(image)
-            h, w = image.shape[:2]
-            pitch = w * 3
-            slot.frame_buffers(image.nbytes, model.zero_copy)
-            np.copyto(slot.frame_host.array(np.uint8, image.shape), image)
-            if model.zero_copy:
-                src = slot.frame_host.device_ptr
-            else:
-                R.copy_htod_async(slot.frame_dev.ptr, slot.frame_host.ptr, image.nbytes, s.handle)
-                src = slot.frame_dev.ptr
-        slot.mark("upload")
-        slot.meta = {"src": src, "w": w, "h": h, "pitch": pitch, "index": index, "timestamp": timestamp}
-
-        det, lb = model.det, KK.letterbox_args((h, w), model.det.input_size)
-        model.kernels.launch("letterbox_bgr_to_nchw", KK.letterbox_launch(det.input_size), KK.pack_args(
-            "letterbox_bgr_to_nchw", src=src, src_w=w, src_h=h, src_pitch=pitch, dst=slot.ptr["det_input"],
-            dst_w=det.input_size[0], dst_h=det.input_size[1], new_w=lb["new_w"], new_h=lb["new_h"],
-            scale_x=lb["resize_scale_x"], scale_y=lb["resize_scale_y"], **KK.normalisation(det.mean, det.std),
-            swap_rb=int(det.swap_rb), pad_value=float(det.pad_value), quantize=model.quantize), s)
-        slot.mark("letterbox")
-        det_engine = model.det_engine
-        outputs = {n: slot.ptr[f"det:{n}"] for n in det_engine.output_names}
-        slot.det_ctx.infer_async({det_engine.input_name: slot.ptr["det_input"]}, outputs, 1)
-        slot.mark("detector")
-        if det.kind == "rtmdet-rawhead":
-            args = {}
-            for i, (name, stride) in enumerate(det.levels):
-                shape = det_engine.output_shape(name, 1)
-                args.update({f"level{i}": outputs[name], f"h{i}": shape[1], f"w{i}": shape[2], f"stride{i}": stride})
-            model.kernels.launch("rtmdet_rawhead_decode", KK.rawhead_launch(model.num_candidates), KK.pack_args(
-                "rtmdet_rawhead_decode", **args, boxes=slot.ptr["cand_boxes"], scores=slot.ptr["cand_scores"]), s)
-            boxes, scores = slot.ptr["cand_boxes"], slot.ptr["cand_scores"]
-        else:
-            boxes, scores = outputs[det.boxes_output], outputs[det.scores_output]
-        model.kernels.launch("detector_select", KK.select_launch(model.num_candidates), KK.pack_args(
-            "detector_select", boxes=boxes, scores=scores, num_candidates=model.num_candidates,
-            score_threshold=float(np.float32(model.det_threshold)), run_nms1=int(not det.has_nms),
-            iou1=model.det_nms_iou, max_det1=model.det_max_detections, scale_x=float(lb["box_scale_x"]),
-            scale_y=float(lb["box_scale_y"]), clip_w=lb["clip_w"], clip_h=lb["clip_h"], iou2=model.nms_iou,
-            max_persons=model.max_persons, work=slot.ptr["nms_work"], out_boxes=slot.ptr["boxes"],
-            out_scores=slot.ptr["scores"], header=slot.ptr["header"]), s)
-        if not model.zero_copy:
-            R.copy_dtoh_async(slot.host.ptr, slot.ptr["header"], 16, s.handle)
-        slot.mark("select")
-        slot.counted.record(s)
+        enqueue_detect(self.model, slot, item)
 
     def _camera(self, meta: dict) -> tuple[float, float, float, float]:
-        """The intrinsics the decode kernel gets (float32 values): a captured graph bakes them in."""
-        info = self.model.info
-        cam = self.camera or G.Camera(*(info.focal or (G.Camera.fx, G.Camera.fy)))
-        cx = meta["w"] / 2 if cam.cx is None else cam.cx
-        cy = meta["h"] / 2 if cam.cy is None else cam.cy
-        f32 = np.float32
-        return float(f32(cam.fx)), float(f32(cam.fy)), float(f32(cx)), float(f32(cy))
+        return camera_args(self.model, self.camera, meta)
 
     def _pose_work(self, slot: _Slot, n: int, marks: bool) -> None:
         """crops → pose engine → decode per chunk, then the result copies, for n persons (capturable as one CUDA
@@ -532,13 +556,7 @@ class GpuPoseStream:
             slot.mark("download")
 
     def _read_count(self, slot: _Slot) -> tuple[int, int]:
-        """The person count (and the total before the cap) from the header — after `counted` was waited for.
-        A value outside [0, max_persons] means corrupted memory: an error, never a buffer overrun."""
-        n, total = int(slot.header[0]), int(slot.header[1])
-        if not 0 <= n <= self.model.max_persons or total < n:
-            raise RtmwEdgeError(f"the detector stage reported {n} person(s) (total {total}), outside "
-                                f"[0, {self.model.max_persons}]: device results are corrupt")
-        return n, total
+        return read_count(self.model, slot.header)
 
     def _enqueue_pose(self, slot: _Slot) -> int:
         """Wait for the person count (the one host read between the engines), then enqueue the pose part —
