@@ -29,7 +29,7 @@ out = Console(width=max(Console().width, 110))  # keep tables readable when pipe
 # a foreign pose ONNX (mmdeploy / rtmlib / mmpose export, no rtmw_edge metadata, no SDK JSON beside it)
 POSE_SPEC_OPTION = typer.Option(None, "--pose-spec", help=POSE_SPEC_HELP)
 # the --backend names, from the one backend table (rtmw_edge/backends/__init__.py), by the pipeline they mean
-LOCAL_BACKENDS = tuple(b for b in backend_names() if b not in backends_of("remote"))
+LOCAL_BACKEND_NAMES = tuple(b for b in backend_names() if b not in backends_of("remote"))
 BACKEND_PIPELINES = (f"{', '.join(backends_of('cpu'))} (the CPU pipeline), {', '.join(backends_of('cuda-stream'))} "
                      "(the CUDA-stream pipeline), auto (the CUDA-stream pipeline when a GPU and TensorRT engines "
                      "are there, else the CPU one)")
@@ -304,8 +304,8 @@ def eval_cmd(ann: Path = typer.Option(..., "--ann", help="COCO / COCO-WholeBody 
             raise UsageError("eval needs --pose and --images to run models (or --predictions to score a file)")
         if gt_boxes == (det is not None):
             raise UsageError("eval needs exactly one of --det DETECTOR or --gt-boxes")
-        if backend not in LOCAL_BACKENDS:
-            raise UsageError(f"--backend must be one of {', '.join(LOCAL_BACKENDS)}, not {backend!r} (eval runs "
+        if backend not in LOCAL_BACKEND_NAMES:
+            raise UsageError(f"--backend must be one of {', '.join(LOCAL_BACKEND_NAMES)}, not {backend!r} (eval runs "
                              "the models here)")
         metrics, _ = run_eval(ann, images, pose, det=det, gt_boxes=gt_boxes, backend=backend, flip_test=flip_test,
                               pose_spec=pose_spec)
