@@ -69,6 +69,10 @@ def test_commands_and_the_daemon_config_take_their_names_from_the_table(tmp_path
         for name in NAMES:
             if command != "eval" or name != "triton":
                 assert name in text, (command, name)
+    assert main(["eval", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "Which pipeline runs: with --det, the one --backend means" in text
+    assert "tensorrt, torch-cuda, onnxruntime-gpu: the CUDA-stream pipeline" in text
     camera = '[cameras.a]\nsource = "0"\n'
     for name in NAMES:
         url = 'triton_url = "127.0.0.1:8001"\n' if name == "triton" else ""
