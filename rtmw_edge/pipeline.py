@@ -1,4 +1,7 @@
-"""`PoseEstimator`: one frame → people → keypoints, on the CPU with ONNX Runtime (the reference pipeline).
+"""The CPU pipeline (the reference): one frame → people → keypoints, with host engines (ONNX Runtime, or TensorRT
+engines behind the host interface). `PoseModel` holds the engines and runs detect / pose / infer with no memory of
+past frames; `streams.PoseStream` holds one stream's state (skip-frame schedule, tracker); `PoseEstimator` is a
+model with one stream of its own. `estimators.open_estimator` decides when a backend name means this pipeline.
 
 Readable top to bottom (rtmw_facts §3):
   detector: letterbox (BGR, pad 114, detector mean/std) → engine → boxes/scores → person NMS
@@ -20,7 +23,7 @@ import numpy as np
 
 from . import geometry as G
 from .backends import Engine, load_engine, run_chunked
-from .backends.onnxruntime import session_options
+from .backends import onnxruntime as ort_backend
 from .detectors import EngineDetector, OnnxDetector
 from .errors import RtmwEdgeError, UsageError
 from .export import DECODED_OUTPUTS, POSE_OUTPUTS
@@ -246,7 +249,7 @@ class PoseModel:
                                       nms_iou=0.6, max_detections=1000)
         else:
             detector = OnnxDetector(det_path, score_threshold=det_threshold, nms_iou=0.6, max_detections=1000,
-                                    session_options=session_options(threads))
+                                    session_options=ort_backend.session_options(threads))
         pose_model = TopDownPose(load_engine(pose_path, backend, threads=threads), flip_test, pose_spec=pose_spec)
         self._assemble(detector, pose_model, max_persons=max_persons, nms_iou=nms_iou, kpt_threshold=kpt_threshold,
                        camera=camera)
