@@ -29,6 +29,7 @@ from . import geometry as G
 from .errors import RtmwEdgeError
 from .estimators import open_estimator, pipeline_of
 from .outputs import atomic_path
+from .streams import FrameTail
 
 # a confident threshold keeps edge fragments of neighbouring tiles from counting as people
 DET_THRESHOLD = 0.5
@@ -122,8 +123,6 @@ class StageClock:
 
 def run_frame(est, jpeg: bytes, clock: StageClock, draw: bool = True) -> int:
     """One frame through every stage, each timed separately; returns the number of persons."""
-    from .results import FrameResult, Person
-
     marks = [time.perf_counter()]
 
     def lap(stage: str) -> None:
@@ -145,18 +144,19 @@ def run_frame(est, jpeg: bytes, clock: StageClock, draw: bool = True) -> int:
     lap("crops")
     outputs = est.pose.infer(crops) if len(crops) else {}
     lap("pose_inference")
-    persons = []
+    h, w = image.shape[:2]
     if len(crops):
-        kpts, kscores, k3d = est.pose.postprocess(outputs, centers, scales, (image.shape[1], image.shape[0]))
-        persons = [Person(boxes[i], float(scores[i]), kpts[i], kscores[i], None,
-                          None if k3d is None else k3d[i]) for i in range(len(boxes))]
+        kpts, kscores, k3d = est.pose.postprocess(outputs, centers, scales, (w, h))
+    else:
+        kpts, kscores, k3d = np.zeros((0, 0, 2), np.float32), np.zeros((0, 0), np.float32), None
+    result = FrameTail()(boxes, scores, kpts, kscores, k3d, 0, width=w, height=h)
     lap("decode_keypoints")
     if draw:
         from .viz import draw_frame
 
-        draw_frame(image, FrameResult(0, 0.0, image.shape[1], image.shape[0], persons))
+        draw_frame(image, result)
         lap("draw")
-    return len(persons)
+    return len(result.persons)
 
 
 def run_production(est, jpeg: bytes, clock: StageClock, draw: bool = True) -> int:

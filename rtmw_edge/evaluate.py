@@ -238,8 +238,9 @@ def run_eval(ann_path: str | os.PathLike[str], images_dir: str | os.PathLike[str
     from .backends import load_engine
     from .estimators import open_estimator
     from .pipeline import TopDownPose, resolve_model
-    from .results import FrameResult, Person, coco_items
+    from .results import coco_items
     from .sources import read_image
+    from .streams import FrameTail
 
     if gt_boxes == (det is not None):
         raise RtmwEdgeError("give exactly one of a detector (--det) or --gt-boxes")
@@ -269,6 +270,7 @@ def run_eval(ann_path: str | os.PathLike[str], images_dir: str | os.PathLike[str
         by_image.setdefault(a["image_id"], []).append(a)
 
     predictions: list[dict] = []
+    tail = FrameTail()  # no tracking: every photo on its own
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   transient=True, disable=not progress) as bar:
         task = bar.add_task(f"eval {Path(ann_path).name}", total=len(files))
@@ -277,9 +279,8 @@ def run_eval(ann_path: str | os.PathLike[str], images_dir: str | os.PathLike[str
             if estimator is None:
                 boxes = _gt_person_boxes(by_image.get(image_id, []))
                 kpts, kpt_scores, _ = pose_model(image, boxes)
-                result = FrameResult(frame=0, timestamp=0.0, width=image.shape[1], height=image.shape[0],
-                                     persons=[Person(bbox=boxes[i], score=1.0, keypoints=kpts[i],
-                                                     keypoint_scores=kpt_scores[i]) for i in range(len(boxes))])
+                result = tail(boxes, np.ones(len(boxes), np.float32), kpts, kpt_scores, None, 0,
+                              width=image.shape[1], height=image.shape[0])
             else:
                 result = estimator(image)
             predictions += coco_items(result, image_id)
