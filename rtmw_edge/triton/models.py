@@ -40,7 +40,10 @@ def _pb():
 
 
 def _tensor(name: str, array: np.ndarray):
-    return _pb().Tensor.from_dlpack(name, np.ascontiguousarray(array))
+    # numpy gives empty arrays zero strides (np.zeros((0, 4)).strides == (0, 0)) and calls them contiguous; the
+    # stub's DLPack check wants C-order strides: an empty array is made by reshaping an empty vector, which has them
+    array = np.array([], array.dtype).reshape(array.shape) if array.size == 0 else np.ascontiguousarray(array)
+    return _pb().Tensor.from_dlpack(name, array)
 
 
 def _as_array(tensor) -> np.ndarray:
