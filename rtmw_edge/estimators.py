@@ -35,7 +35,7 @@ from pathlib import Path
 from .backends import ENGINE_SUFFIXES, availability, get_backend
 from .cuda.pipeline import GpuPoseEstimator
 from .engines import read_manifest
-from .errors import UsageError
+from .errors import MissingDependencyError, UsageError
 from .onnx_meta import read_metadata
 from .pipeline import PoseEstimator
 from .triton.client import TritonPoseEstimator
@@ -128,7 +128,10 @@ def choose_pipeline(det, pose, backend: str = "auto", *, flip_test: bool = False
     reason = _cpu_only_reason(pose, flip_test, det_interval)
     if reason is not None:
         return PipelineChoice("auto", "cpu", f"auto: {reason} (TensorRT engines as host engines)")
-    availability("tensorrt").require()  # engines need TensorRT and a GPU whatever the pipeline
+    tensorrt = availability("tensorrt")  # engines need TensorRT and a GPU whatever the pipeline
+    if not tensorrt.available:
+        raise MissingDependencyError(f"--backend auto: {Path(str(det)).name} and {Path(str(pose)).name} are TensorRT "
+                                     f"engines, and the tensorrt backend cannot run here: {tensorrt.reason}")
     return PipelineChoice("tensorrt", "cuda-stream", "auto: TensorRT engines and a GPU: the CUDA-stream pipeline")
 
 

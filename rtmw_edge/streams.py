@@ -10,7 +10,8 @@ camera), so each camera keeps its own track ids and detection schedule while the
 
 `FrameTail` is the end of every pipeline's frame, written once: the arrays a pipeline produced (boxes, scores,
 keypoints, keypoint scores, 3D keypoints, persons cut by max_persons) → `Person`s → the stream's tracker →
-`FrameResult`. The CPU pipeline, the Triton client, the daemon and the GPU pipeline all end their frames here.
+`FrameResult`. The CPU pipeline, the Triton client, the daemon, `eval` and `bench` end their frames here; the GPU
+pipeline's streams are to call it with the arrays they copy back (the one frame tail of the project).
 
 What a model offers a `PoseStream`:
 

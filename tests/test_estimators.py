@@ -260,7 +260,8 @@ def test_a_cuda_stream_backend_that_cannot_run_here_says_why(onnx_pair, tmp_path
     for name in ("tensorrt", "torch-cuda", "onnxruntime-gpu"):
         with pytest.raises(MissingDependencyError, match=f"--backend {name} cannot run here: no CUDA GPU"):
             E.open_estimator(det, pose, name)
-    with pytest.raises(MissingDependencyError, match="--backend tensorrt cannot run here"):
+    with pytest.raises(MissingDependencyError, match="--backend auto: det.engine and pose.engine are TensorRT "
+                                                     "engines, and the tensorrt backend cannot run here: no CUDA GPU"):
         E.open_estimator(det, pose)  # auto with engines: they need TensorRT and a GPU whatever the pipeline
 
 
