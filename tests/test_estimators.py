@@ -123,8 +123,8 @@ def test_availability_names_every_missing_piece(monkeypatch):
     assert "TensorRT is not installed" in B.availability("tensorrt").reason  # both pieces named
 
 
-def test_host_engines_come_from_the_table(tmp_path):
-    pose = export_onnx("rtmpose-t-256x192", tmp_path / "pose.onnx", random_init=True, progress=False)
+def test_host_engines_come_from_the_table(tmp_path, onnx_pair):
+    pose = onnx_pair["pose"]
     from rtmw_edge.backends.onnxruntime import OrtEngine
 
     assert isinstance(B.load_engine(pose), OrtEngine) and isinstance(B.load_engine(pose, "onnxruntime"), OrtEngine)
