@@ -40,7 +40,10 @@ def build_cmd(onnx: Path = typer.Argument(..., help="The ONNX to build (from `rt
               check: bool = typer.Option(False, "--check", help="Only report: exit 0 if the engine is up to "
                                          "date, 3 if it is missing or stale (and why)."),
               verbose: bool = typer.Option(False, "--verbose", help="Show TensorRT's info/verbose messages."),
-              pose_spec: str | None = typer.Option(None, "--pose-spec", help=POSE_SPEC_HELP)) -> None:
+              pose_spec: str | None = typer.Option(None, "--pose-spec", help=POSE_SPEC_HELP),
+              contexts: int | None = typer.Option(None, "--contexts", help="Execution contexts a dynamic-batch engine "
+                                                  "serves at once (one optimization profile each; the GPU "
+                                                  "pipeline uses 2 per camera stream). Default 4.")) -> None:
     """Build a TensorRT engine from an ONNX (cached: skipped when a matching engine exists)."""
     from .backends.tensorrt import build_engine, check_engine
     from .engines import EngineError, default_engine_path, manifest_path, parse_batch
@@ -60,7 +63,15 @@ def build_cmd(onnx: Path = typer.Argument(..., help="The ONNX to build (from `rt
         check_output(manifest_path(engine), option="-o", inputs=[onnx])
         if timing_cache is not None and not no_timing_cache:
             check_output(timing_cache, option="--timing-cache", inputs=[onnx], others=[engine])
-    options = {"batch": batch, "workspace": workspace, "dla_core": dla, "fp16": fp16, "pose_spec": pose_spec}
+    if contexts is not None:
+        from .engines import parse_contexts
+
+        try:
+            parse_contexts(contexts)
+        except EngineError as exc:
+            raise UsageError(str(exc)) from None
+    options = {"batch": batch, "workspace": workspace, "dla_core": dla, "fp16": fp16, "pose_spec": pose_spec,
+               "contexts": contexts}
     if check:
         plan, status = check_engine(onnx, output, **options)
         if status.current:

@@ -28,7 +28,11 @@ from .errors import RtmwEdgeError
 from .hub import sha256_file
 
 MANIFEST_SCHEMA = 1
-BUILDER_SCHEMA = 1                 # bump when the builder's choices change: old engines become stale
+BUILDER_SCHEMA = 2                 # bump when the builder's choices change: old engines become stale
+# TensorRT: every execution context of a dynamic-shape engine needs its own optimization profile. The GPU pipeline
+# uses one context per frame slot (2) per stream (camera), so a dynamic engine carries this many copies of its
+# profile by default (`rtmw-edge build --contexts N`); a fixed-shape engine needs one.
+DEFAULT_CONTEXTS = 4
 DEFAULT_POSE_BATCH = (1, 8, 32)    # min:opt:max persons per pose call
 DEFAULT_FIXED_BATCH = (1, 1, 1)    # detectors (one frame per call) and graphs without metadata
 DEFAULT_WORKSPACE = "2GiB"
@@ -216,6 +220,21 @@ def derive_profiles(meta: dict | None, inputs: list[tuple[str, list]],
     return profiles
 
 
+def dynamic_profiles(profiles: list[Profile]) -> bool:
+    """Does the engine have dynamic input shapes (then each execution context needs its own profile)?"""
+    return any(p.min != p.max for p in profiles)
+
+
+def parse_contexts(value) -> int:
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        n = 0
+    if not 1 <= n <= 64:
+        raise EngineError(f"--contexts must be a whole number from 1 to 64, not {value!r}")
+    return n
+
+
 def format_profiles(profiles: list[Profile]) -> str:
     return ", ".join(f"{p.input_name} {'×'.join(map(str, p.min))} / {'×'.join(map(str, p.opt))} / "
                      f"{'×'.join(map(str, p.max))}" for p in profiles)
@@ -300,6 +319,7 @@ class BuildPlan:
     workspace_bytes: int
     dla_core: int | None = None
     warnings: list[str] = field(default_factory=list)
+    contexts: int = 1                  # copies of the profile: one per execution context (dynamic shapes)
 
     def flags(self) -> dict:
         return {"workspace_bytes": self.workspace_bytes, "dla_core": self.dla_core,
@@ -311,7 +331,7 @@ class BuildPlan:
                 "onnx_metadata": self.onnx_metadata, "tensorrt_version": self.tensorrt_version,
                 "gpu_name": self.gpu.name, "compute_capability": self.gpu.compute_capability,
                 "precision": self.path.precision, "build_path": self.path.name,
-                "profiles": [p.as_dict() for p in self.profiles], "flags": self.flags()}
+                "profiles": [p.as_dict() for p in self.profiles], "contexts": self.contexts, "flags": self.flags()}
 
     def cache_key(self) -> str:
         return cache_key(self.key_fields())
@@ -335,6 +355,7 @@ def make_manifest(plan: BuildPlan, *, engine_sha256: str, engine_bytes: int, io:
         "precision": plan.path.precision,
         "build_path": plan.path.name,
         "profiles": [p.as_dict() for p in plan.profiles],
+        "contexts": plan.contexts,
         "flags": plan.flags(),
         "io": io or [],
         "key_fields": plan.key_fields(),
@@ -462,7 +483,8 @@ def onnx_precision(model, meta: dict | None) -> str:
 
 def describe_plan(plan: BuildPlan) -> list[str]:
     """The log lines of a build: path, GPU, profiles, workspace, DLA."""
-    lines = [plan.path.description, f"GPU: {plan.gpu}", f"profile: {format_profiles(plan.profiles)}",
+    copies = f" (×{plan.contexts}: one per execution context)" if plan.contexts > 1 else ""
+    lines = [plan.path.description, f"GPU: {plan.gpu}", f"profile: {format_profiles(plan.profiles)}{copies}",
              f"workspace: {format_bytes(plan.workspace_bytes)}"]
     if plan.dla_core is not None:
         lines.append(f"DLA core {plan.dla_core} with GPU fallback")

@@ -29,3 +29,23 @@ def shared_file(shared: Path):
         return path
 
     return get
+
+
+@pytest.fixture(scope="session")
+def random_export(tmp_path_factory):
+    """export(name, **options) → the path of a random-weight export of a registered model, made once per session
+    for each (name, options) and shared by every test that asks for the same one."""
+    from rtmw_edge.export import export_onnx
+
+    made: dict = {}
+    folder = tmp_path_factory.mktemp("exports")
+
+    def export(name: str, **options) -> Path:
+        key = (name, tuple(sorted(options.items())))
+        if key not in made:
+            tag = "-".join(f"{k}{v}" for k, v in sorted(options.items()))
+            made[key] = export_onnx(name, folder / f"{name}{'-' + tag if tag else ''}.onnx", random_init=True,
+                                    progress=False, **options)
+        return made[key]
+
+    return export

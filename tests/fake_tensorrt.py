@@ -22,8 +22,8 @@ ONNX Runtime on the memory behind the tensor addresses. Every call is recorded i
 (name, args). Test knobs (not TensorRT names): `calls`, `parse_errors` (list of dicts), `fail_build` (bool),
 `num_dla_cores`, `engines`, `surface`.
 
-`make_fake_cudart()` is the matching stand-in for `cuda.bindings.runtime`: "device" memory is host memory
-(numpy buffers), so addresses can be handed to the fake engine and copied with ctypes.
+Runtime rules (`IExecutionContext`'s docstring) are enforced too; under the emulated CUDA runtime
+(tests/emulated_cuda.py, attached as `module._emulator`) an enqueue is deferred work on its stream.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ import functools
 import json
 import re
 import types
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -500,14 +501,17 @@ def make_fake_tensorrt(version: str = "10.3.0.30", *, num_dla_cores: int = 0) ->
                 return self._fail("fake builder failure: out of memory")
             if not network._inputs:
                 return self._fail("network has no inputs")
-            profile = config._profiles[0] if config._profiles else None
-            for tensor in network._inputs:
-                if profile is None or tensor.name not in profile._shapes:
-                    return self._fail(f"no optimization profile shape for input {tensor.name}")
-                lo, opt, hi = profile._shapes[tensor.name]
-                for i, d in enumerate(tensor.shape):
-                    if not lo[i] <= opt[i] <= hi[i] or (d != -1 and not lo[i] == opt[i] == hi[i] == d):
-                        return self._fail(f"profile shape of {tensor.name} does not fit {tuple(tensor.shape)}")
+            if not config._profiles:
+                return self._fail("no optimization profile")
+            for profile in config._profiles:
+                for tensor in network._inputs:
+                    if tensor.name not in profile._shapes:
+                        return self._fail(f"no optimization profile shape for input {tensor.name}")
+                    lo, opt, hi = profile._shapes[tensor.name]
+                    for i, d in enumerate(tensor.shape):
+                        if not lo[i] <= opt[i] <= hi[i] or (d != -1 and not lo[i] == opt[i] == hi[i] == d):
+                            return self._fail(f"profile shape of {tensor.name} does not fit {tuple(tensor.shape)}")
+            profile = config._profiles[0]
             if config.default_device_type == DeviceType.DLA and not 0 <= config.DLA_core < trt.num_dla_cores:
                 return self._fail("DLA core out of range")
             monitor = config.progress_monitor
@@ -527,29 +531,94 @@ def make_fake_tensorrt(version: str = "10.3.0.30", *, num_dla_cores: int = 0) ->
                 "builder_flags": sorted(f.name for f in config._flags_set),
                 "dla_core": config.DLA_core if config.default_device_type == DeviceType.DLA else None,
                 "inputs": [{"name": t.name, "shape": list(t.shape), "dtype": int(t.dtype),
-                            "profile": [list(s) for s in profile._shapes[t.name]]} for t in network._inputs],
+                            "profile": [list(s) for s in profile._shapes[t.name]],
+                            "profiles": [[list(s) for s in p._shapes[t.name]] for p in config._profiles]}
+                           for t in network._inputs],
                 "outputs": [{"name": t.name, "shape": list(t.shape), "dtype": int(t.dtype)} for t in network._outputs],
             }
             return IHostMemory(PLAN_MAGIC + json.dumps(plan).encode())
 
     # -------------------------------------------------------------------------------------- runtime
+    ExecutionContextAllocationStrategy = real_enum("ExecutionContextAllocationStrategy")
+    SCRATCH_BYTES = 1 << 16          # device memory an execution context needs (per profile)
+    ALIGNMENT = 256                  # I/O and scratch addresses: TensorRT requires 256-byte alignment
+
     class IExecutionContext:
-        def __init__(self, engine) -> None:
+        """Held to TensorRT's runtime rules (docs: IExecutionContext, "CUDA Graphs", "Optimization Profiles"):
+        one optimization profile per context of a dynamic-shape engine (profile 0 goes to the first context,
+        others need `set_optimization_profile_async` with an unused index); I/O addresses 256-byte aligned;
+        USER_MANAGED contexts run only with device memory set (aligned, large enough); an output whose shape
+        stays data-dependent (-1) after the input shapes are set needs an output allocator; an enqueue
+        inside a CUDA graph capture fails unless the context ran eagerly since its last input shape change,
+        and a captured enqueue replayed after the context's shapes changed is an error. Under the emulated
+        CUDA runtime (`trt._emulator`) an enqueue is deferred work on its stream that reads the inputs, writes
+        the outputs and writes the context's scratch memory (real memory for USER_MANAGED contexts, a
+        synthetic range otherwise), so two streams sharing a context race visibly."""
+
+        def __init__(self, engine, strategy) -> None:
             self._engine = engine
+            self._strategy = strategy
             self._shapes: dict[str, Dims] = {}
             self._addresses: dict[str, int] = {}
             self._session = None
+            self._memory: tuple[int, int] | None = None
+            self._dirty = True               # input shapes changed since the last eager enqueue
+            self._profile = engine._claim(self, 0) if engine._claimable(0) else -1
+            self._scratch = None
+
+        def __del__(self) -> None:
+            eng = self.__dict__.get("_engine")
+            if eng is not None:
+                eng._release(self)
 
         @property
         def engine(self):
             return self._engine
 
+        @property
+        def active_optimization_profile(self) -> int:
+            return self._profile
+
+        def _log(self, msg: str) -> bool:
+            logger = self._engine._logger
+            if logger is not None:
+                logger.log(Severity.ERROR, msg)
+            return False
+
+        def set_optimization_profile_async(self, profile_index: int, stream_handle: int) -> bool:
+            record("IExecutionContext.set_optimization_profile_async", profile_index, stream_handle)
+            eng = self._engine
+            if not 0 <= profile_index < eng.num_optimization_profiles:
+                return self._log(f"profile {profile_index} out of range")
+            if not eng._claimable(profile_index, self):
+                return self._log(f"Profile {profile_index} has been chosen by another IExecutionContext. Use another "
+                                 "profileIndex or destroy the IExecutionContext that use this profile.")
+            eng._release(self)
+            self._profile = eng._claim(self, profile_index)
+            self._shapes.clear()
+            self._dirty = True
+            return True
+
+        def set_device_memory(self, memory: int, size: int) -> None:
+            record("IExecutionContext.set_device_memory", memory, size)
+            need = self._engine.get_device_memory_size_for_profile_v2(max(self._profile, 0))
+            if int(memory) % ALIGNMENT or int(size) < need:
+                self._log(f"setDeviceMemory: {size} bytes at {int(memory):#x}; needs {need}, 256-byte aligned")
+                return
+            self._memory = (int(memory), int(size))
+
         def set_input_shape(self, name: str, shape) -> bool:
             record("IExecutionContext.set_input_shape", name, tuple(shape))
-            spec = self._engine._io[name]
-            lo, _, hi = spec["profile"]
+            eng = self._engine
+            if eng._dynamic and self._profile < 0:
+                return self._log("no optimization profile set for this context (each context of a dynamic-shape "
+                                 "engine needs its own)")
+            spec = eng._io[name]
+            lo, _, hi = spec["profiles"][max(self._profile, 0)]
             if len(shape) != len(lo) or any(not lo[i] <= shape[i] <= hi[i] for i in range(len(lo))):
                 return False
+            if self._shapes.get(name) != Dims(shape):
+                self._dirty = True
             self._shapes[name] = Dims(shape)
             return True
 
@@ -564,44 +633,127 @@ def make_fake_tensorrt(version: str = "10.3.0.30", *, num_dla_cores: int = 0) ->
             record("IExecutionContext.set_tensor_address", name, memory)
             if name not in self._engine._io:
                 return False
+            if int(memory) % ALIGNMENT:
+                return self._log(f"setTensorAddress: {name} at {int(memory):#x} is not 256-byte aligned")
             self._addresses[name] = int(memory)
             return True
+
+        def _nbytes(self, name: str) -> int:
+            shape = self.get_tensor_shape(name)
+            return int(np.prod(shape)) * np.dtype(nptype(DataType(self._engine._io[name]["dtype"]))).itemsize
+
+        def _run(self, shapes: dict, addresses: dict) -> None:
+            """The inference itself: the ONNX on ONNX Runtime over the memory behind the addresses."""
+            import onnxruntime as ort
+
+            eng = self._engine
+            if self._session is None:
+                self._session = ort.InferenceSession(eng._plan["onnx_path"], providers=["CPUExecutionProvider"])
+            feeds = {}
+            for name in eng._inputs:
+                shape = tuple(shapes[name])
+                dtype = np.dtype(nptype(DataType(eng._io[name]["dtype"])))
+                nbytes = int(np.prod(shape)) * dtype.itemsize
+                raw = (ctypes.c_char * nbytes).from_address(addresses[name])
+                feeds[name] = np.frombuffer(raw, dtype=dtype).reshape(shape).copy()
+            outputs = self._session.run(eng._outputs, feeds)
+            for name, value in zip(eng._outputs, outputs):
+                value = np.ascontiguousarray(value, dtype=nptype(DataType(eng._io[name]["dtype"])))
+                ctypes.memmove(addresses[name], value.ctypes.data, value.nbytes)
 
         def execute_async_v3(self, stream_handle: int) -> bool:
             record("IExecutionContext.execute_async_v3", stream_handle)
             assert isinstance(stream_handle, int)
             eng = self._engine
             if set(self._addresses) != set(eng._io) or set(self._shapes) != set(eng._inputs):
-                return False
-            import onnxruntime as ort
+                return self._log("not every tensor has an address and every input a shape")
+            if self._strategy == ExecutionContextAllocationStrategy.USER_MANAGED and self._memory is None:
+                return self._log("a USER_MANAGED context needs set_device_memory before enqueueV3")
+            for name in eng._outputs:
+                if any(d < 0 for d in self.get_tensor_shape(name)):
+                    return self._log(f"output {name} has a data-dependent shape: it needs an IOutputAllocator")
+            emu = getattr(trt, "_emulator", None)
+            shapes, addresses = dict(self._shapes), dict(self._addresses)
+            if emu is None:
+                self._dirty = False
+                self._run(shapes, addresses)
+                return True
+            capturing = emu.is_capturing(stream_handle)
+            if capturing and self._dirty:
+                for cap in emu.capturing():
+                    cap.invalid = "enqueueV3 captured without an eager enqueue after the last input shape change"
+                return self._log("enqueueV3 during CUDA graph capture needs an eager enqueueV3 after the last input "
+                                 "shape change (TensorRT's rule)")
+            if not capturing:
+                self._dirty = False
+            if self._memory is not None:
+                scratch = self._memory
+            else:
+                if self._scratch is None:
+                    self._scratch = emu.synthetic(SCRATCH_BYTES, f"scratch of context {id(self):#x}")
+                scratch = (self._scratch, SCRATCH_BYTES)
 
-            if self._session is None:
-                self._session = ort.InferenceSession(eng._plan["onnx_path"], providers=["CPUExecutionProvider"])
-            feeds = {}
-            for name in eng._inputs:
-                shape = tuple(self._shapes[name])
-                dtype = np.dtype(nptype(DataType(eng._io[name]["dtype"])))
-                nbytes = int(np.prod(shape)) * dtype.itemsize
-                raw = (ctypes.c_char * nbytes).from_address(self._addresses[name])
-                feeds[name] = np.frombuffer(raw, dtype=dtype).reshape(shape).copy()
-            outputs = self._session.run(eng._outputs, feeds)
-            for name, value in zip(eng._outputs, outputs):
-                value = np.ascontiguousarray(value, dtype=nptype(DataType(eng._io[name]["dtype"])))
-                ctypes.memmove(self._addresses[name], value.ctypes.data, value.nbytes)
+            def run():
+                if capturing and dict(self._shapes) != shapes:
+                    from emulated_cuda import EmulationError
+
+                    raise EmulationError(f"a graph captured with shapes {shapes} replayed after the context's input "
+                                         f"shapes changed to {dict(self._shapes)}")
+                self._run(shapes, addresses)
+            emu.enqueue_engine(stream_handle, f"TensorRT enqueueV3 {Path(eng._plan['onnx_path']).name} "
+                               f"context {id(self):#x}", run,
+                               reads=[(addresses[n], self._nbytes(n)) for n in eng._inputs],
+                               writes=[(addresses[n], self._nbytes(n)) for n in eng._outputs] + [scratch])
             return True
 
     class ICudaEngine:
-        def __init__(self, plan: dict) -> None:
+        def __init__(self, plan: dict, logger=None) -> None:
             self._plan = plan
+            self._logger = logger
             self._inputs = [t["name"] for t in plan["inputs"]]
             self._outputs = [t["name"] for t in plan["outputs"]]
             self._io = {t["name"]: {**t, "mode": TensorIOMode.INPUT} for t in plan["inputs"]}
+            for t in plan["inputs"]:
+                self._io[t["name"]].setdefault("profiles", [t["profile"]])
             self._io.update({t["name"]: {**t, "mode": TensorIOMode.OUTPUT} for t in plan["outputs"]})
             self._names = self._inputs + self._outputs
+            self._dynamic = any(d < 0 for t in plan["inputs"] for d in t["shape"])
+            self._owners: dict[int, weakref.ref] = {}     # profile index -> the context holding it
+
+        def _claimable(self, index: int, ctx=None) -> bool:
+            if not self._dynamic:
+                return True
+            ref = self._owners.get(index)
+            owner = ref() if ref is not None else None   # a context the program dropped holds nothing
+            return owner is None or owner is ctx
+
+        def _claim(self, ctx, index: int) -> int:
+            if self._dynamic:
+                self._owners[index] = weakref.ref(ctx)
+            return index
+
+        def _release(self, ctx) -> None:
+            for k in [k for k, v in self._owners.items() if v() is ctx or v() is None]:
+                del self._owners[k]
+
+        @property
+        def _live_contexts(self) -> int:
+            return sum(1 for v in self._owners.values() if v() is not None)
 
         @property
         def num_io_tensors(self) -> int:
             return len(self._names)
+
+        @property
+        def num_optimization_profiles(self) -> int:
+            return len(self._io[self._inputs[0]]["profiles"]) if self._inputs else 1
+
+        @property
+        def device_memory_size_v2(self) -> int:
+            return SCRATCH_BYTES
+
+        def get_device_memory_size_for_profile_v2(self, profile_index: int) -> int:
+            return SCRATCH_BYTES
 
         def get_tensor_name(self, index: int) -> str:
             return self._names[index]
@@ -616,12 +768,14 @@ def make_fake_tensorrt(version: str = "10.3.0.30", *, num_dla_cores: int = 0) ->
             return DataType(self._io[name]["dtype"])
 
         def get_tensor_profile_shape(self, name: str, profile_index: int) -> list[Dims]:
-            assert profile_index == 0
-            return [Dims(s) for s in self._io[name]["profile"]]
+            assert 0 <= profile_index < self.num_optimization_profiles
+            return [Dims(s) for s in self._io[name]["profiles"][profile_index]]
 
-        def create_execution_context(self) -> IExecutionContext:
-            record("ICudaEngine.create_execution_context")
-            return IExecutionContext(self)
+        def create_execution_context(self, strategy=None) -> IExecutionContext:
+            strategy = ExecutionContextAllocationStrategy.STATIC if strategy is None else strategy
+            record("ICudaEngine.create_execution_context", strategy)
+            assert isinstance(strategy, ExecutionContextAllocationStrategy)
+            return IExecutionContext(self, strategy)
 
     class Runtime:
         def __init__(self, logger: ILogger) -> None:
@@ -642,7 +796,7 @@ def make_fake_tensorrt(version: str = "10.3.0.30", *, num_dla_cores: int = 0) ->
             if plan["version"] != version:
                 self._logger.log(Severity.ERROR, f"serialized with TensorRT {plan['version']}, this is {version}")
                 return None
-            return ICudaEngine(plan)
+            return ICudaEngine(plan, self._logger)
 
     # ------------------------------------------------------------------ held to the recorded surface
     for name in IBuilderConfig._recorded:
@@ -667,57 +821,3 @@ def make_fake_tensorrt(version: str = "10.3.0.30", *, num_dla_cores: int = 0) ->
                 raise FakeSurfaceError(f"fake tensorrt.{name}(): TensorRT {version} has no such function")
             setattr(trt, name, value)
     return trt
-
-
-def make_fake_cudart(name: str = "FakeGPU", major: int = 8, minor: int = 7) -> types.SimpleNamespace:
-    """cuda.bindings.runtime stand-in: every call returns (err, *values); device memory is host memory."""
-
-    class cudaError_t(enum.IntEnum):  # noqa: N801 - cuda-python's name
-        cudaSuccess = 0
-        cudaErrorInvalidValue = 1
-        cudaErrorMemoryAllocation = 2
-
-    class cudaMemcpyKind(enum.IntEnum):  # noqa: N801
-        cudaMemcpyHostToHost = 0
-        cudaMemcpyHostToDevice = 1
-        cudaMemcpyDeviceToHost = 2
-        cudaMemcpyDeviceToDevice = 3
-
-    ok = cudaError_t.cudaSuccess
-    memory: dict[int, np.ndarray] = {}
-    calls: list = []
-    streams = iter(range(0x1000, 0x2000))
-
-    def cudaMalloc(size):  # noqa: N802
-        buf = np.zeros(max(int(size), 1), np.uint8)
-        memory[buf.ctypes.data] = buf
-        calls.append(("cudaMalloc", size))
-        return ok, buf.ctypes.data
-
-    def cudaFree(ptr):  # noqa: N802
-        calls.append(("cudaFree", ptr))
-        return (ok,) if memory.pop(int(ptr), None) is not None else (cudaError_t.cudaErrorInvalidValue,)
-
-    def cudaMemcpyAsync(dst, src, count, kind, stream):  # noqa: N802
-        calls.append(("cudaMemcpyAsync", kind, count, stream))
-        ctypes.memmove(int(dst), int(src), int(count))
-        return (ok,)
-
-    def cudaStreamCreate():  # noqa: N802
-        return ok, next(streams)
-
-    def cudaStreamSynchronize(stream):  # noqa: N802
-        calls.append(("cudaStreamSynchronize", stream))
-        return (ok,)
-
-    def cudaStreamDestroy(stream):  # noqa: N802
-        return (ok,)
-
-    def cudaGetDeviceProperties(device):  # noqa: N802
-        return ok, types.SimpleNamespace(name=name.encode(), major=major, minor=minor, totalGlobalMem=8 << 30)
-
-    return types.SimpleNamespace(cudaError_t=cudaError_t, cudaMemcpyKind=cudaMemcpyKind, cudaMalloc=cudaMalloc,
-                                 cudaFree=cudaFree, cudaMemcpyAsync=cudaMemcpyAsync,
-                                 cudaStreamCreate=cudaStreamCreate, cudaStreamSynchronize=cudaStreamSynchronize,
-                                 cudaStreamDestroy=cudaStreamDestroy, cudaGetDeviceProperties=cudaGetDeviceProperties,
-                                 memory=memory, calls=calls)

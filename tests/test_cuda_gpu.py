@@ -69,12 +69,15 @@ def test_graph_capture_replays_a_kernel(gpu):
                         scale_y=lb["resize_scale_y"], **KK.normalisation(DET_MEAN_BGR, DET_STD_BGR), swap_rb=0,
                         pad_value=114.0, quantize=0)
     cache = R.GraphCache()
-    assert cache.run("lb", gpu.stream, lambda s: gpu.kernels.launch("letterbox_bgr_to_nchw",
-                                                                    KK.letterbox_launch((320, 320)), args, s))
+    graph = cache.capture("lb", gpu.stream, lambda s: gpu.kernels.launch("letterbox_bgr_to_nchw",
+                                                                         KK.letterbox_launch((320, 320)), args, s))
+    assert graph is not None and not cache.failed
+    graph.launch(gpu.stream)
     first = gpu.get(dst, (1, 3, 320, 320))
     R.memset_async(dst, 0, 3 * 320 * 320 * 4, gpu.stream.handle)
-    assert not cache.run("lb", gpu.stream, lambda s: None)   # replay, no capture
+    cache.get("lb").launch(gpu.stream)                         # replay, no capture
     np.testing.assert_array_equal(gpu.get(dst, (1, 3, 320, 320)), first)
+    assert cache.captures == 1
     cache.close()
 
 

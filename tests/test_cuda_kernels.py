@@ -53,7 +53,12 @@ def test_pack_args_builds_a_void_pointer_array_of_typed_values():
     ptrs = (ctypes.c_void_p * len(args.values)).from_address(args.address)
     assert ctypes.c_uint64.from_address(ptrs[0]).value == 0xDEAD0000
     assert ctypes.c_int32.from_address(ptrs[1]).value == 640
-    assert ctypes.c_double.from_address(ptrs[9]).value == 2.0
+    assert ctypes.c_float.from_address(ptrs[9]).value == 2.0                  # FP32 positions since issue 21
+    select = KK.pack_args("detector_select", boxes=1, scores=2, num_candidates=3, score_threshold=0.3, run_nms1=1,
+                          iou1=0.6, max_det1=10, scale_x=1.0, scale_y=1.0, clip_w=9.0, clip_h=9.0, iou2=0.3,
+                          max_persons=4, work=3, out_boxes=4, out_scores=5, header=6)
+    sp = (ctypes.c_void_p * len(select.values)).from_address(select.address)
+    assert ctypes.c_double.from_address(sp[5]).value == 0.6                   # the IoU stays float64
     assert ctypes.c_float.from_address(ptrs[11]).value == pytest.approx(103.53, rel=1e-7)
     assert args.read_back()[-1] == 1
     with pytest.raises(RtmwEdgeError, match="missing arguments"):

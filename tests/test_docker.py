@@ -259,7 +259,8 @@ def test_shellcheck_passes_on_the_scripts():
     shellcheck = _tool("shellcheck")
     if shellcheck is None:
         pytest.skip("shellcheck not installed (Debian package shellcheck; .ci/run installs it)")
-    result = subprocess.run([shellcheck, "--external-sources", str(ENTRYPOINT), str(SETUP)],
+    result = subprocess.run([shellcheck, "--external-sources", str(ENTRYPOINT), str(SETUP),
+                             str(ROOT / "scripts" / "gpu_validate.sh")],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
 

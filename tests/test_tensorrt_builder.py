@@ -11,14 +11,24 @@ import sys
 import numpy as np
 import onnx
 import pytest
-from fake_tensorrt import make_fake_cudart, make_fake_tensorrt, recorded_versions
+from emulated_cuda import Emulator
+from fake_tensorrt import make_fake_tensorrt, recorded_versions
 from onnx import TensorProto, helper, numpy_helper
 
 from rtmw_edge import selftest as selftest_module
 from rtmw_edge.backends import load_engine
 from rtmw_edge.backends import tensorrt as trt_backend
 from rtmw_edge.cli import main
-from rtmw_edge.engines import EngineError, EngineMismatchError, GpuInfo, manifest_path, read_manifest, select_build_path
+from rtmw_edge.cuda import runtime as R
+from rtmw_edge.engines import (
+    DEFAULT_CONTEXTS,
+    EngineError,
+    EngineMismatchError,
+    GpuInfo,
+    manifest_path,
+    read_manifest,
+    select_build_path,
+)
 from rtmw_edge.errors import MissingDependencyError, RtmwEdgeError
 from rtmw_edge.onnx_meta import write_metadata
 
@@ -117,9 +127,17 @@ def fake_trt_at(monkeypatch):
 
 @pytest.fixture
 def fake_cuda(monkeypatch):
-    cudart = make_fake_cudart()
-    monkeypatch.setattr(trt_backend, "_import_cudart", lambda: cudart)
-    return cudart
+    """The emulated CUDA runtime under rtmw_edge.cuda.runtime (engines' `run` stages through it); the fake
+    TensorRT module installed later attaches to it on first use."""
+    emu = Emulator(seed=0, policy="lazy").install(monkeypatch)
+    real_import = trt_backend.import_tensorrt
+
+    def attach():
+        module = real_import()
+        module._emulator = emu
+        return module
+    monkeypatch.setattr(trt_backend, "import_tensorrt", attach)
+    return emu
 
 
 @pytest.fixture
@@ -148,8 +166,10 @@ def test_strongly_typed_network_and_builder_calls(fake_trt, trt_version, pose, t
     assert calls(trt, "OnnxParser.parse_from_file") == [(str(pose),)]
     assert calls(trt, "IBuilderConfig.set_memory_pool_limit") == [(trt.MemoryPoolType.WORKSPACE, 1 << 30)]
     assert calls(trt, "IBuilderConfig.set_flag") == []                      # precision comes from the ONNX
-    assert calls(trt, "IOptimizationProfile.set_shape") == [("input", (1, 3, 32, 24), (8, 3, 32, 24), (32, 3, 32, 24))]
-    assert len(calls(trt, "IBuilderConfig.add_optimization_profile")) == 1
+    # a dynamic batch: one copy of the profile per execution context (TensorRT: each context its own profile)
+    assert calls(trt, "IOptimizationProfile.set_shape") == \
+        [("input", (1, 3, 32, 24), (8, 3, 32, 24), (32, 3, 32, 24))] * DEFAULT_CONTEXTS
+    assert len(calls(trt, "IBuilderConfig.add_optimization_profile")) == DEFAULT_CONTEXTS == 4
     assert calls(trt, "IBuilderConfig.default_device_type=") == []
     assert result.engine_path.read_bytes().startswith(b"FAKEPLAN")
     manifest = json.loads(manifest_path(result.engine_path).read_text())
@@ -214,8 +234,11 @@ def test_profiles_for_detector_and_cli_batch(fake_trt, pose, tmp_path):
     build(detector_onnx(tmp_path / "det.onnx"), tmp_path / "det.engine")
     assert calls(trt, "IOptimizationProfile.set_shape") == [("input", (1, 3, 32, 32), (1, 3, 32, 32), (1, 3, 32, 32))]
     trt = fake_trt()
-    build(pose, tmp_path / "p.engine", batch="2:4:16")
-    assert calls(trt, "IOptimizationProfile.set_shape") == [("input", (2, 3, 32, 24), (4, 3, 32, 24), (16, 3, 32, 24))]
+    build(pose, tmp_path / "p.engine", batch="2:4:16", contexts=2)
+    assert calls(trt, "IOptimizationProfile.set_shape") == \
+        [("input", (2, 3, 32, 24), (4, 3, 32, 24), (16, 3, 32, 24))] * 2
+    manifest = read_manifest(tmp_path / "p.engine")
+    assert manifest["contexts"] == manifest["key_fields"]["contexts"] == 2
     trt = fake_trt()
     fixed = pose_onnx(tmp_path / "fixed.onnx", batch=4)
     build(fixed, tmp_path / "f.engine")
@@ -348,13 +371,17 @@ def test_engine_runs_on_host_arrays_and_device_pointers(fake_trt, fake_cuda, pos
     assert ("input", (5, 3, 32, 24)) in calls(trt, "IExecutionContext.set_input_shape")
     assert {a[0] for a in calls(trt, "IExecutionContext.set_tensor_address")} == {"input", "simcc_x", "simcc_y"}
     (stream,) = calls(trt, "IExecutionContext.execute_async_v3")[0]
-    assert ("cudaStreamSynchronize", stream) in fake_cuda.calls
+    assert fake_cuda.stream(stream).device == 0 and "cudaStreamSynchronize" in fake_cuda.log
+    assert fake_cuda.stats["pageable_copies"] == 0
     with pytest.raises(EngineError, match="batch of 1..32, not 33"):
         engine.run(np.zeros((33, 3, 32, 24), np.float32))
+    context = engine.create_context(R.Stream().handle)
     with pytest.raises(EngineError, match="no device buffer for simcc_y"):
-        engine.infer_async({"input": 1}, {"simcc_x": 2}, 0, 1)
+        context.infer_async({"input": 256}, {"simcc_x": 512}, 1)
+    with pytest.raises(EngineError, match="not 256-byte aligned"):
+        context.infer_async({"input": 256}, {"simcc_x": 512, "simcc_y": 520}, 1)
     engine.close()
-    assert fake_cuda.memory == {}
+    assert fake_cuda.leaks()["device"] == fake_cuda.leaks()["pinned"] == 0
 
 
 def test_engine_for_another_gpu_or_version_is_refused_in_one_line(fake_trt_at, pose, tmp_path):

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ..engines import (
+    DEFAULT_CONTEXTS,
     DEFAULT_WORKSPACE,
     TIMING_CACHE_NAME,
     BuildPlan,
@@ -41,6 +42,7 @@ from ..engines import (
     default_engine_path,
     derive_profiles,
     describe_plan,
+    dynamic_profiles,
     engine_status,
     file_sha256,
     format_bytes,
@@ -50,6 +52,7 @@ from ..engines import (
     manifest_path,
     onnx_precision,
     parse_batch,
+    parse_contexts,
     parse_version,
     parse_workspace,
     read_manifest,
@@ -229,7 +232,8 @@ class BuildResult:
 
 def plan_build(onnx_path: str | Path, output: str | Path | None = None, *, batch: str | tuple | None = None,
                workspace: str | int = DEFAULT_WORKSPACE, dla_core: int | None = None, fp16: bool = False,
-               gpu: GpuInfo | None = None, trt=None, pose_spec: str | None = None) -> BuildPlan:
+               gpu: GpuInfo | None = None, trt=None, pose_spec: str | None = None,
+               contexts: int | None = None) -> BuildPlan:
     """Read the ONNX, detect TensorRT and the GPU, and decide everything the engine depends on.
 
     A foreign pose ONNX (no rtmw_edge metadata) gets its description from `pose_spec` or the mmdeploy SDK
@@ -268,10 +272,12 @@ def plan_build(onnx_path: str | Path, output: str | Path | None = None, *, batch
         if gpu is None:
             raise EngineError("cannot identify the GPU (no CUDA device visible to cuda-python or nvidia-smi): "
                               "engines are built on the device that runs them; `rtmw-edge doctor` shows why")
+    copies = (parse_contexts(contexts) if contexts is not None else DEFAULT_CONTEXTS) \
+        if dynamic_profiles(profiles) else 1
     return BuildPlan(onnx_path=onnx_path, engine_path=default_engine_path(onnx_path, output),
                      onnx_sha256=file_sha256(onnx_path), onnx_metadata=meta, onnx_precision=precision,
                      tensorrt_version=version, gpu=gpu, path=path, profiles=profiles,
-                     workspace_bytes=workspace_bytes, dla_core=dla_core, warnings=warnings)
+                     workspace_bytes=workspace_bytes, dla_core=dla_core, warnings=warnings, contexts=copies)
 
 
 def check_engine(onnx_path: str | Path, output: str | Path | None = None, **options) -> tuple[BuildPlan, EngineStatus]:
@@ -334,7 +340,8 @@ def build_engine(onnx_path: str | Path, output: str | Path | None = None, *, bat
                  workspace: str | int = DEFAULT_WORKSPACE, dla_core: int | None = None,
                  timing_cache: str | Path | bool | None = None, fp16: bool = False, force: bool = False,
                  verbose: bool = False, progress: bool = True, console=None,
-                 gpu: GpuInfo | None = None, pose_spec: str | None = None) -> BuildResult:
+                 gpu: GpuInfo | None = None, pose_spec: str | None = None,
+                 contexts: int | None = None) -> BuildResult:
     """Build `onnx_path` into a TensorRT engine (default engines/<stem>.engine) with its manifest beside it,
     or skip when a matching engine exists (`force` rebuilds).
 
@@ -352,7 +359,7 @@ def build_engine(onnx_path: str | Path, output: str | Path | None = None, *, bat
     console = console or Console(stderr=True)
     trt = import_tensorrt()
     plan = plan_build(onnx_path, output, batch=batch, workspace=workspace, dla_core=dla_core, fp16=fp16, gpu=gpu,
-                      trt=trt, pose_spec=pose_spec)
+                      trt=trt, pose_spec=pose_spec, contexts=contexts)
     engine_path, man_path = plan.engine_path, manifest_path(plan.engine_path)
     for line in describe_plan(plan):
         console.print(line, highlight=False, markup=False)
@@ -394,11 +401,12 @@ def build_engine(onnx_path: str | Path, output: str | Path | None = None, *, bat
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, plan.workspace_bytes)
     for name in plan.path.builder_flags:
         config.set_flag(getattr(trt.BuilderFlag, name))
-    profile = builder.create_optimization_profile()
-    for p in plan.profiles:
-        profile.set_shape(p.input_name, p.min, p.opt, p.max)
-    if config.add_optimization_profile(profile) < 0:
-        raise EngineError(f"TensorRT rejected the optimization profile {format_profiles(plan.profiles)}")
+    for _ in range(plan.contexts):   # one copy per execution context (TensorRT: a context per profile)
+        profile = builder.create_optimization_profile()
+        for p in plan.profiles:
+            profile.set_shape(p.input_name, p.min, p.opt, p.max)
+        if config.add_optimization_profile(profile) < 0:
+            raise EngineError(f"TensorRT rejected the optimization profile {format_profiles(plan.profiles)}")
     if plan.dla_core is not None:
         cores = int(builder.num_DLA_cores)
         if cores == 0:
@@ -458,23 +466,90 @@ class BatchShape(tuple):
         return (int(batch), *self[1:])
 
 
-class TensorRTEngine:
-    """A built engine, run on host arrays (`run`) or on device buffers (`infer_async`).
+ALIGNMENT = 256   # TensorRT: tensor addresses and context device memory must be 256-byte aligned
 
-    Loading checks the manifest beside the engine (if any): an engine built for another GPU or TensorRT
-    version is refused in one line naming both. `metadata` is the ONNX metadata from the manifest.
-    cuda-python is needed for `run` only (host ↔ device copies); `infer_async` takes pointers from anywhere.
+
+class TensorRTContext:
+    """One `IExecutionContext` bound to one CUDA stream (the DeviceContext protocol).
+
+    TensorRT's rules, kept here: each concurrent execution needs its own context (never two streams on one);
+    each context of a dynamic-shape engine uses its own optimization profile (`set_optimization_profile_async`
+    with an index no other live context holds); tensor addresses are 256-byte aligned. `scratch` (a device
+    pointer of at least `engine.scratch_bytes`, 256-aligned) makes a USER_MANAGED context that runs in the
+    caller's memory — the GPU pipeline gives the detector and pose contexts of one frame slot the same block,
+    since they run one after the other on the slot's stream.
     """
 
-    # execute_async_v3 may be captured in a CUDA graph once it has run for the current input shape
+    def __init__(self, engine: TensorRTEngine, stream: int, scratch: int | None = None) -> None:
+        trt = engine._trt
+        self.engine, self.stream = engine, int(stream)
+        strategy = trt.ExecutionContextAllocationStrategy
+        context = engine._engine.create_execution_context(strategy.USER_MANAGED if scratch is not None
+                                                          else strategy.STATIC)
+        if context is None:
+            raise EngineError(f"TensorRT could not create an execution context for {engine.path.name} (GPU memory?)")
+        self.profile = engine._claim_profile(self)
+        self._context = context
+        if engine.dynamic and not context.set_optimization_profile_async(self.profile, self.stream):
+            self.close()
+            raise EngineError(f"TensorRT refused optimization profile {self.profile} of {engine.path.name}"
+                              f"{engine._last_error()}")
+        if scratch is not None:
+            if int(scratch) % ALIGNMENT:
+                self.close()
+                raise EngineError(f"context memory for {engine.path.name} must be 256-byte aligned")
+            context.set_device_memory(int(scratch), engine.scratch_bytes)
+        self.batch: int | None = None
+
+    def infer_async(self, inputs: dict[str, int], outputs: dict[str, int], batch: int) -> None:
+        """Enqueue one inference of `batch` items on this context's stream."""
+        eng = self.engine
+        names = {**inputs, **outputs}
+        missing = [n for n in [eng.input_name, *eng.output_names] if n not in names]
+        if missing:
+            raise EngineError(f"infer_async: no device buffer for {', '.join(missing)}")
+        eng._check_batch(batch)
+        if batch != self.batch:
+            if not self._context.set_input_shape(eng.input_name, eng.input_shape(batch)):
+                raise EngineError(f"TensorRT refused input shape {eng.input_shape(batch)} for {eng.path.name}"
+                                  f"{eng._last_error()}")
+            self.batch = batch
+        for name, ptr in names.items():
+            if int(ptr) % ALIGNMENT:
+                raise EngineError(f"{eng.path.name}: the address of {name} ({int(ptr):#x}) is not 256-byte aligned, "
+                                  "which TensorRT requires")
+            if not self._context.set_tensor_address(name, int(ptr)):
+                raise EngineError(f"TensorRT refused the buffer address of {name}{eng._last_error()}")
+        if not self._context.execute_async_v3(self.stream):
+            raise EngineError(f"TensorRT execution of {eng.path.name} failed{eng._last_error()}")
+
+    def close(self) -> None:
+        """Destroy the IExecutionContext now (not at garbage collection) and free its profile."""
+        self.engine._release_profile(self)
+        self._context = None
+
+
+class TensorRTEngine:
+    """A built engine, run on host arrays (`run`) or on device buffers through contexts (`create_context`).
+
+    Loading checks the manifest beside the engine (if any): an engine built for another GPU or TensorRT
+    version is refused in one line naming both; so is one whose outputs have data-dependent shapes (−1 after
+    the input shape is set: the GPU pipeline plans fixed buffers). `metadata` is the ONNX metadata from the
+    manifest. The CUDA side (streams, pinned staging, device buffers) goes through `rtmw_edge.cuda.runtime`.
+    """
+
+    # execute_async_v3 may be captured in a CUDA graph once it has run eagerly for the current input shape
     # (TensorRT's rule; weight streaming, not used here, would make it synchronous)
     graph_capturable = True
 
     def __init__(self, path: str | Path, *, device: int = 0, check_machine: bool = True, **_options) -> None:
+        from ..cuda import runtime as R
+
         trt = import_tensorrt()
         self._trt = trt
         self.path = Path(path)
         self.name = self.path.stem
+        self.device = int(device)
         if not self.path.is_file():
             raise EngineError(f"engine file not found: {self.path}")
         self.manifest = read_manifest(self.path)
@@ -482,6 +557,13 @@ class TensorRTEngine:
         version = str(trt.__version__)
         if self.manifest is not None and check_machine:
             check_compatible(self.path, self.manifest, version, gpu_identity(device))
+        try:                                               # TensorRT deserializes on the current device
+            R.use_device(self.device)
+        except MissingDependencyError:
+            pass
+        except RtmwEdgeError:
+            if self.device != 0:                           # device 0 is current by default; TensorRT reports
+                raise                                      # a missing driver itself
         self._logger = _make_logger(trt)
         self._runtime = trt.Runtime(self._logger)
         self._engine = self._runtime.deserialize_cuda_engine(self.path.read_bytes())
@@ -489,9 +571,6 @@ class TensorRTEngine:
             why = f" ({self._logger.errors[-1]})" if self._logger.errors else ""
             raise EngineError(f"TensorRT {version} cannot load {self.path.name}{why}: engines only load with the "
                               "TensorRT version and GPU that built them; rebuild with `rtmw-edge build`")
-        self._context = self._engine.create_execution_context()
-        if self._context is None:
-            raise EngineError(f"TensorRT could not create an execution context for {self.path.name} (GPU memory?)")
         names = [self._engine.get_tensor_name(i) for i in range(int(self._engine.num_io_tensors))]
         inputs = [n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.output_names = [n for n in names if n not in inputs]
@@ -501,102 +580,162 @@ class TensorRTEngine:
         dims = [int(d) for d in self._engine.get_tensor_shape(self.input_name)]
         if any(d < 0 for d in dims[1:]):
             raise EngineError(f"{self.path.name}: input {self.input_name} has dynamic dims {dims} besides the batch")
-        if dims[0] < 0:
+        self.dynamic = dims[0] < 0
+        if self.dynamic:
             lo, _, hi = (dims_[0] for dims_ in self._engine.get_tensor_profile_shape(self.input_name, 0))
             self.min_batch, self.max_batch = int(lo), int(hi)
             self.input_shape = BatchShape((None, *dims[1:]))
         else:
             self.min_batch = self.max_batch = dims[0]
             self.input_shape = BatchShape(dims)
+        self.num_profiles = int(self._engine.num_optimization_profiles) if self.dynamic else 1
+        self.scratch_bytes = int(self._engine.device_memory_size_v2)
         self._dtypes = {n: np.dtype(trt.nptype(self._engine.get_tensor_dtype(n))) for n in names}
-        self._cudart = None
-        self._stream = None
-        self._buffers: dict[str, tuple[int, int]] = {}
+        self._profiles: dict[int, object] = {}          # profile index -> the context holding it
+        self._contexts: list[TensorRTContext] = []
+        self._per_item = self._probe_outputs()
+        self._host: dict | None = None                  # run(): stream, context, buffers
 
-    # DeviceEngine --------------------------------------------------------------------------------------
+    # shapes ---------------------------------------------------------------------------------------------
+    def _probe_outputs(self) -> dict[str, tuple[int, ...]]:
+        """Per-item output shapes, from a short-lived context at the smallest and largest batch; outputs whose
+        dims stay −1 (data-dependent) or do not scale with the batch are refused in one line."""
+        static = {}
+        for name in self.output_names:
+            dims = [int(d) for d in self._engine.get_tensor_shape(name)]
+            if all(d >= 0 for d in dims[1:]):
+                static[name] = tuple(dims[1:])
+        if len(static) == len(self.output_names):
+            return static
+        strategy = self._trt.ExecutionContextAllocationStrategy.USER_MANAGED
+        probe = self._engine.create_execution_context(strategy)   # no device memory: shape queries only
+        try:
+            shapes = {}
+            for batch in sorted({self.min_batch, self.max_batch}):
+                if not probe.set_input_shape(self.input_name, self.input_shape(batch)):
+                    raise EngineError(f"TensorRT refused input shape {self.input_shape(batch)} for {self.path.name}")
+                shapes[batch] = {n: tuple(int(d) for d in probe.get_tensor_shape(n)) for n in self.output_names}
+        finally:
+            del probe
+        for name in self.output_names:
+            for batch, per in shapes.items():
+                dims = per[name]
+                if any(d < 0 for d in dims):
+                    raise EngineError(f"{self.path.name}: output {name} has a data-dependent shape {list(dims)} "
+                                      "after the input shape is set; rtmw-edge runs engines with fixed output "
+                                      "shapes (export detectors with fixed top-k outputs)")
+                if dims[0] != batch:
+                    raise EngineError(f"{self.path.name}: output {name} {list(dims)} does not follow the batch "
+                                      f"{batch}")
+            static[name] = shapes[self.min_batch][name][1:]
+        return static
+
     def output_shape(self, name: str, batch: int) -> tuple[int, ...]:
-        dims = [int(d) for d in self._engine.get_tensor_shape(name)]
-        if dims and dims[0] < 0:
-            dims[0] = int(batch)
-        if any(d < 0 for d in dims):  # other dynamic dims: ask the context for this batch
-            self._set_batch(batch)
-            dims = [int(d) for d in self._context.get_tensor_shape(name)]
-        return tuple(dims)
+        return (int(batch), *self._per_item[name])
 
     def output_dtype(self, name: str) -> str:
         return self._dtypes[name].name
 
-    def _set_batch(self, batch: int) -> None:
+    def _check_batch(self, batch: int) -> None:
         if not self.min_batch <= batch <= self.max_batch:
             raise EngineError(f"{self.path.name} takes a batch of {self.min_batch}..{self.max_batch}, not {batch} "
                               "(rebuild with --batch MIN:OPT:MAX)")
-        if not self._context.set_input_shape(self.input_name, self.input_shape(batch)):
-            raise EngineError(f"TensorRT refused input shape {self.input_shape(batch)} for {self.path.name}")
 
-    def infer_async(self, inputs: dict[str, int], outputs: dict[str, int], stream: int, batch: int) -> None:
-        """Enqueue one inference of `batch` items on `stream` (device pointers in, device pointers out)."""
-        missing = [n for n in [self.input_name, *self.output_names] if n not in {**inputs, **outputs}]
-        if missing:
-            raise EngineError(f"infer_async: no device buffer for {', '.join(missing)}")
-        self._set_batch(batch)
-        for name, ptr in {**inputs, **outputs}.items():
-            if not self._context.set_tensor_address(name, int(ptr)):
-                raise EngineError(f"TensorRT refused the buffer address of {name}")
-        if not self._context.execute_async_v3(int(stream)):
-            why = f": {self._logger.errors[-1]}" if self._logger.errors else ""
-            raise EngineError(f"TensorRT execution of {self.path.name} failed{why}")
+    def _last_error(self) -> str:
+        return f": {self._logger.errors[-1]}" if self._logger.errors else ""
 
-    # host Engine ---------------------------------------------------------------------------------------
-    def _cuda(self):
-        if self._cudart is None:
-            cudart = _import_cudart()
-            self._stream = _ck(cudart.cudaStreamCreate(), "cudaStreamCreate")
-            self._cudart = cudart
-        return self._cudart
+    # contexts -------------------------------------------------------------------------------------------
+    def _claim_profile(self, context) -> int:
+        if not self.dynamic:
+            return 0
+        free = [i for i in range(self.num_profiles) if i not in self._profiles]
+        if not free:
+            raise EngineError(f"{self.path.name} has {self.num_profiles} optimization profile(s), all held by other "
+                              f"execution contexts (one per CUDA stream): rebuild it with `rtmw-edge build "
+                              f"--contexts {self.num_profiles * 2}` for more streams or cameras")
+        self._profiles[free[0]] = context
+        return free[0]
 
-    def _buffer(self, name: str, nbytes: int) -> int:
-        ptr, size = self._buffers.get(name, (0, 0))
-        if size < nbytes:
-            cudart = self._cuda()
-            if ptr:
-                _ck(cudart.cudaFree(ptr), "cudaFree")
-            ptr = int(_ck(cudart.cudaMalloc(nbytes), "cudaMalloc"))
-            self._buffers[name] = (ptr, nbytes)
-        return ptr
+    def _release_profile(self, context) -> None:
+        for index in [i for i, c in self._profiles.items() if c is context]:
+            del self._profiles[index]
+        if context in self._contexts:
+            self._contexts.remove(context)
+
+    def create_context(self, stream: int, scratch: int | None = None) -> TensorRTContext:
+        """An execution context for `stream` (DeviceContext): never share it with another stream."""
+        context = TensorRTContext(self, stream, scratch)
+        self._contexts.append(context)
+        return context
+
+    # host Engine ----------------------------------------------------------------------------------------
+    def _host_state(self, batch: int) -> dict:
+        """run()'s own stream, context and buffers: device buffers and pinned staging for `batch` items."""
+        from ..cuda import runtime as R
+
+        R.use_device(self.device)
+        state = self._host
+        if state is None:
+            stream = R.Stream()
+            state = self._host = {"stream": stream, "context": self.create_context(stream.handle), "batch": 0,
+                                  "buffers": []}
+        if state["batch"] < batch:
+            for buf in state["buffers"]:
+                buf.free()
+            sizes = {self.input_name: int(np.prod(self.input_shape(batch))) * self._dtypes[self.input_name].itemsize}
+            sizes.update({o: int(np.prod(self.output_shape(o, batch))) * self._dtypes[o].itemsize
+                          for o in self.output_names})
+            state["device"] = {n: R.DeviceBuffer(max(b, 1)) for n, b in sizes.items()}
+            state["pinned"] = {n: R.PinnedBuffer(max(b, 1)) for n, b in sizes.items()}
+            state["buffers"] = [*state["device"].values(), *state["pinned"].values()]
+            state["batch"] = batch
+        return state
 
     def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        """Host arrays in and out: copy `x` to the GPU, run, copy every output back (synchronous)."""
-        cudart = self._cuda()
+        """Host arrays in and out: stage `x` in pinned memory, copy to the GPU, run, copy every output back
+        into pinned memory, wait, return copies (pinned staging: the copies are truly asynchronous DMA)."""
+        from ..cuda import runtime as R
+
         x = np.ascontiguousarray(x, dtype=self._dtypes[self.input_name])
         if x.ndim != len(self.input_shape) or tuple(x.shape[1:]) != tuple(self.input_shape[1:]):
             raise EngineError(f"{self.path.name} takes input {list(self.input_shape)}, got {list(x.shape)}")
         n = int(x.shape[0])
-        h2d, d2h = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
-        stream = self._stream
-        d_in = self._buffer(self.input_name, x.nbytes)
-        _ck(cudart.cudaMemcpyAsync(d_in, x.ctypes.data, x.nbytes, h2d, stream), "cudaMemcpyAsync")
-        outs = {o: np.empty(self.output_shape(o, n), self._dtypes[o]) for o in self.output_names}
-        d_outs = {o: self._buffer(o, max(a.nbytes, 1)) for o, a in outs.items()}
-        self.infer_async({self.input_name: d_in}, d_outs, int(stream), n)
-        for o, a in outs.items():
-            _ck(cudart.cudaMemcpyAsync(a.ctypes.data, d_outs[o], a.nbytes, d2h, stream), "cudaMemcpyAsync")
-        _ck(cudart.cudaStreamSynchronize(stream), "cudaStreamSynchronize")
-        return outs
+        self._check_batch(n)
+        state = self._host_state(n)
+        stream, dev, pin = state["stream"], state["device"], state["pinned"]
+        np.copyto(pin[self.input_name].array(x.dtype, x.shape), x)
+        R.copy_htod_async(dev[self.input_name].ptr, pin[self.input_name].ptr, x.nbytes, stream.handle)
+        state["context"].infer_async({self.input_name: dev[self.input_name].ptr},
+                                     {o: dev[o].ptr for o in self.output_names}, n)
+        shapes = {o: self.output_shape(o, n) for o in self.output_names}
+        for o in self.output_names:
+            nbytes = int(np.prod(shapes[o])) * self._dtypes[o].itemsize
+            R.copy_dtoh_async(pin[o].ptr, dev[o].ptr, nbytes, stream.handle)
+        stream.synchronize()
+        return {o: pin[o].array(self._dtypes[o], shapes[o]).copy() for o in self.output_names}
 
     def close(self) -> None:
-        cudart, self._cudart = self._cudart, None
-        if cudart is None:
-            return
-        for ptr, _ in self._buffers.values():
+        """Contexts first, then the engine and the runtime (TensorRT's destruction order), then run()'s CUDA
+        buffers and stream — explicitly, not left to the garbage collector."""
+        state, self._host = self._host, None
+        if state is not None:
             with contextlib.suppress(Exception):
-                cudart.cudaFree(ptr)
-        self._buffers.clear()
-        with contextlib.suppress(Exception):
-            cudart.cudaStreamDestroy(self._stream)
+                state["stream"].synchronize()
+        for context in list(self._contexts):
+            context.close()
+        self._engine = None
+        self._runtime = None
+        if state is not None:
+            for buf in state["buffers"]:
+                with contextlib.suppress(Exception):
+                    buf.free()
+            with contextlib.suppress(Exception):
+                state["stream"].close()
 
     def __del__(self) -> None:  # pragma: no cover - interpreter shutdown order varies
         with contextlib.suppress(Exception):
-            self.close()
+            if self.__dict__.get("_engine") is not None:
+                self.close()
 
 
 def load_device_engine(path: str | Path, **options) -> TensorRTEngine:

@@ -36,7 +36,7 @@ SIGNATURES: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {
     "letterbox_bgr_to_nchw": ("letterbox.cu", (
         ("src", "p"), ("src_w", "i"), ("src_h", "i"), ("src_pitch", "i"),
         ("dst", "p"), ("dst_w", "i"), ("dst_h", "i"), ("new_w", "i"), ("new_h", "i"),
-        ("scale_x", "d"), ("scale_y", "d"),
+        ("scale_x", "f"), ("scale_y", "f"),
         ("mean0", "f"), ("mean1", "f"), ("mean2", "f"), ("std0", "f"), ("std1", "f"), ("std2", "f"),
         ("swap_rb", "i"), ("pad_value", "f"), ("quantize", "i"))),
     "rtmdet_rawhead_decode": ("detector_post.cu", (
@@ -240,11 +240,23 @@ class SlotPlan:
 def plan_slot(*, det_input_shape: tuple[int, ...], det_outputs: dict[str, tuple[tuple[int, ...], str]],
               num_candidates: int, max_persons: int, pose_input_wh: tuple[int, int],
               pose_outputs: dict[str, tuple[tuple[int, ...], str]], num_keypoints: int, capacity: int,
-              has_3d: bool) -> SlotPlan:
-    """Device bytes per slot. det/pose outputs: name → (shape for the planned batch, numpy dtype name)."""
+              has_3d: bool, pose_chunk: int | None = None) -> SlotPlan:
+    """Device bytes per slot. det_outputs: name → (shape for batch 1, numpy dtype name); pose_outputs: the same
+    for one engine call of `pose_chunk` items (default: all `capacity` in one call).
+
+    The pose input and outputs are laid out chunk by chunk, each chunk starting on a 256-byte boundary
+    (`chunk_stride`), because TensorRT requires 256-byte aligned tensor addresses: item k of a chunk at
+    `start · item_bytes` would not be. Every dimension must be known and positive (an engine with data-dependent
+    output shapes cannot be planned)."""
     def nbytes(shape, dtype="float32") -> int:
         return int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
 
+    for name, (shape, _) in {**det_outputs, **pose_outputs}.items():
+        if not shape or any(int(d) <= 0 for d in shape):
+            raise RtmwEdgeError(f"engine output {name} has shape {list(shape)}: the GPU pipeline needs fixed, known "
+                                "output shapes (no dynamic or data-dependent dims)")
+    step = int(pose_chunk or capacity)
+    chunks = _ceil(capacity, step)
     sizes = {"det_input": nbytes(det_input_shape)}
     for name, (shape, dtype) in det_outputs.items():
         sizes[f"det:{name}"] = nbytes(shape, dtype)
@@ -253,14 +265,19 @@ def plan_slot(*, det_input_shape: tuple[int, ...], det_outputs: dict[str, tuple[
         "nms_work": nms_scratch_bytes(num_candidates),
         "boxes": nbytes((max_persons, 4)), "scores": nbytes((max_persons,)), "header": nbytes((4,), "int32"),
         "params": nbytes((capacity, 4)),
-        "pose_input": nbytes((capacity, 3, pose_input_wh[1], pose_input_wh[0])),
+        "pose_input": chunks * chunk_stride(nbytes((step, 3, pose_input_wh[1], pose_input_wh[0]))),
     })
     for name, (shape, dtype) in pose_outputs.items():
-        sizes[f"pose:{name}"] = nbytes(shape, dtype)
+        sizes[f"pose:{name}"] = chunks * chunk_stride(nbytes(shape, dtype))
     sizes["keypoints"] = nbytes((capacity, num_keypoints, 3))
     if has_3d:
         sizes["keypoints_3d"] = nbytes((capacity, num_keypoints, 3))
     return SlotPlan(sizes)
+
+
+def chunk_stride(chunk_bytes: int) -> int:
+    """Bytes from one pose chunk's buffer to the next: the chunk's size rounded up to 256."""
+    return align(int(chunk_bytes))
 
 
 # --------------------------------------------------------------------------- host-side parameters
@@ -286,7 +303,8 @@ def normalisation(mean, std) -> dict:
 
 # --------------------------------------------------------------------------- float64 sampling references
 def _axis_taps_resize(dst: int, src: int, scale: float):
-    f = (np.float32((np.arange(dst, dtype=np.float64) + 0.5) * scale - 0.5)).astype(np.float32)
+    # the letterbox kernel's float32 position: (x + 0.5) * scale - 0.5, each operation rounded (no FMA)
+    f = (np.arange(dst, dtype=np.float32) + np.float32(0.5)) * np.float32(scale) - np.float32(0.5)
     i = np.floor(f).astype(np.int64)
     a = (f - i.astype(np.float32)).astype(np.float64)
     low = i < 0
@@ -298,7 +316,8 @@ def _axis_taps_resize(dst: int, src: int, scale: float):
 
 def reference_resize(image: np.ndarray, new_wh: tuple[int, int]) -> np.ndarray:
     """float64 H×W×C bilinear resize with cv2.resize INTER_LINEAR's sampling (half-pixel centres, edge
-    clamp), unquantised weights and no rounding: what letterbox_bgr_to_nchw computes."""
+    clamp; the position in float32 as the kernel computes it), unquantised weights and no rounding: what
+    letterbox_bgr_to_nchw computes."""
     h, w = image.shape[:2]
     x0, x1, ax = _axis_taps_resize(new_wh[0], w, 1.0 / (new_wh[0] / w))
     y0, y1, ay = _axis_taps_resize(new_wh[1], h, 1.0 / (new_wh[1] / h))
@@ -336,15 +355,19 @@ def inverse_warp(center: np.ndarray, scale: np.ndarray, input_wh: tuple[int, int
 
 def reference_warp(image: np.ndarray, inverse: np.ndarray, dst_wh: tuple[int, int]) -> np.ndarray:
     """float64 H×W×C: output (x, y) samples the image at inverse·(x, y, 1) bilinearly, taps outside → 0
-    (cv2.warpAffine INTER_LINEAR + BORDER_CONSTANT 0, without its 1/32-pixel position quantisation)."""
+    (cv2.warpAffine INTER_LINEAR + BORDER_CONSTANT 0, without its 1/32-pixel position quantisation). The
+    position is computed as the crop kernel computes it: the inverse rounded to float32, x·a + b in float32."""
     h, w = image.shape[:2]
-    ys, xs = np.meshgrid(np.arange(dst_wh[1], dtype=np.float64), np.arange(dst_wh[0], dtype=np.float64),
+    ys, xs = np.meshgrid(np.arange(dst_wh[1], dtype=np.float32), np.arange(dst_wh[0], dtype=np.float32),
                          indexing="ij")
-    fx = inverse[0, 0] * xs + inverse[0, 1] * ys + inverse[0, 2]
-    fy = inverse[1, 0] * xs + inverse[1, 1] * ys + inverse[1, 2]
+    a = np.asarray(inverse, np.float64).astype(np.float32)   # the kernel keeps the float64 inverse as float32
+    if a[0, 1] != 0 or a[1, 0] != 0:
+        raise RtmwEdgeError("reference_warp models the crop kernel: scale + translation only")
+    fx = a[0, 0] * xs + a[0, 2]                               # float32, each operation rounded (no FMA)
+    fy = a[1, 1] * ys + a[1, 2]
     x0, y0 = np.floor(fx), np.floor(fy)
-    ax = (fx - x0).astype(np.float32).astype(np.float64)[..., None]
-    ay = (fy - y0).astype(np.float32).astype(np.float64)[..., None]
+    ax = (fx - x0).astype(np.float64)[..., None]
+    ay = (fy - y0).astype(np.float64)[..., None]
     x0 = np.clip(x0, -2, w + 1).astype(np.int64)
     y0 = np.clip(y0, -2, h + 1).astype(np.int64)
     src = image.astype(np.float64)

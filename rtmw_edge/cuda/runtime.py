@@ -92,6 +92,8 @@ class Device:
     name: str
     capability: tuple[int, int]
     total_memory: int
+    integrated: bool = False      # cudaDevAttrIntegrated: a Jetson (host and GPU share DRAM)
+    can_map_host: bool = True     # cudaDevAttrCanMapHostMemory: mapped pinned memory works
 
     @property
     def arch(self) -> str:
@@ -139,14 +141,18 @@ def get_device(index: int = 0) -> Device:
     attr = runtime.cudaDeviceAttr
     major = rt("cudaDeviceGetAttribute", attr.cudaDevAttrComputeCapabilityMajor, index)
     minor = rt("cudaDeviceGetAttribute", attr.cudaDevAttrComputeCapabilityMinor, index)
+    integrated = rt("cudaDeviceGetAttribute", attr.cudaDevAttrIntegrated, index)
+    can_map = rt("cudaDeviceGetAttribute", attr.cudaDevAttrCanMapHostMemory, index)
     props = rt("cudaGetDeviceProperties", index)
     name = props.name.decode(errors="replace").rstrip("\0") if isinstance(props.name, bytes) else str(props.name)
-    return Device(index, name, (int(major), int(minor)), int(props.totalGlobalMem))
+    return Device(index, name, (int(major), int(minor)), int(props.totalGlobalMem), bool(integrated), bool(can_map))
 
 
 def use_device(index: int) -> None:
-    """Make the device's primary context current in the calling thread (cheap; call from worker threads)."""
-    rt("cudaSetDevice", index)
+    """Make the device's primary context current in the calling thread. The current device is per host thread:
+    every public entry point of the GPU pipeline calls this first, so a worker thread (the daemon's, a
+    framework's) never enqueues on another GPU's context by accident."""
+    rt("cudaSetDevice", int(index))
 
 
 # --------------------------------------------------------------------------- interop
@@ -230,12 +236,20 @@ class DeviceBuffer(DeviceView):
 
 
 class PinnedBuffer:
-    """Page-locked host memory (cudaHostAlloc): the only host memory async copies overlap with."""
+    """Page-locked host memory (cudaHostAlloc): the only host memory async copies overlap with.
 
-    def __init__(self, nbytes: int) -> None:
+    `mapped=True` also maps it into the device's address space (cudaHostAllocMapped): `device_ptr` is then
+    the address kernels use to read and write it directly — zero-copy, the right choice on an integrated GPU
+    (Jetson), where host and device share the same DRAM and a copy-engine copy only duplicates bytes.
+    """
+
+    def __init__(self, nbytes: int, mapped: bool = False) -> None:
         _, runtime = cuda_modules()
         self.nbytes = int(nbytes)
-        self.ptr = int(rt("cudaHostAlloc", max(self.nbytes, 1), runtime.cudaHostAllocPortable))
+        flags = int(runtime.cudaHostAllocPortable) | (int(runtime.cudaHostAllocMapped) if mapped else 0)
+        self.ptr = int(rt("cudaHostAlloc", max(self.nbytes, 1), flags))
+        self.mapped = bool(mapped)
+        self.device_ptr = int(rt("cudaHostGetDevicePointer", self.ptr, 0)) if mapped else 0
 
     def array(self, dtype, shape, offset: int = 0) -> np.ndarray:
         """A numpy view of (part of) the buffer."""
@@ -249,7 +263,7 @@ class PinnedBuffer:
     def free(self) -> None:
         if self.ptr:
             rt("cudaFreeHost", self.ptr)
-        self.ptr = 0
+        self.ptr = self.device_ptr = 0
 
     def __enter__(self) -> PinnedBuffer:
         return self
@@ -402,50 +416,96 @@ class KernelModules:
 
 # --------------------------------------------------------------------------- CUDA graphs
 class CudaGraph:
-    """Work enqueued by `enqueue(stream)` captured once and replayed with one launch.
+    """Work enqueued by `enqueue(stream)` captured once (thread-local mode) and replayed with one launch.
 
-    Only for work whose pointers and sizes do not change between replays (one graph per pose batch size
-    and frame slot) and whose engine allows capture (TensorRT after a warm-up run; not PyTorch eager,
-    whose caching allocator must not allocate inside a foreign capture).
+    Only for work whose pointers, sizes and scalar arguments do not change between replays (everything a
+    graph bakes in belongs in its cache key) and whose engine allows capture (TensorRT after an eager
+    `execute_async_v3` with exactly the captured shapes; not PyTorch eager, whose caching allocator must not
+    allocate inside a foreign capture). A capture that fails is ended and its partial graph destroyed, and
+    the error raised: nothing of it runs, so the caller runs the same work eagerly instead.
     """
 
     def __init__(self, stream: Stream, enqueue: Callable[[Stream], None]) -> None:
         _, runtime = cuda_modules()
+        self.graph = self.exec = None
         mode = runtime.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
         rt("cudaStreamBeginCapture", stream.handle, mode)
         try:
             enqueue(stream)
         except BaseException:
-            with contextlib.suppress(Exception):
-                graph = rt("cudaStreamEndCapture", stream.handle)
-                rt("cudaGraphDestroy", graph)
+            _end_capture_quietly(stream)
             raise
-        self.graph = rt("cudaStreamEndCapture", stream.handle)
-        # cuda-python >= 12 (the gpu extra pins 12.9): cudaGraphInstantiate(graph, flags) -> (err, graphExec)
-        self.exec = rt("cudaGraphInstantiate", self.graph, 0)
+        self.graph = rt("cudaStreamEndCapture", stream.handle)   # CudaError if the capture was invalidated
+        try:
+            # cuda-python 12 and 13: cudaGraphInstantiate(graph, flags) -> (err, graphExec)
+            self.exec = rt("cudaGraphInstantiate", self.graph, 0)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                rt("cudaGraphDestroy", self.graph)
+            self.graph = None
+            raise
 
     def launch(self, stream: Stream | int) -> None:
         rt("cudaGraphLaunch", self.exec, int(stream))
 
     def close(self) -> None:
-        with contextlib.suppress(Exception):
-            rt("cudaGraphExecDestroy", self.exec)
-            rt("cudaGraphDestroy", self.graph)
+        """Destroy the executable graph and the graph — each on its own, so one failure never leaks the other."""
+        if self.exec is not None:
+            with contextlib.suppress(Exception):
+                rt("cudaGraphExecDestroy", self.exec)
+            self.exec = None
+        if self.graph is not None:
+            with contextlib.suppress(Exception):
+                rt("cudaGraphDestroy", self.graph)
+            self.graph = None
+
+
+def _end_capture_quietly(stream: Stream) -> None:
+    with contextlib.suppress(Exception):
+        graph = rt("cudaStreamEndCapture", stream.handle)
+        if graph is not None:
+            rt("cudaGraphDestroy", graph)
 
 
 class GraphCache:
-    """One captured graph per key (e.g. (slot, pose batch size)), captured on first use."""
+    """Captured graphs by key, least recently used first out (at most `capacity`), plus the keys whose capture
+    failed (never retried: they run eagerly). A key must hold everything the graph bakes in."""
 
-    def __init__(self) -> None:
-        self.graphs: dict[object, CudaGraph] = {}
+    def __init__(self, capacity: int = 16) -> None:
+        from collections import OrderedDict
 
-    def run(self, key, stream: Stream, enqueue: Callable[[Stream], None]) -> bool:
-        """Replay the graph for `key` (capturing it first); returns True if it was captured now."""
-        captured = key not in self.graphs
-        if captured:
-            self.graphs[key] = CudaGraph(stream, enqueue)
-        self.graphs[key].launch(stream)
-        return captured
+        self.capacity = int(capacity)
+        self.graphs: OrderedDict = OrderedDict()
+        self.failed: dict[object, str] = {}
+        self.captures = self.evictions = 0
+
+    def get(self, key) -> CudaGraph | None:
+        graph = self.graphs.get(key)
+        if graph is not None:
+            self.graphs.move_to_end(key)
+        return graph
+
+    def capture(self, key, stream: Stream, enqueue: Callable[[Stream], None]) -> CudaGraph | None:
+        """Capture `enqueue` for `key` (nothing runs); None when the capture fails (remembered)."""
+        if key in self.failed:
+            return None
+        try:
+            graph = CudaGraph(stream, enqueue)
+        except RtmwEdgeError as exc:
+            self.failed[key] = str(exc)
+            return None
+        self.captures += 1
+        self.graphs[key] = graph
+        while len(self.graphs) > self.capacity:
+            _, old = self.graphs.popitem(last=False)
+            old.close()
+            self.evictions += 1
+        return graph
+
+    def discard(self, keep: Callable[[object], bool]) -> None:
+        """Destroy the graphs whose key `keep` rejects (e.g. captured under shapes the context no longer has)."""
+        for key in [k for k in self.graphs if not keep(k)]:
+            self.graphs.pop(key).close()
 
     def close(self) -> None:
         for graph in self.graphs.values():

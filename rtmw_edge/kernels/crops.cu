@@ -7,12 +7,14 @@
 //   s = w / scale_w (float64, as warp_matrix); it is inverted as cv2.invertAffineTransform does, and output
 //   pixel (x, y) samples the frame at (A x + b): no half-pixel offset (cv2.warpAffine). Bilinear taps
 //   outside the frame contribute the border value 0. OpenCV quantises the position to 1/32 pixel and
-//   the weights to 15 bits and rounds to uint8; here the position is float64, the weights float32 and the
-//   value stays float (quantize = 1 rounds it to the nearest integer, like the CPU pipeline's uint8 crop).
+//   the weights to 15 bits and rounds to uint8; here the affine is computed in float64 once per block and
+//   kept as float32, the position per pixel is float32 (FP64 runs at 1/64 rate on Jetson Orin; the float
+//   reference in cuda/kernels.py does the same arithmetic), the weights float32 and the value stays float
+//   (quantize = 1 rounds it to the nearest integer, like the CPU pipeline's uint8 crop).
 // A box that fails box_valid (geometry.valid_boxes: zero-area, inverted, NaN/inf, larger than 1e6 px) gets the
 // empty crop (all border) and centre = scale = 0, as box_to_center_scale gives it.
-// The centre/scale and the float64 inverse are computed once per block by its first thread (shared memory,
-// one barrier), not per pixel: per pixel only x * a + b remains in float64 (FP64 is slow on Jetson).
+// The centre/scale and the inverse (float64, rounded to float32) are computed once per block by its first thread
+// (shared memory, one barrier), not per pixel: per pixel only x * a + b remains, in float32.
 // The centre and scale of every person are written to params [N,4] = (cx, cy, scale_w, scale_h) for the
 // decode kernel (first thread of block (0,0,z)).
 //
@@ -41,7 +43,7 @@ extern "C" __global__ void __launch_bounds__(256) crop_persons_bgr_to_nchw(
     const int person = blockIdx.z;
     if (person >= num_persons) return;   // whole blocks leave together, before the barrier
 
-    __shared__ double s_affine[4];       // a11, b1, a22, b2 of the inverse affine (crop pixel -> frame pixel)
+    __shared__ float s_affine[4];        // a11, b1, a22, b2 of the inverse affine (crop pixel -> frame pixel)
     __shared__ int s_valid;
     if (threadIdx.x == 0 && threadIdx.y == 0) {
         const float* box = boxes + 4 * person;
@@ -61,10 +63,10 @@ extern "C" __global__ void __launch_bounds__(256) crop_persons_bgr_to_nchw(
             const double m12 = (double)dst_h / 2.0 - s * (double)cy;
             const double d = 1.0 / (s * s);
             const double a11 = s * d, a22 = s * d;
-            s_affine[0] = a11;
-            s_affine[1] = -a11 * m02;
-            s_affine[2] = a22;
-            s_affine[3] = -a22 * m12;
+            s_affine[0] = (float)a11;
+            s_affine[1] = (float)(-a11 * m02);
+            s_affine[2] = (float)a22;
+            s_affine[3] = (float)(-a22 * m12);
         }
         s_valid = valid;
         if (blockIdx.x == 0 && blockIdx.y == 0) {
@@ -80,13 +82,13 @@ extern "C" __global__ void __launch_bounds__(256) crop_persons_bgr_to_nchw(
 
     float v[3] = {0.0f, 0.0f, 0.0f};
     if (s_valid) {
-        const double fx = s_affine[0] * (double)x + s_affine[1];
-        const double fy = s_affine[2] * (double)y + s_affine[3];
-        const double x0d = floor(fx), y0d = floor(fy);
+        const float fx = s_affine[0] * (float)x + s_affine[1];
+        const float fy = s_affine[2] * (float)y + s_affine[3];
+        const float x0f = floorf(fx), y0f = floorf(fy);
         // a 2x2 footprint wholly outside the frame keeps the border (this also guards the int conversion)
-        if (!(x0d < -1.0 || y0d < -1.0 || x0d > (double)src_w || y0d > (double)src_h)) {
-            const int x0 = (int)x0d, y0 = (int)y0d;
-            const float ax = (float)(fx - x0d), ay = (float)(fy - y0d);
+        if (!(x0f < -1.0f || y0f < -1.0f || x0f > (float)src_w || y0f > (float)src_h)) {
+            const int x0 = (int)x0f, y0 = (int)y0f;
+            const float ax = fx - x0f, ay = fy - y0f;
             #pragma unroll
             for (int c = 0; c < 3; ++c) {
                 const float top = (1.0f - ax) * tap(src, src_w, src_h, src_pitch, x0, y0, c)

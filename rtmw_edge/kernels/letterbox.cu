@@ -6,9 +6,11 @@
 //
 // Sampling = cv2.resize INTER_LINEAR: half-pixel centres, src = (dst + 0.5) * scale - 0.5 with
 // scale = src_size / new_size, taps clamped to the edge (a negative src coordinate samples pixel 0 with
-// weight 1, one past the last pixel samples the last pixel). OpenCV quantises the weights to 11 bits and
-// rounds to uint8; here the weights are float and the value stays float (quantize = 1 rounds it to the
-// nearest integer, like the uint8 canvas of the CPU pipeline).
+// weight 1, one past the last pixel samples the last pixel). OpenCV computes the position in double and
+// quantises the weights to 11 bits and rounds to uint8; here the position is float32 (FP64 runs at 1/64 rate
+// on Jetson Orin; the float reference in cuda/kernels.py does the same arithmetic), the weights are float and
+// the value stays float (quantize = 1 rounds it to the nearest integer, like the uint8 canvas of the CPU
+// pipeline).
 //
 // Launch: block (32, 8), grid (ceil(dst_w / 32), ceil(dst_h / 8), 1); one thread per output pixel
 // (3 channels). Compiled with --fmad=false (see rtmw_edge/cuda/nvrtc.py).
@@ -16,7 +18,7 @@
 extern "C" __global__ void __launch_bounds__(256) letterbox_bgr_to_nchw(
     const unsigned char* __restrict__ src, int src_w, int src_h, int src_pitch,
     float* __restrict__ dst, int dst_w, int dst_h, int new_w, int new_h,
-    double scale_x, double scale_y,
+    float scale_x, float scale_y,
     float mean0, float mean1, float mean2, float std0, float std1, float std2,
     int swap_rb, float pad_value, int quantize)
 {
@@ -26,15 +28,15 @@ extern "C" __global__ void __launch_bounds__(256) letterbox_bgr_to_nchw(
 
     float v[3];
     if (x < new_w && y < new_h) {
-        // horizontal taps (as cv2: the coordinate is computed in double, then kept as float)
-        const float fx_full = (float)(((double)x + 0.5) * scale_x - 0.5);
+        // horizontal taps (float32: (x + 0.5) * scale - 0.5, no FMA)
+        const float fx_full = ((float)x + 0.5f) * scale_x - 0.5f;
         int sx = (int)floorf(fx_full);
         float ax = fx_full - (float)sx;
         if (sx < 0) { sx = 0; ax = 0.0f; }
         if (sx >= src_w - 1) { sx = src_w - 1; ax = 0.0f; }
         const int sx1 = min(sx + 1, src_w - 1);
 
-        const float fy_full = (float)(((double)y + 0.5) * scale_y - 0.5);
+        const float fy_full = ((float)y + 0.5f) * scale_y - 0.5f;
         int sy = (int)floorf(fy_full);
         float ay = fy_full - (float)sy;
         if (sy < 0) { sy = 0; ay = 0.0f; }
