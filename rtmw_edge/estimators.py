@@ -51,7 +51,7 @@ COMMON = {"flip_test": False, "max_persons": 32, "det_threshold": 0.3, "kpt_thre
 LOCAL = {"nms_iou": 0.3, "threads": None, "pose_spec": None}            # cpu and cuda-stream
 CPU_ONLY = {"det_interval": 1}
 GPU_ONLY = {"device": 0, "cuda_graphs": False, "match_cpu_rounding": False, "profile": False,
-            "blocking_sync": False, "allow_tf32": False}
+            "blocking_sync": None, "allow_tf32": False}
 REMOTE_ONLY = {"triton_url": None, "triton_model": "rtmw_pipeline", "timeout": 10.0, "retries": 3, "backoff": 0.25,
                "ready_timeout": 60.0, "encoding": "raw"}
 OPTIONS = {"cpu": {**COMMON, **LOCAL, **CPU_ONLY}, "cuda-stream": {**COMMON, **LOCAL, **GPU_ONLY},
