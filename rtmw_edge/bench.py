@@ -1,11 +1,14 @@
 """Per-stage latency of the whole pipeline, and the cost of each extra person.
 
 For every configuration (pose model × backend; several may be given to compare precisions or backends
-side by side in one run) the frame goes through the same stages as `PoseEstimator`, each one timed:
+side by side in one run) the estimator is the one `--backend` means (`estimators.open_estimator`, as in `run`).
+On the CPU pipeline the frame goes through the same stages as `PoseEstimator`, each one timed:
 
   decode (JPEG → BGR) · det_preprocess (letterbox + normalise) · det_inference · nms (box decode,
   threshold, NMS) · crops (warpAffine + normalise) · pose_inference · decode (SimCC → image coords)
   · draw (skeleton picture)
+
+On the CUDA-stream and remote pipelines the stages run on the GPU or the server: end-to-end time only.
 
 Frames with N people are made by tiling person crops of real photos (the GT boxes of the COCO test
 photos) into one picture, so the real detector finds them; the number it actually finds is reported.
@@ -24,7 +27,9 @@ import numpy as np
 
 from . import geometry as G
 from .errors import RtmwEdgeError
+from .estimators import open_estimator, pipeline_of
 from .outputs import atomic_path
+from .streams import FrameTail
 
 # a confident threshold keeps edge fragments of neighbouring tiles from counting as people
 DET_THRESHOLD = 0.5
@@ -87,16 +92,12 @@ class Config:
 
 
 def make_estimator(cfg: Config, max_persons: int = 32, threads: int | None = None):
-    """A local `PoseEstimator`, or for backend "triton" the server's pipeline (end-to-end timing only)."""
+    """The estimator CFG's backend means (`estimators.open_estimator`); for backend "triton" the server's pipeline."""
     if cfg.backend == "triton":
-        from .triton.client import TritonPoseEstimator
-
-        return TritonPoseEstimator(cfg.triton_url, model=cfg.triton_model, det_threshold=DET_THRESHOLD,
-                                   max_persons=max_persons)
-    from .pipeline import PoseEstimator
-
-    return PoseEstimator(cfg.det, cfg.pose, backend=cfg.backend, max_persons=max_persons, threads=threads,
-                         det_threshold=DET_THRESHOLD, pose_spec=cfg.pose_spec)
+        return open_estimator(backend="triton", triton_url=cfg.triton_url, triton_model=cfg.triton_model,
+                              det_threshold=DET_THRESHOLD, max_persons=max_persons)
+    return open_estimator(cfg.det, cfg.pose, cfg.backend, max_persons=max_persons, threads=threads,
+                          det_threshold=DET_THRESHOLD, pose_spec=cfg.pose_spec)
 
 
 def _people(est, image: np.ndarray) -> int:
@@ -122,8 +123,6 @@ class StageClock:
 
 def run_frame(est, jpeg: bytes, clock: StageClock, draw: bool = True) -> int:
     """One frame through every stage, each timed separately; returns the number of persons."""
-    from .results import FrameResult, Person
-
     marks = [time.perf_counter()]
 
     def lap(stage: str) -> None:
@@ -145,22 +144,23 @@ def run_frame(est, jpeg: bytes, clock: StageClock, draw: bool = True) -> int:
     lap("crops")
     outputs = est.pose.infer(crops) if len(crops) else {}
     lap("pose_inference")
-    persons = []
+    h, w = image.shape[:2]
     if len(crops):
-        kpts, kscores, k3d = est.pose.postprocess(outputs, centers, scales, (image.shape[1], image.shape[0]))
-        persons = [Person(boxes[i], float(scores[i]), kpts[i], kscores[i], None,
-                          None if k3d is None else k3d[i]) for i in range(len(boxes))]
+        kpts, kscores, k3d = est.pose.postprocess(outputs, centers, scales, (w, h))
+    else:
+        kpts, kscores, k3d = np.zeros((0, 0, 2), np.float32), np.zeros((0, 0), np.float32), None
+    result = FrameTail()(boxes, scores, kpts, kscores, k3d, 0, width=w, height=h)
     lap("decode_keypoints")
     if draw:
         from .viz import draw_frame
 
-        draw_frame(image, FrameResult(0, 0.0, image.shape[1], image.shape[0], persons))
+        draw_frame(image, result)
         lap("draw")
-    return len(persons)
+    return len(result.persons)
 
 
 def run_production(est, jpeg: bytes, clock: StageClock, draw: bool = True) -> int:
-    """The same frame through the real code path (decode → `PoseEstimator.__call__` → draw), timed as a
+    """The same frame through the real code path (decode → `estimator(image)` → draw), timed as a
     whole: the end-to-end time the stage breakdown must add up to. Returns the number of persons."""
     t = time.perf_counter()
     image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
@@ -193,7 +193,7 @@ def benchmark(configs: list[Config], tiles: list[np.ndarray], persons: list[int]
         task = bar.add_task("bench", total=len(configs) * len(persons) * (frames + warmup))
         for cfg in configs:
             est = make_estimator(cfg, max_persons=max(persons), threads=threads)
-            remote = cfg.backend == "triton"  # the server runs the stages: end-to-end time only
+            remote = pipeline_of(est) != "cpu"  # the GPU or the server runs the stages: end-to-end time only
             curve = []
             for n in persons:
                 clock = StageClock()
@@ -219,6 +219,7 @@ def benchmark(configs: list[Config], tiles: list[np.ndarray], persons: list[int]
                 summary = clock.summary()
                 curve.append({"persons_requested": n, "persons_detected": found, **summary})
             report["configs"].append({"name": cfg.name, "det": cfg.det, "pose": cfg.pose, "backend": cfg.backend,
+                                      "pipeline": pipeline_of(est),
                                       "triton_url": cfg.triton_url, "pose_model": est.info.name, "stages": curve[-1],
                                       "curve": curve})
     for cfg in report["configs"]:

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import __version__
+from .backends import backend_names, backends_of
 from .errors import RtmwEdgeError
 from .zoo import POSE_SPEC_HELP
 
@@ -27,6 +28,11 @@ app.add_typer(models_app, name="models")
 out = Console(width=max(Console().width, 110))  # keep tables readable when piped
 # a foreign pose ONNX (mmdeploy / rtmlib / mmpose export, no rtmw_edge metadata, no SDK JSON beside it)
 POSE_SPEC_OPTION = typer.Option(None, "--pose-spec", help=POSE_SPEC_HELP)
+# the --backend names, from the one backend table (rtmw_edge/backends/__init__.py), by the pipeline they mean
+LOCAL_BACKEND_NAMES = tuple(b for b in backend_names() if b not in backends_of("remote"))
+BACKEND_PIPELINES = (f"{', '.join(backends_of('cpu'))} (the CPU pipeline), {', '.join(backends_of('cuda-stream'))} "
+                     "(the CUDA-stream pipeline), auto (the CUDA-stream pipeline when a GPU and TensorRT engines "
+                     "are there, else the CPU one)")
 
 
 def _version(value: bool) -> None:
@@ -211,8 +217,8 @@ def run_cmd(source: str = typer.Argument(..., help="Image, folder, video, camera
             pose_spec: str | None = POSE_SPEC_OPTION,
             det_interval: int = typer.Option(1, "--det-interval", min=1, help="Video/camera: run the detector "
                                              "every N-th frame; in between, boxes from the last frame's keypoints."),
-            backend: str = typer.Option("auto", help="auto, onnxruntime, tensorrt, torch-cuda (GPU pipeline) or "
-                                        "triton (a Triton server: --triton-url)."),
+            backend: str = typer.Option("auto", help=f"{BACKEND_PIPELINES}, or triton (a Triton server: "
+                                        "--triton-url)."),
             triton_url: str | None = typer.Option(None, "--triton-url", help="Triton server HOST:PORT (gRPC; "
                                                   "http://HOST:PORT for HTTP); implies --backend triton."),
             triton_model: str = typer.Option("rtmw_pipeline", "--triton-model", help="The server's pipeline model."),
@@ -270,12 +276,17 @@ def eval_cmd(ann: Path = typer.Option(..., "--ann", help="COCO / COCO-WholeBody 
              pose_spec: str | None = POSE_SPEC_OPTION,
              det: str | None = typer.Option(None, "--det", help="Detector: .onnx or registered name."),
              gt_boxes: bool = typer.Option(False, "--gt-boxes", help="Ground-truth person boxes, no detector."),
-             backend: str = typer.Option("auto", help="auto, onnxruntime, tensorrt or torch-cuda (GPU pipeline)."),
+             backend: str = typer.Option("auto", help=f"{BACKEND_PIPELINES}."),
              flip_test: bool = typer.Option(False, "--flip-test", help="Average with the mirrored crop."),
              predictions: Path | None = typer.Option(None, "--predictions", help="Score this COCO keypoint results "
                                                      "JSON instead of running models."),
              out_json: Path | None = typer.Option(None, "--out", help="Write the metrics as JSON.")) -> None:
-    """Keypoint AP/AR (pycocotools) per body part and whole body on COCO-WholeBody (or body on COCO)."""
+    """Keypoint AP/AR (pycocotools) per body part and whole body on COCO-WholeBody (or body on COCO).
+
+    Which pipeline runs: with --det, the one --backend means, as in `run` — onnxruntime: the CPU pipeline;
+    tensorrt, torch-cuda, onnxruntime-gpu: the CUDA-stream pipeline; auto: the CUDA-stream pipeline when a GPU
+    and TensorRT engines are there, else the CPU one. With --gt-boxes: the CPU pipeline's pose stage (crops,
+    pose model, SimCC decode) on the backend's host engine, the only one that takes boxes from outside."""
     from .errors import UsageError
     from .evaluate import METRICS, evaluate_predictions, run_eval
     from .outputs import atomic_output, check_output
@@ -293,6 +304,9 @@ def eval_cmd(ann: Path = typer.Option(..., "--ann", help="COCO / COCO-WholeBody 
             raise UsageError("eval needs --pose and --images to run models (or --predictions to score a file)")
         if gt_boxes == (det is not None):
             raise UsageError("eval needs exactly one of --det DETECTOR or --gt-boxes")
+        if backend not in LOCAL_BACKEND_NAMES:
+            raise UsageError(f"--backend must be one of {', '.join(LOCAL_BACKEND_NAMES)}, not {backend!r} (eval runs "
+                             "the models here)")
         metrics, _ = run_eval(ann, images, pose, det=det, gt_boxes=gt_boxes, backend=backend, flip_test=flip_test,
                               pose_spec=pose_spec)
         title = f"{Path(pose).name} ({'GT boxes' if gt_boxes else Path(det).name}) on {ann.name}"
@@ -314,8 +328,9 @@ def bench_cmd(det: str = typer.Option("rtmdet-nano-person", "--det", help="Detec
               pose: list[str] = typer.Option([], "--pose", help="Pose model(s): repeat to compare (e.g. FP32 "
                                              "and FP16 exports) side by side."),
               pose_spec: str | None = POSE_SPEC_OPTION,
-              backend: list[str] = typer.Option(["auto"], "--backend", help="Backend(s): repeat to compare "
-                                                "(triton: the server at --triton-url, end-to-end time only)."),
+              backend: list[str] = typer.Option(["auto"], "--backend", help=f"Backend(s): repeat to compare. "
+                                                f"{BACKEND_PIPELINES}; triton: the server at --triton-url. Stage "
+                                                "times on the CPU pipeline, end-to-end time on the others."),
               triton_url: str | None = typer.Option(None, "--triton-url", help="Triton server HOST:PORT for "
                                                     "--backend triton."),
               persons: str = typer.Option("1,2,4,8,16,32", help="People per synthetic frame, comma-separated."),
@@ -350,6 +365,9 @@ def bench_cmd(det: str = typer.Option("rtmdet-nano-person", "--det", help="Detec
     if not ann.is_file():
         raise RtmwEdgeError(f"annotation file not found: {ann} (give --ann and --images)")
     configs = []
+    unknown = [b for b in backend if b not in backend_names()]
+    if unknown:
+        raise UsageError(f"--backend must be one of {', '.join(backend_names())}, not {unknown[0]!r}")
     if "triton" in backend and not triton_url:
         raise UsageError("--backend triton needs --triton-url HOST:PORT")
     if any(b != "triton" for b in backend) and not pose:

@@ -87,13 +87,18 @@ def doctor_cmd(as_json: bool = typer.Option(False, "--json", help="Machine-reada
                engines: Path = typer.Option(Path("engines"), "--engines", help="Engine folder to inspect.")) -> None:
     """What this machine has for the GPU path and how to install what is missing (always exits 0).
 
-    Driver, CUDA, GPUs, TensorRT, cuda-python, ONNX Runtime providers, NVRTC, cameras, built engines."""
+    Driver, CUDA, GPUs, TensorRT, cuda-python, ONNX Runtime providers, NVRTC, cameras, built engines, and every
+    --backend of the backend table: its pipeline and whether it can run here (its version, or why not)."""
     try:
+        from dataclasses import asdict
+
+        from .backends import availability, backend_names
         from .backends.tensorrt import probe_environment
         from .engines import install_hints
 
         env = probe_environment(engines)
         env["missing"] = install_hints(env)
+        env["backends"] = [asdict(availability(name)) for name in backend_names()]
     except Exception as exc:  # doctor reports, it never fails
         out.print(f"doctor could not finish probing: {type(exc).__name__}: {exc}", highlight=False, markup=False)
         return
@@ -128,6 +133,10 @@ def doctor_cmd(as_json: bool = typer.Option(False, "--json", help="Machine-reada
                      None: "cannot tell (no TensorRT here)"}[e["usable_here"]]
             state = f"TensorRT {escape(str(e['tensorrt']))}, {escape(str(e['gpu']))}: {state}"
         table.add_row(f"engine {Path(e['engine']).name}", state)
+    for b in env["backends"]:
+        state = (f"[green]available[/green]{' ' + escape(b['version']) if b['version'] else ''}" if b["available"]
+                 else f"[red]unavailable[/red]: {escape(b['reason'] or '')}")
+        table.add_row(f"--backend {b['backend']}", f"{state} [dim]({b['pipeline']} pipeline)[/dim]")
     out.print(table)
     if env["missing"]:
         out.print("[bold]missing for the TensorRT/GPU path:[/bold]")

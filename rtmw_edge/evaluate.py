@@ -226,16 +226,21 @@ def run_eval(ann_path: str | os.PathLike[str], images_dir: str | os.PathLike[str
     """Run the pose pipeline over the annotation file's images and score it; → (metrics, COCO results).
     `pose_spec`: the registered model whose settings apply to a foreign pose ONNX (see `pose_models`).
 
-    gt_boxes=True: the non-crowd ground-truth person boxes are the person boxes (box score 1; no detector).
-    Otherwise `det` finds the people (`PoseEstimator`'s detector, NMS and limits). The instance score is
-    `results.coco_items`': box score × mean of the keypoint scores > 0.
+    With a detector (`det`): the pipeline BACKEND means (`estimators.open_estimator`: onnxruntime → the CPU
+    pipeline; tensorrt / torch-cuda / onnxruntime-gpu → the CUDA-stream pipeline; auto → the CUDA-stream pipeline
+    when a GPU and TensorRT engines are there, else the CPU one), frame by frame, as `run` does.
+    gt_boxes=True: the non-crowd ground-truth person boxes are the person boxes (box score 1; no detector),
+    through the CPU pipeline's pose stage (`TopDownPose`) on BACKEND's host engine — the only pipeline that takes
+    boxes from outside. The instance score is `results.coco_items`': box score × mean of the keypoint scores > 0.
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from .backends import load_engine
-    from .pipeline import PoseEstimator, TopDownPose, resolve_model
-    from .results import FrameResult, Person, coco_items
+    from .estimators import open_estimator
+    from .pipeline import TopDownPose, resolve_model
+    from .results import coco_items
     from .sources import read_image
+    from .streams import FrameTail
 
     if gt_boxes == (det is not None):
         raise RtmwEdgeError("give exactly one of a detector (--det) or --gt-boxes")
@@ -253,10 +258,10 @@ def run_eval(ann_path: str | os.PathLike[str], images_dir: str | os.PathLike[str
     if gt_boxes:
         estimator = None
         pose_model = TopDownPose(load_engine(resolve_model(pose, "pose"), backend), flip_test, pose_spec=pose_spec)
+        info = pose_model.info
     else:
-        estimator = PoseEstimator(det, pose, backend=backend, flip_test=flip_test, pose_spec=pose_spec)
-        pose_model = estimator.pose
-    info = pose_model.info
+        estimator = open_estimator(det, pose, backend, flip_test=flip_test, pose_spec=pose_spec)
+        info = estimator.info
     if info.num_keypoints not in (17, 133):
         raise RtmwEdgeError(f"{info.name} has {info.num_keypoints} keypoints; evaluation needs a COCO (17) or "
                             "COCO-WholeBody (133) model")
@@ -265,6 +270,7 @@ def run_eval(ann_path: str | os.PathLike[str], images_dir: str | os.PathLike[str
         by_image.setdefault(a["image_id"], []).append(a)
 
     predictions: list[dict] = []
+    tail = FrameTail()  # no tracking: every photo on its own
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   transient=True, disable=not progress) as bar:
         task = bar.add_task(f"eval {Path(ann_path).name}", total=len(files))
@@ -272,14 +278,12 @@ def run_eval(ann_path: str | os.PathLike[str], images_dir: str | os.PathLike[str
             image = read_image(path)
             if estimator is None:
                 boxes = _gt_person_boxes(by_image.get(image_id, []))
-                box_scores = np.ones(len(boxes), np.float32)
+                kpts, kpt_scores, _ = pose_model(image, boxes)
+                result = tail(boxes, np.ones(len(boxes), np.float32), kpts, kpt_scores, None, 0,
+                              width=image.shape[1], height=image.shape[0])
             else:
-                boxes, box_scores, _ = estimator.detect(image)
-            kpts, kpt_scores, _ = pose_model(image, boxes)
-            persons = [Person(bbox=boxes[i], score=float(box_scores[i]), keypoints=kpts[i],
-                              keypoint_scores=kpt_scores[i]) for i in range(len(boxes))]
-            predictions += coco_items(FrameResult(frame=0, timestamp=0.0, width=image.shape[1],
-                                                  height=image.shape[0], persons=persons), image_id)
+                result = estimator(image)
+            predictions += coco_items(result, image_id)
             bar.advance(task)
     keypoint_set = "coco-wholebody" if info.num_keypoints == 133 and is_wholebody_annotation(data) else "coco"
     return evaluate_predictions(ann_path, predictions, keypoint_set), predictions

@@ -1,4 +1,7 @@
-"""`PoseEstimator`: one frame → people → keypoints, on the CPU with ONNX Runtime (the reference pipeline).
+"""The CPU pipeline (the reference): one frame → people → keypoints, with host engines (ONNX Runtime, or TensorRT
+engines behind the host interface). `PoseModel` holds the engines and runs detect / pose / infer with no memory of
+past frames; `streams.PoseStream` holds one stream's state (skip-frame schedule, tracker); `PoseEstimator` is a
+model with one stream of its own. `estimators.open_estimator` decides when a backend name means this pipeline.
 
 Readable top to bottom (rtmw_facts §3):
   detector: letterbox (BGR, pad 114, detector mean/std) → engine → boxes/scores → person NMS
@@ -20,10 +23,12 @@ import numpy as np
 
 from . import geometry as G
 from .backends import Engine, load_engine, run_chunked
+from .backends import onnxruntime as ort_backend
+from .detectors import EngineDetector, OnnxDetector
 from .errors import RtmwEdgeError, UsageError
 from .export import DECODED_OUTPUTS, POSE_OUTPUTS
-from .results import FrameResult, persons_from_arrays
-from .skipframe import SkipFrameDetection
+from .results import FrameResult
+from .streams import FrameArrays, PoseStream
 
 log = logging.getLogger("rtmw_edge")
 
@@ -217,63 +222,53 @@ def resolve_models(det: str | Path, pose: str | Path) -> tuple[Path, Path]:
     return paths[0], paths[1]
 
 
-class PoseEstimator:
-    """The whole pipeline for one frame at a time. `estimator(image)` → `FrameResult`.
+class PoseModel:
+    """The shared half of the CPU pipeline: the engines (detector + `TopDownPose`) and the settings every stream
+    shares, no memory of past frames. `open_stream(...)` gives a `streams.PoseStream` (one camera's tracker,
+    smoother, skip-frame state and intrinsics) over it; many streams may share one model.
 
     det / pose: .onnx files (metadata from `rtmw-edge export`; foreign detectors are adapted by
     `rtmw_edge.detectors`, foreign pose graphs by `rtmw_edge.pose_models` with `pose_spec` or the mmdeploy
-    SDK JSON beside them), mmdeploy SDK folders, or registered model names (downloaded and exported once).
-    `det_interval` N > 1: on video, the detector runs every N-th frame and the boxes in between come from
-    the previous frame's keypoints (`rtmw_edge.skipframe`); frames must then be given in order.
+    SDK JSON beside them), TensorRT engines, mmdeploy SDK folders, or registered model names (downloaded and
+    exported once). `backend`: which host engines (`backends.load_engine`); the pipeline is always this one.
     """
+
+    pipeline = "cpu"
 
     def __init__(self, det: str | Path, pose: str | Path, *, backend: str = "auto", flip_test: bool = False,
                  max_persons: int = 32, det_threshold: float = 0.3, nms_iou: float = 0.3,
-                 kpt_threshold: float = 0.3, track: bool = False, smooth: bool = False,
-                 camera: G.Camera | None = None, threads: int | None = None, smoothing: dict | None = None,
-                 pose_spec: str | None = None, det_interval: int = 1) -> None:
-        from .backends.onnxruntime import session_options
-        from .detectors import EngineDetector, OnnxDetector
-
+                 kpt_threshold: float = 0.3, camera: G.Camera | None = None, threads: int | None = None,
+                 pose_spec: str | None = None) -> None:
         if max_persons < 1:
             raise RtmwEdgeError("--max-persons must be at least 1")
         if not 0.0 <= det_threshold <= 1.0:
             raise RtmwEdgeError("--det-threshold must be in [0, 1]")
-        if isinstance(det_interval, bool) or not isinstance(det_interval, int) or det_interval < 1:
-            raise UsageError(f"--det-interval must be a whole number of frames >= 1, not {det_interval!r}")
         det_path, pose_path = resolve_model(det, "det"), resolve_model(pose, "pose")
         if backend == "tensorrt" or det_path.suffix.lower() != ".onnx":  # a TensorRT engine of our detector
             detector = EngineDetector(load_engine(det_path, backend), score_threshold=det_threshold,
                                       nms_iou=0.6, max_detections=1000)
         else:
             detector = OnnxDetector(det_path, score_threshold=det_threshold, nms_iou=0.6, max_detections=1000,
-                                    session_options=session_options(threads))
+                                    session_options=ort_backend.session_options(threads))
         pose_model = TopDownPose(load_engine(pose_path, backend, threads=threads), flip_test, pose_spec=pose_spec)
         self._assemble(detector, pose_model, max_persons=max_persons, nms_iou=nms_iou, kpt_threshold=kpt_threshold,
-                       camera=camera, track=track, smooth=smooth, smoothing=smoothing, det_interval=det_interval)
+                       camera=camera)
 
     @classmethod
-    def from_parts(cls, detector, pose: TopDownPose, **options) -> PoseEstimator:
-        """The same pipeline around a detector and a `TopDownPose` built elsewhere (the Triton pipeline model
+    def from_parts(cls, detector, pose: TopDownPose, **options) -> PoseModel:
+        """The same model around a detector and a `TopDownPose` built elsewhere (the Triton pipeline model
         runs them on the server's detector and pose models); options as `_assemble`."""
-        estimator = cls.__new__(cls)
-        estimator._assemble(detector, pose, **options)
-        return estimator
+        model = cls.__new__(cls)
+        model._assemble(detector, pose, **options)
+        return model
 
     def _assemble(self, detector, pose: TopDownPose, *, max_persons: int = 32, nms_iou: float = 0.3,
-                  kpt_threshold: float = 0.3, camera: G.Camera | None = None, track: bool = False,
-                  smooth: bool = False, smoothing: dict | None = None, det_interval: int = 1) -> None:
+                  kpt_threshold: float = 0.3, camera: G.Camera | None = None) -> None:
         self.detector, self.pose = detector, pose
-        self.skip = SkipFrameDetection(det_interval, kpt_threshold) if det_interval > 1 else None
         self.max_persons = max_persons
         self.nms_iou = nms_iou
-        self.kpt_threshold = kpt_threshold
-        self.camera = camera
-        self.tracker = None
-        if track or smooth:
-            from .tracking import PoseTracker
-
-            self.tracker = PoseTracker(smooth=smooth, **(smoothing or {}))
+        self.kpt_threshold = kpt_threshold   # the streams' default (skip-frame: a confident keypoint)
+        self.camera = camera                 # the streams' default intrinsics (RTMW3D)
 
     @property
     def info(self) -> PoseModelInfo:
@@ -287,26 +282,63 @@ class PoseEstimator:
         dropped = max(0, len(boxes) - self.max_persons)
         return boxes[: self.max_persons], scores[: self.max_persons], dropped
 
-    def __call__(self, image: np.ndarray, frame: int = 0, timestamp: float = 0.0) -> FrameResult:
-        from .detectors import as_bgr_uint8
+    def infer(self, image: np.ndarray, camera: G.Camera | None = None) -> FrameArrays:
+        """One BGR frame → its persons as arrays (detector, then pose), no stream state involved."""
+        boxes, scores, dropped = self.detect(image)
+        kpts, kpt_scores, kpts_3d = self.pose(image, boxes, camera if camera is not None else self.camera)
+        return FrameArrays(boxes, scores, kpts, kpt_scores, kpts_3d, dropped)
 
-        image = as_bgr_uint8(image)
-        h, w = image.shape[:2]
-        if self.skip is None:
-            boxes, scores, dropped = self.detect(image)
-            kpts, kpt_scores, kpts_3d = self.pose(image, boxes, self.camera)
-        else:  # detector on key frames, boxes from the last frame's keypoints in between
-            boxes, scores, dropped, (kpts, kpt_scores, kpts_3d), _ = self.skip.step(
-                image, self.detect, lambda im, b: self.pose(im, b, self.camera))
-        persons = persons_from_arrays(boxes, scores, kpts, kpt_scores, kpts_3d)
-        if self.tracker is not None:
-            persons = self.tracker.update(persons, timestamp)
-        return FrameResult(frame=frame, timestamp=timestamp, width=w, height=h, persons=persons,
-                           dropped_persons=dropped)
+    def open_stream(self, **options) -> PoseStream:
+        """A new stream over this model: ``track``, ``smooth``, ``smoothing``, ``det_interval``,
+        ``kpt_threshold``, ``camera``, ``on_stage`` (see `streams.PoseStream`)."""
+        return PoseStream(self, **options)
+
+
+STREAM_OPTIONS = ("track", "smooth", "smoothing", "det_interval")
+
+
+class PoseEstimator(PoseModel):
+    """The CPU pipeline as one object: a `PoseModel` with one stream of its own. `estimator(image)` →
+    `FrameResult`. More streams over the same engines: `estimator.open_stream(...)`.
+
+    Options as `PoseModel`, plus the stream's: `track`, `smooth`, `smoothing` (One-Euro parameters) and
+    `det_interval` N > 1: on video, the detector runs every N-th frame and the boxes in between come from
+    the previous frame's keypoints (`rtmw_edge.skipframe`); frames must then be given in order.
+    """
+
+    def __init__(self, det: str | Path, pose: str | Path, *, backend: str = "auto", flip_test: bool = False,
+                 max_persons: int = 32, det_threshold: float = 0.3, nms_iou: float = 0.3,
+                 kpt_threshold: float = 0.3, track: bool = False, smooth: bool = False,
+                 camera: G.Camera | None = None, threads: int | None = None, smoothing: dict | None = None,
+                 pose_spec: str | None = None, det_interval: int = 1) -> None:
+        if isinstance(det_interval, bool) or not isinstance(det_interval, int) or det_interval < 1:
+            raise UsageError(f"--det-interval must be a whole number of frames >= 1, not {det_interval!r}")
+        super().__init__(det, pose, backend=backend, flip_test=flip_test, max_persons=max_persons,
+                         det_threshold=det_threshold, nms_iou=nms_iou, kpt_threshold=kpt_threshold, camera=camera,
+                         threads=threads, pose_spec=pose_spec)
+        self._stream = self.open_stream(track=track, smooth=smooth, smoothing=smoothing, det_interval=det_interval)
+
+    @classmethod
+    def from_parts(cls, detector, pose: TopDownPose, **options) -> PoseEstimator:
+        """Around a detector and a `TopDownPose` built elsewhere; model options as `PoseModel._assemble`, stream
+        options as `PoseStream` (track, smooth, smoothing, det_interval)."""
+        estimator = cls.__new__(cls)
+        stream = {k: options.pop(k) for k in STREAM_OPTIONS if k in options}
+        estimator._assemble(detector, pose, **options)
+        estimator._stream = estimator.open_stream(**stream)
+        return estimator
+
+    @property
+    def tracker(self):
+        return self._stream.tracker
+
+    @property
+    def skip(self):
+        return self._stream.skip
+
+    def __call__(self, image: np.ndarray, frame: int = 0, timestamp: float = 0.0) -> FrameResult:
+        return self._stream.step(image, frame, timestamp)
 
     def reset(self) -> None:
         """A new stream starts: forget carried boxes (skip-frame detection) and tracks."""
-        if self.skip is not None:
-            self.skip.reset()
-        if self.tracker is not None:
-            self.tracker.reset()
+        self._stream.reset()

@@ -1,4 +1,5 @@
-"""The `rtmw-edge run` loop: source → `PoseEstimator` → sinks (JSON lines, COCO, pictures, window).
+"""The `rtmw-edge run` loop: source → the estimator `--backend` means (`estimators.open_estimator`: the CPU,
+CUDA-stream or remote pipeline) → sinks (JSON lines, COCO, pictures, window).
 
 Order of work, so that nothing is wasted and nothing of the user's is lost:
 
@@ -34,13 +35,13 @@ import cv2
 import numpy as np
 
 from . import geometry as G
+from .backends import backend_names, backend_pipeline
 from .errors import RtmwEdgeError, Terminated, UsageError
 from .outputs import Stream, atomic_output, atomic_path, check_output, temp_beside
 from .results import FrameResult, coco_items
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 VIDEO_CODECS = {".mp4": "mp4v", ".avi": "MJPG", ".mkv": "mp4v"}
-BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch-cuda", "triton")
 
 
 @dataclass
@@ -139,8 +140,8 @@ def _in_range(value: float | None, name: str, low: float, high: float = math.inf
 
 def validate_options(opts: RunOptions) -> None:
     """Every option value, before anything is loaded (UsageError: exit 2)."""
-    if opts.backend not in BACKENDS:
-        raise UsageError(f"--backend must be one of {', '.join(BACKENDS)}, not {opts.backend!r}")
+    if opts.backend not in backend_names():
+        raise UsageError(f"--backend must be one of {', '.join(backend_names())}, not {opts.backend!r}")
     if opts.triton_url is not None and opts.backend not in ("auto", "triton"):
         raise UsageError(f"--triton-url sends frames to a Triton server; it does not go with --backend {opts.backend}")
     if opts.backend == "triton" and not opts.triton_url:
@@ -165,10 +166,10 @@ def validate_options(opts: RunOptions) -> None:
         raise UsageError("--ann gives the image ids of --coco results: give --coco too")
     if opts.det_interval < 1:
         raise UsageError(f"--det-interval must be at least 1 frame, not {opts.det_interval}")
-    if opts.det_interval > 1 and (opts.backend in ("tensorrt", "torch-cuda", "triton") or opts.triton_url):
-        raise UsageError("--det-interval runs in the frame-by-frame pipeline: --backend auto (TensorRT .engine files "
-                         "included) or onnxruntime; the CUDA-stream pipeline (--backend tensorrt / torch-cuda) and a "
-                         "Triton server detect on every frame")
+    if opts.det_interval > 1 and (backend_pipeline(opts.backend) in ("cuda-stream", "remote") or opts.triton_url):
+        raise UsageError("--det-interval runs in the CPU pipeline: --backend auto (TensorRT .engine files "
+                         "included) or onnxruntime; the CUDA-stream pipeline (--backend tensorrt / torch-cuda / "
+                         "onnxruntime-gpu) and a Triton server detect on every frame")
     if opts.pose_spec and (opts.backend == "triton" or opts.triton_url):
         raise UsageError("--pose-spec describes a local pose ONNX; with Triton the server's repository decides")
 
@@ -310,15 +311,6 @@ def _show(image: np.ndarray) -> bool:
                             "use --save instead on headless machines") from None
 
 
-def triton_estimator(opts: RunOptions, camera: G.Camera | None, smoothing: dict):
-    """--backend triton: the server's pipeline model runs the models (rtmw_edge/triton/client.py)."""
-    from .triton.client import TritonPoseEstimator
-
-    return TritonPoseEstimator(opts.triton_url, model=opts.triton_model, flip_test=opts.flip_test,
-                               det_threshold=opts.det_threshold, max_persons=opts.max_persons, camera=camera,
-                               track=opts.track, smooth=opts.smooth, smoothing=smoothing or None)
-
-
 def _frame_source(source, frame) -> str:
     """What the JSON `source` field names: the image file, else the video / camera / stream."""
     if source.kind in ("image", "folder", "url-image"):
@@ -333,7 +325,8 @@ def run_source(opts: RunOptions, console=None) -> RunSummary:
     stop the run cleanly: the summary comes back with `interrupted` set (the CLI exits 130 / 143)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .pipeline import PoseEstimator, resolve_models
+    from .estimators import open_estimator
+    from .pipeline import resolve_models
     from .sources import open_source
 
     validate_options(opts)
@@ -365,22 +358,20 @@ def run_source(opts: RunOptions, console=None) -> RunSummary:
         pictures = PictureSink(opts.save, multi, source.fps) if opts.save else None
         smoothing = {k: v for k, v in (("min_cutoff", opts.smooth_min_cutoff), ("beta", opts.smooth_beta))
                      if v is not None}
+        options = dict(flip_test=opts.flip_test, max_persons=opts.max_persons, det_threshold=opts.det_threshold,
+                       kpt_threshold=opts.kpt_threshold, track=opts.track, smooth=opts.smooth, camera=camera,
+                       smoothing=smoothing or None)
         if opts.triton_url is not None:  # frames go to a Triton server's pipeline model
-            estimator = triton_estimator(opts, camera, smoothing)
+            estimator = open_estimator(backend="triton", triton_url=opts.triton_url, triton_model=opts.triton_model,
+                                       **options)
         else:
             det_path, pose_path = resolve_models(opts.det, opts.pose)  # every missing checkpoint named at once
-            estimator_class, extra = PoseEstimator, {}
-            if opts.backend in ("tensorrt", "torch-cuda"):  # the CUDA-stream pipeline (rtmw_edge/cuda/pipeline.py)
-                from .cuda.pipeline import GpuPoseEstimator as estimator_class
-            elif opts.det_interval > 1 and source.kind in ("image", "url-image", "folder"):
+            if opts.det_interval > 1 and source.kind in ("image", "url-image", "folder"):
                 warn(f"--det-interval applies to videos and cameras: every photo of this {source.kind} is detected")
             elif opts.det_interval > 1:
-                extra["det_interval"] = opts.det_interval
-            estimator = estimator_class(det_path, pose_path, backend=opts.backend, flip_test=opts.flip_test,
-                                        max_persons=opts.max_persons, det_threshold=opts.det_threshold,
-                                        kpt_threshold=opts.kpt_threshold, track=opts.track, smooth=opts.smooth,
-                                        camera=camera, threads=opts.threads, smoothing=smoothing or None,
-                                        pose_spec=opts.pose_spec, **extra)
+                options["det_interval"] = opts.det_interval
+            estimator = open_estimator(det_path, pose_path, opts.backend, threads=opts.threads,
+                                       pose_spec=opts.pose_spec, **options)
         if opts.plot_3d is not None and estimator.info.task != "pose3d":
             raise UsageError("--plot-3d needs an RTMW3D pose model")
         stream = Stream(opts.out_jsonl) if opts.out_jsonl is not None else None

@@ -108,11 +108,7 @@ def model_file(name_or_path: str, tmp: Path, role: str) -> Path:
 
 
 def device_engine(path: Path, backend: str, tf32: bool):
-    if backend == "onnxruntime-gpu":
-        from rtmw_edge.backends.onnxruntime_gpu import OrtGpuEngine
-
-        return OrtGpuEngine(path)
-    from rtmw_edge.cuda.pipeline import load_device_engine
+    from rtmw_edge.backends import load_device_engine  # the backend table: one place a name becomes an engine
 
     return load_device_engine(path, backend, **({"allow_tf32": tf32} if backend == "torch-cuda" else {}))
 

@@ -38,7 +38,7 @@ def test_engines_fall_back_to_the_onnx_they_were_built_from(tmp_path, caplog, on
     assert estimator.pose.engine.path == onnx_models["pose"]
     assert "falling back to ONNX Runtime" in caplog.text
     assert reason and "tensorrt" in reason.lower()
-    assert active_backends(estimator) == {"det": "onnxruntime", "pose": "onnxruntime"}
+    assert active_backends(estimator) == {"det": "onnxruntime", "pose": "onnxruntime", "pipeline": "cpu"}
 
 
 def test_configured_fallback_and_no_fallback(tmp_path, onnx_models):
@@ -50,7 +50,8 @@ def test_configured_fallback_and_no_fallback(tmp_path, onnx_models):
     with pytest.raises(RtmwEdgeError):  # no manifest, no configured fallback: the original error
         build_estimator(ModelConfig(det=det, pose=str(missing), backend="tensorrt"))
     estimator, reason = build_estimator(ModelConfig(det=det, pose=str(onnx_models["pose"])))  # auto, no fallback
-    assert reason is None and active_backends(estimator) == {"det": "onnxruntime", "pose": "onnxruntime"}
+    assert reason is None and active_backends(estimator) == {"det": "onnxruntime", "pose": "onnxruntime",
+                                                             "pipeline": "cpu"}
 
 
 def test_the_daemon_reports_the_backend_it_fell_back_to(tmp_path, caplog, onnx_models):
@@ -68,14 +69,15 @@ def test_the_daemon_reports_the_backend_it_fell_back_to(tmp_path, caplog, onnx_m
         ready = http_json(d.port, "/readyz")[1]
         info = [(labels, v) for (name, labels), v in metrics(d.port).items() if name == "rtmw_edge_build_info"]
     backend = ready["backend"]
-    assert backend["requested"] == "tensorrt" and backend["active"] == "onnxruntime"
-    assert backend["det"] == backend["pose"] == "onnxruntime" and "tensorrt" in backend["fallback_reason"].lower()
+    assert backend["requested"] == "tensorrt" and backend["active"] == "onnxruntime (cpu)"
+    assert backend["det"] == backend["pose"] == "onnxruntime" and backend["pipeline"] == "cpu"
+    assert "tensorrt" in backend["fallback_reason"].lower()
     (labels, value), = info
     labels = dict(labels)
-    assert value == 1 and labels["backend"] == "onnxruntime" and labels["backend_requested"] == "tensorrt"
+    assert value == 1 and labels["backend"] == "onnxruntime (cpu)" and labels["backend_requested"] == "tensorrt"
     assert labels["fallback"] == backend["fallback_reason"]
     loaded = next(r for r in caplog.records if getattr(r, "event", "") == "engines_loaded")
     serving = next(r for r in caplog.records if getattr(r, "event", "") == "serving")
     for record in (loaded, serving):
-        assert "backend onnxruntime" in record.getMessage() and "fallback from tensorrt" in record.getMessage()
-    assert loaded.backend == "onnxruntime" and loaded.requested == "tensorrt"
+        assert "backend onnxruntime (cpu)" in record.getMessage() and "fallback from tensorrt" in record.getMessage()
+    assert loaded.backend == "onnxruntime (cpu)" and loaded.requested == "tensorrt"

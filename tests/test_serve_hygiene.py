@@ -691,7 +691,7 @@ def test_the_backend_is_reported_as_it_runs(tmp_path, clip):
         ready = http_json(d.port, "/readyz")[1]
         samples = metrics(d.port)
     assert ready["backend"] == {"requested": "auto", "active": "custom", "det": "custom", "pose": "custom",
-                                "fallback_reason": None}
+                                "pipeline": "custom", "fallback_reason": None}
     assert metric(samples, "rtmw_edge_build_info", backend="custom", backend_requested="auto", cameras="a",
                   det="rtmdet-nano-person", fallback="", pose="rtmw-m-256x192",
                   version=__import__("rtmw_edge").__version__) == 1

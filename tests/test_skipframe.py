@@ -297,7 +297,7 @@ def test_daemon_worker_skips_detections_per_camera(tmp_path):
         for name in ("a", "b"):
             est.current, est.script.frame = name, t
             generation = 1 if (name == "b" and t >= 3) else 0  # camera b's source re-opened at frame 3
-            persons, _ = worker._infer(cams[name], SimpleNamespace(image=image, seq=t, wall=0.0,
-                                                                    generation=generation))
-            assert len(persons) == 1
+            result = worker._step(cams[name], SimpleNamespace(image=image, seq=t, wall=0.0, mono=float(t),
+                                                              generation=generation))
+            assert len(result.persons) == 1
     assert est.detected == [("a", 0), ("b", 0), ("b", 3), ("a", 5)]

@@ -420,7 +420,7 @@ def test_daemon_cameras_go_to_the_server(server, local, tmp_path):
     before = _metrics(server, "rtmw_pipeline").get("nv_inference_request_success", 0)
     with DaemonThread(config_from(tmp_path, toml)) as d:
         frames = collect_ws(d.port, "door", 3, timeout=90)
-        assert d.daemon.backend_report()["active"] == "triton"  # honest reporting: the server runs det + pose
+        assert d.daemon.backend_report()["active"] == "triton (remote)"  # honest reporting: the server runs det + pose
     after = _metrics(server, "rtmw_pipeline")["nv_inference_request_success"]
     ref = local[photo.name]
     for f in frames:

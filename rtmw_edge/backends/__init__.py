@@ -1,22 +1,37 @@
-"""Engines behind one small interface: `run(x) -> {output name: array}` on host (numpy) arrays.
+"""The backend table: every `--backend` name, what it needs, and which pipeline it means.
 
-`load_engine(path, backend)` picks the implementation: ONNX Runtime for `.onnx` (the embedded default),
-TensorRT for `.engine`/`.plan` files (`backends/tensorrt.py`, imported lazily; engines come from
-`rtmw-edge build`, their metadata from the manifest beside them). Each engine exposes its input
-name and shape, the maximum batch it accepts (None = any) and the project metadata of the model.
+One row per name (`BACKENDS`). Each row knows
+
+- its **pipeline**: ``cpu`` (`pipeline.PoseEstimator`: letterbox, NMS, crops and decoding in numpy, engines fed
+  host arrays), ``cuda-stream`` (`cuda/pipeline.py`: the whole frame on the GPU, engines on device buffers and a
+  CUDA stream) or ``remote`` (a Triton server's pipeline model); ``auto`` is decided per models and machine by
+  `estimators.open_estimator`, the one place a backend becomes a pipeline;
+- whether it **can run here** (`availability(name)`: the version, or every missing piece — no GPU, a package not
+  installed — in one line), probed on demand: naming the backends or validating a configuration imports nothing;
+- its **host engine** loader (`run(x) -> {output: array}` on numpy arrays, what the CPU pipeline calls) and its
+  **device engine** loader (`backends.device.DeviceEngine`, what the CUDA-stream pipeline calls), each None where
+  the backend has none.
+
+`load_engine(path, backend)` opens a host engine through the table ('auto' decides by the file suffix: TensorRT
+for `.engine`/`.plan`/`.trt`, ONNX Runtime for `.onnx`); `load_device_engine(path, backend)` a device engine.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
-from ..errors import RtmwEdgeError
+from ..errors import MissingDependencyError, RtmwEdgeError, UsageError
 
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
-BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch-cuda")
+PIPELINES = ("cpu", "cuda-stream", "remote")
 
 
 class Engine(Protocol):
@@ -30,33 +45,270 @@ class Engine(Protocol):
     def run(self, x: np.ndarray) -> dict[str, np.ndarray]: ...
 
 
-def load_engine(path: str | Path, backend: str = "auto", **options) -> Engine:
-    """Open a model file with the requested backend ('auto' decides by the file suffix)."""
-    path = Path(path)
-    if backend not in BACKENDS:
-        raise RtmwEdgeError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if not path.is_file():
-        raise RtmwEdgeError(f"model file not found: {path}")
-    is_engine = path.suffix.lower() in ENGINE_SUFFIXES
-    if backend == "tensorrt" or (backend == "auto" and is_engine):
-        from .tensorrt import TensorRTEngine, import_tensorrt
+@dataclass(frozen=True)
+class Availability:
+    """Whether a backend can run on this machine: its version, or why not (every missing piece, one line)."""
 
-        import_tensorrt()  # one clear line when TensorRT is missing
-        if not is_engine:
-            raise RtmwEdgeError(f"--backend tensorrt runs built engines: `rtmw-edge build {path}` first, then "
-                                f"pass engines/{path.stem}.engine")
-        return TensorRTEngine(path, **options)
-    if is_engine:
+    backend: str
+    pipeline: str
+    available: bool
+    version: str | None = None
+    reason: str | None = None
+
+    def require(self) -> None:
+        """Raise `MissingDependencyError` (one line, exit 1) unless the backend can run here."""
+        if not self.available:
+            raise MissingDependencyError(f"--backend {self.backend} cannot run here: {self.reason}")
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    pipeline: str                                   # cpu | cuda-stream | remote | auto
+    summary: str                                    # what it runs, for help texts and `doctor`
+    probe: Callable[[], tuple[str | None, list[str]]]   # → (version, missing pieces); never raises
+    host_engine: Callable[..., Engine] | None       # (path, **options) → Engine
+    device_engine: Callable[..., object] | None     # (path, device=0, **options) → DeviceEngine
+
+    def availability(self) -> Availability:
+        try:
+            version, missing = self.probe()
+        except Exception as exc:  # a probe that fails says why instead of failing its caller
+            version, missing = None, [f"probing failed: {type(exc).__name__}: {exc}"]
+        return Availability(self.name, self.pipeline, not missing, version, "; ".join(missing) or None)
+
+
+# --------------------------------------------------------------------------- probes (no heavy import unless needed)
+def _present(module: str) -> bool:
+    """The module can be imported (a stand-in placed in sys.modules counts), without importing it."""
+    if module in sys.modules:
+        return sys.modules[module] is not None
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _version(*distributions: str) -> str | None:
+    for name in distributions:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+_GPU_EXTRA = "pip install 'rtmw-edge[gpu]'"
+
+
+def _gpu_missing() -> list[str]:
+    """What the CUDA-stream pipeline lacks here, before any engine: cuda-python and a usable CUDA GPU."""
+    if not (_present("cuda.bindings") or _present("cuda.cudart")):
+        return [f"cuda-python is not installed ({_GPU_EXTRA})"]
+    from ..cuda.runtime import device_available
+
+    ok, why = device_available(0)
+    return [] if ok else [f"no CUDA GPU ({why})"]
+
+
+def _probe_onnxruntime() -> tuple[str | None, list[str]]:
+    if not _present("onnxruntime"):
+        return None, ["onnxruntime is not installed (pip install onnxruntime)"]
+    return _version("onnxruntime", "onnxruntime-gpu"), []
+
+
+def _probe_tensorrt() -> tuple[str | None, list[str]]:
+    from . import tensorrt as trt_backend  # light: TensorRT itself is imported by import_tensorrt only
+
+    missing = _gpu_missing()
+    how = trt_backend._JETSON_TRT if trt_backend.is_jetson() else trt_backend._X86_TRT
+    if not _present("tensorrt"):
+        return None, [*missing, f"TensorRT is not installed ({how})"]
+    try:
+        return str(trt_backend.import_tensorrt().__version__), missing
+    except MissingDependencyError as exc:
+        return None, [*missing, f"TensorRT is installed but cannot be loaded ({str(exc).split(';')[0]})"]
+
+
+def _probe_torch_cuda() -> tuple[str | None, list[str]]:
+    missing = _gpu_missing()
+    version = _version("torch")
+    if version is None:
+        missing.append("PyTorch is not installed (pip install 'rtmw-edge[export]', a CUDA build of torch)")
+    elif "+cpu" in version:
+        missing.append(f"PyTorch {version} is a CPU-only build (install a CUDA build of torch)")
+    elif not missing:  # a GPU is there: ask torch itself (imports it)
+        import torch
+
+        if not torch.cuda.is_available():
+            missing.append(f"PyTorch {version} sees no CUDA device (torch.cuda.is_available() is False)")
+    return version, missing
+
+
+def _probe_onnxruntime_gpu() -> tuple[str | None, list[str]]:
+    missing = _gpu_missing()
+    version = _version("onnxruntime-gpu", "onnxruntime")
+    if not _present("onnxruntime"):
+        missing.append("onnxruntime-gpu is not installed (pip install onnxruntime-gpu)")
+    else:
+        import onnxruntime as ort  # the toolkit's own dependency: light here
+
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            missing.append(f"ONNX Runtime {version} has no CUDAExecutionProvider (pip install onnxruntime-gpu "
+                           "instead of onnxruntime)")
+    if BACKENDS["onnxruntime-gpu"].device_engine is None:
+        missing.append("this build has no onnxruntime-gpu device engine for the CUDA-stream pipeline")
+    return version, missing
+
+
+def _probe_triton() -> tuple[str | None, list[str]]:
+    if not (_present("tritonclient.grpc") or _present("tritonclient.http")):
+        return None, ["tritonclient is not installed (pip install 'rtmw-edge[triton]')"]
+    return _version("tritonclient"), []
+
+
+def _probe_auto() -> tuple[str | None, list[str]]:
+    return None, []
+
+
+# --------------------------------------------------------------------------- loaders
+def _is_engine_file(path: Path) -> bool:
+    return path.suffix.lower() in ENGINE_SUFFIXES
+
+
+def _onnxruntime_host(path: Path, **options) -> Engine:
+    if _is_engine_file(path):
         raise RtmwEdgeError(f"{path.name} is a TensorRT engine: use --backend tensorrt (or auto)")
-    if backend == "torch-cuda":  # the zoo's PyTorch model an export was made from, on the GPU (backends/torch_cuda.py)
-        from .device import HostEngine
-        from .torch_cuda import TorchCudaEngine
-
-        options.pop("threads", None)  # an ONNX Runtime setting
-        return HostEngine(TorchCudaEngine(path, **options))
     from .onnxruntime import OrtEngine
 
     return OrtEngine(path, **options)
+
+
+def _tensorrt_host(path: Path, **options) -> Engine:
+    from .tensorrt import TensorRTEngine, import_tensorrt
+
+    import_tensorrt()  # one clear line when TensorRT is missing
+    if not _is_engine_file(path):
+        raise RtmwEdgeError(f"--backend tensorrt runs built engines: `rtmw-edge build {path}` first, then "
+                            f"pass engines/{path.stem}.engine")
+    return TensorRTEngine(path, **options)
+
+
+def _tensorrt_device(path: Path, device: int = 0, **options):
+    from . import tensorrt as trt_backend
+
+    trt_backend.import_tensorrt()
+    if not _is_engine_file(path):
+        raise RtmwEdgeError(f"--backend tensorrt runs built engines: `rtmw-edge build {path}` first")
+    return trt_backend.load_device_engine(path, device=device, **options)
+
+
+def _torch_cuda_host(path: Path, **options) -> Engine:
+    """The zoo's PyTorch model an export was made from, on the GPU, behind the host interface."""
+    if _is_engine_file(path):
+        raise RtmwEdgeError(f"{path.name} is a TensorRT engine: use --backend tensorrt (or auto)")
+    from .device import HostEngine
+    from .torch_cuda import TorchCudaEngine
+
+    options.pop("threads", None)  # an ONNX Runtime setting
+    return HostEngine(TorchCudaEngine(path, **options))
+
+
+def _torch_cuda_device(path: Path, device: int = 0, **options):
+    if path.suffix.lower() != ".onnx":
+        raise RtmwEdgeError(f"--backend torch-cuda runs exported .onnx models, not {path.name}")
+    from .torch_cuda import TorchCudaEngine
+
+    return TorchCudaEngine(path, device=device, **options)
+
+
+def _onnxruntime_gpu_device(path: Path, device: int = 0, **options):
+    if path.suffix.lower() != ".onnx":
+        raise RtmwEdgeError(f"--backend onnxruntime-gpu runs .onnx models, not {path.name}")
+    from .onnxruntime_gpu import OrtGpuEngine
+
+    options.pop("allow_tf32", None)  # a PyTorch setting
+    return OrtGpuEngine(path, device=device, **options)
+
+
+def _onnxruntime_gpu_host(path: Path, **options) -> Engine:
+    from .device import HostEngine
+
+    options.pop("threads", None)
+    return HostEngine(_onnxruntime_gpu_device(path, **options))
+
+
+def _auto_host(path: Path, **options) -> Engine:
+    return (_tensorrt_host if _is_engine_file(path) else _onnxruntime_host)(path, **options)
+
+
+# --------------------------------------------------------------------------- the table
+BACKENDS: dict[str, Backend] = {b.name: b for b in (
+    Backend("auto", "auto", "the CUDA-stream pipeline when a GPU and TensorRT engines are there, else the CPU "
+            "pipeline (engines by file suffix: TensorRT for .engine, ONNX Runtime for .onnx)",
+            _probe_auto, _auto_host, None),
+    Backend("onnxruntime", "cpu", "ONNX Runtime on the CPU pipeline", _probe_onnxruntime, _onnxruntime_host, None),
+    Backend("tensorrt", "cuda-stream", "TensorRT engines (`rtmw-edge build`) on the CUDA-stream pipeline",
+            _probe_tensorrt, _tensorrt_host, _tensorrt_device),
+    Backend("torch-cuda", "cuda-stream", "PyTorch on the GPU, on the CUDA-stream pipeline", _probe_torch_cuda,
+            _torch_cuda_host, _torch_cuda_device),
+    Backend("onnxruntime-gpu", "cuda-stream", "ONNX Runtime's CUDA provider on the CUDA-stream pipeline",
+            _probe_onnxruntime_gpu, _onnxruntime_gpu_host, _onnxruntime_gpu_device),
+    Backend("triton", "remote", "a Triton server's pipeline model (--triton-url)", _probe_triton, None, None),
+)}
+
+
+def backend_names() -> tuple[str, ...]:
+    return tuple(BACKENDS)
+
+
+def get_backend(name: str) -> Backend:
+    """The table row of NAME, or a usage error listing the names."""
+    try:
+        return BACKENDS[name]
+    except (KeyError, TypeError):
+        raise UsageError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}") from None
+
+
+def backend_pipeline(name: str) -> str:
+    """cpu | cuda-stream | remote | auto."""
+    return get_backend(name).pipeline
+
+
+def backends_of(pipeline: str) -> tuple[str, ...]:
+    """The backend names that mean PIPELINE."""
+    return tuple(b.name for b in BACKENDS.values() if b.pipeline == pipeline)
+
+
+def availability(name: str) -> Availability:
+    return get_backend(name).availability()
+
+
+def backends_help() -> str:
+    """One help line naming every backend and its pipeline."""
+    return "; ".join(f"{b.name}: {b.summary}" for b in BACKENDS.values())
+
+
+def load_engine(path: str | Path, backend: str = "auto", **options) -> Engine:
+    """Open a model file as a host engine of BACKEND ('auto' decides by the file suffix)."""
+    row = get_backend(backend)
+    path = Path(path)
+    if row.host_engine is None:
+        raise RtmwEdgeError(f"--backend {backend} has no host engine ({row.summary})")
+    if not path.is_file():
+        raise RtmwEdgeError(f"model file not found: {path}")
+    return row.host_engine(path, **options)
+
+
+def load_device_engine(path: str | Path, backend: str, device: int = 0, **options):
+    """Open a model file as a device engine of BACKEND for the CUDA-stream pipeline."""
+    row = get_backend(backend)
+    path = Path(path)
+    if row.device_engine is None:
+        raise RtmwEdgeError(f"--backend {backend} has no device engine for the CUDA-stream pipeline")
+    if not path.is_file():
+        raise RtmwEdgeError(f"model file not found: {path}")
+    return row.device_engine(path, device=device, **options)
 
 
 def run_chunked(engine: Engine, x: np.ndarray) -> dict[str, np.ndarray]:

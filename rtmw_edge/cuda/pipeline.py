@@ -38,8 +38,9 @@ from pathlib import Path
 import numpy as np
 
 from .. import geometry as G
-from ..errors import RtmwEdgeError, require
+from ..errors import RtmwEdgeError, UsageError
 from ..results import FrameResult, Person
+from ..streams import FrameTail
 from . import kernels as KK
 from . import runtime as R
 
@@ -87,32 +88,6 @@ class DeviceFrame:
     stream: object = None
     index: int = 0
     timestamp: float = 0.0
-
-
-def load_device_engine(path: str | Path, backend: str, device: int = 0, **options):
-    """A DeviceEngine for a model file: tensorrt (a built .engine), onnxruntime-gpu (any .onnx) or torch-cuda
-    (a project export, run by the PyTorch model it was made from)."""
-    path = Path(path)
-    if backend == "torch-cuda":
-        if path.suffix.lower() != ".onnx":
-            raise RtmwEdgeError(f"--backend torch-cuda runs exported .onnx models, not {path.name}")
-        from ..backends.torch_cuda import TorchCudaEngine
-
-        return TorchCudaEngine(path, device=device, **options)
-    if backend == "onnxruntime-gpu":
-        if path.suffix.lower() != ".onnx":
-            raise RtmwEdgeError(f"--backend onnxruntime-gpu runs .onnx models, not {path.name}")
-        from ..backends.onnxruntime_gpu import OrtGpuEngine
-
-        return OrtGpuEngine(path, device=device)
-    if backend == "tensorrt":
-        from ..backends import tensorrt as trt_backend
-
-        trt_backend.import_tensorrt()
-        if path.suffix.lower() == ".onnx":
-            raise RtmwEdgeError(f"--backend tensorrt runs built engines: `rtmw-edge build {path}` first")
-        return trt_backend.load_device_engine(path, device=device)
-    raise RtmwEdgeError(f"the GPU pipeline runs --backend tensorrt, onnxruntime-gpu or torch-cuda, not {backend!r}")
 
 
 def detector_config(engine, path: Path | None = None) -> DetectorConfig:
@@ -191,18 +166,15 @@ class GpuPoseModel:
                  match_cpu_rounding: bool = False, allow_tf32: bool = False, det_engine=None, pose_engine=None,
                  det_nms_iou: float = 0.6, det_max_detections: int = 1000, pose_spec: str | None = None,
                  threads: int | None = None) -> None:
+        from ..backends import availability, load_device_engine
         from ..pipeline import pose_info, resolve_model
 
         if max_persons < 1:
             raise RtmwEdgeError("--max-persons must be at least 1")
         if not 0.0 <= det_threshold <= 1.0:
             raise RtmwEdgeError("--det-threshold must be in [0, 1]")
-        if backend == "tensorrt":
-            require("tensorrt", "trt")
-        elif backend == "torch-cuda":
-            require("torch", "export")
-        elif backend == "onnxruntime-gpu":
-            require("onnxruntime", "ort-gpu")
+        if det_engine is None or pose_engine is None:
+            availability(backend).require()   # the backend table: the engine library, cuda-python, a GPU
         R.cuda_modules()  # cuda-python present, or one line naming the gpu extra
         ok, why = R.device_available(device)
         if not ok:
@@ -213,10 +185,10 @@ class GpuPoseModel:
         options = {"allow_tf32": allow_tf32} if backend == "torch-cuda" else {}
         if det_engine is None:
             det_path = resolve_model(det, "det")
-            det_engine = load_device_engine(det_path, backend, device, **options)
+            det_engine = load_device_engine(det_path, backend, device=device, **options)
         if pose_engine is None:
             pose_path = resolve_model(pose, "pose")
-            pose_engine = load_device_engine(pose_path, backend, device, **options)
+            pose_engine = load_device_engine(pose_path, backend, device=device, **options)
         self._own_engines = [e for e in (det_engine, pose_engine) if id(e) not in given]
         for engine in (det_engine, pose_engine):
             if not callable(getattr(engine, "create_context", None)):
@@ -272,12 +244,11 @@ class GpuPoseModel:
         self.chunk_stride = {k: KK.chunk_stride(self.chunk * v) for k, v in self.item_bytes.items()}
         self.scratch_bytes = KK.align(max(int(getattr(e, "scratch_bytes", 0) or 0) for e in (det_engine, pose_engine)))
 
-    def open_stream(self, *, track: bool = False, smooth: bool = False, smoothing: dict | None = None,
-                    camera: G.Camera | None = None, cuda_graphs: bool = False, profile: bool = False,
-                    blocking_sync: bool | None = None) -> GpuPoseStream:
-        """One camera's stream over this model: its own CUDA streams, contexts, buffers, graphs and tracker."""
-        stream = GpuPoseStream(self, track=track, smooth=smooth, smoothing=smoothing, camera=camera,
-                               cuda_graphs=cuda_graphs, profile=profile, blocking_sync=blocking_sync)
+    def open_stream(self, **options) -> GpuPoseStream:
+        """One camera's stream over this model: its own CUDA streams, contexts, buffers, graphs and tracker.
+        Options: those of `GpuPoseStream` (track, smooth, smoothing, camera, cuda_graphs, profile, blocking_sync,
+        det_interval, kpt_threshold, on_stage)."""
+        stream = GpuPoseStream(self, **options)
         self.streams.append(stream)
         return stream
 
@@ -467,12 +438,24 @@ def read_count(model: GpuPoseModel, header: np.ndarray) -> tuple[int, int]:
 
 
 class GpuPoseStream:
-    """One camera on a `GpuPoseModel`: `stream(image)` → `FrameResult` (one frame to completion),
-    `stream.stream(frames)` (two frames in flight), `detect`, `infer_device` — and its own tracker."""
+    """One camera on a `GpuPoseModel`: `stream(image)` / `stream.step(image, frame, timestamp)` → `FrameResult`
+    (one frame to completion), `stream.stream(frames)` (two frames in flight), `detect`, `infer_device` — with its
+    own tracker and smoother (`streams.FrameTail`, the tail every pipeline ends in).
+
+    The second frame slot (its CUDA stream, buffers and execution contexts) is made when `stream()` first needs
+    it: a camera stepped one frame at a time (the daemon) holds one context per engine. det_interval must be 1
+    (skip-frame detection runs on the CPU pipeline); kpt_threshold is accepted for the common stream options;
+    on_stage(name, seconds) is told each frame's host time ("inference", "track")."""
+
+    pipeline = "cuda-stream"
 
     def __init__(self, model: GpuPoseModel, *, track: bool = False, smooth: bool = False,
                  smoothing: dict | None = None, camera: G.Camera | None = None, cuda_graphs: bool = False,
-                 profile: bool = False, blocking_sync: bool | None = None) -> None:
+                 profile: bool = False, blocking_sync: bool | None = None, det_interval: int = 1,
+                 kpt_threshold: float | None = None, on_stage=None) -> None:
+        if det_interval != 1:
+            raise UsageError(f"det_interval {det_interval}: the CUDA-stream pipeline detects on every frame; skip-"
+                             "frame detection runs in the CPU pipeline (--backend onnxruntime, or auto)")
         self.model = model
         R.use_device(model.device.index)
         self.camera = camera
@@ -481,14 +464,18 @@ class GpuPoseStream:
         # host waits sleep instead of spinning on an integrated GPU (a Jetson's CPU cores are precious)
         self.blocking_sync = model.device.integrated if blocking_sync is None else bool(blocking_sync)
         self.timings = _Timings()
-        self.slots: list[_Slot] = []
-        for i in range(SLOTS):
-            self.slots.append(_Slot(self, i))
-        self.tracker = None
-        if track or smooth:
-            from ..tracking import PoseTracker
+        self.on_stage = on_stage
+        self.slots: list[_Slot] = [_Slot(self, 0)]
+        self.tail = FrameTail(track=track, smooth=smooth, smoothing=smoothing)
 
-            self.tracker = PoseTracker(smooth=smooth, **(smoothing or {}))
+    @property
+    def tracker(self):
+        return self.tail.tracker
+
+    def _both_slots(self) -> None:
+        """The second frame slot, made on first use by `stream()` (one-time allocation, before any capture)."""
+        while len(self.slots) < SLOTS:
+            self.slots.append(_Slot(self, len(self.slots)))
 
     # read-through to the model (the single-camera API has always had these)
     def __getattr__(self, name):
@@ -605,7 +592,7 @@ class GpuPoseStream:
         slot.graphed = True
         return True
 
-    def _collect(self, slot: _Slot) -> FrameResult:
+    def _collect(self, slot: _Slot, clock: float | None = None) -> FrameResult:
         slot.done.synchronize()
         n, total = self._read_count(slot)
         kpts = slot.keypoints[:n].copy()
@@ -625,10 +612,12 @@ class GpuPoseStream:
                         self.timings.add(b, slot.marks[a].elapsed_ms(slot.marks[b]))
         meta = slot.meta
         slot.busy = False
-        if self.tracker is not None:
-            persons = self.tracker.update(persons, meta["timestamp"])
-        return FrameResult(frame=int(meta["index"]), timestamp=float(meta["timestamp"]), width=meta["w"],
-                           height=meta["h"], persons=persons, dropped_persons=max(0, total - n))
+        t = time.perf_counter()
+        result = self.tail.finish(persons, max(0, total - n), frame=int(meta["index"]),
+                                  timestamp=float(meta["timestamp"]), width=meta["w"], height=meta["h"], clock=clock)
+        if self.on_stage is not None and self.tail.tracker is not None:
+            self.on_stage("track", time.perf_counter() - t)
+        return result
 
     # ------------------------------------------------------------------ public API
     def _enter(self) -> None:
@@ -641,15 +630,25 @@ class GpuPoseStream:
             raise RtmwEdgeError("this GPU stream has frames in flight (a stream() iteration is still open): finish "
                                 "or close it first, or open another stream on the model (model.open_stream())")
 
-    def __call__(self, image: np.ndarray, frame: int = 0, timestamp: float = 0.0) -> FrameResult:
-        """One frame to completion (no overlap; `stream` overlaps consecutive frames)."""
+    def step(self, image: np.ndarray, frame: int = 0, timestamp: float = 0.0, *,
+             clock: float | None = None) -> FrameResult:
+        """One frame to completion (no overlap; `stream` overlaps consecutive frames). `clock`: the time the
+        tracker sees (default `timestamp`; the daemon gives the monotonic capture time)."""
         self._enter()
+        t = time.perf_counter()
         slot = self.slots[0]
         self._enqueue_detect(slot, (image, frame, timestamp))
         self._enqueue_pose(slot)
-        return self._collect(slot)
+        slot.done.synchronize()
+        if self.on_stage is not None:
+            self.on_stage("inference", time.perf_counter() - t)
+        return self._collect(slot, clock)
 
-    step = __call__
+    __call__ = step
+
+    def reset(self) -> None:
+        """A new stream starts (a camera re-opened, a new video): forget the tracks."""
+        self.tail.reset()
 
     def infer_device(self, frame: DeviceFrame) -> FrameResult:
         """One frame that already lives on the GPU."""
@@ -686,6 +685,7 @@ class GpuPoseStream:
         in flight.
         """
         self._enter()
+        self._both_slots()
         posed = detected = None   # (slot, item)
         counter = 0
         try:
@@ -768,6 +768,15 @@ class GpuPoseEstimator(GpuPoseStream):
             model.close()
             raise
         model.streams.append(self)
+
+    def open_stream(self, **options) -> GpuPoseStream:
+        """Another stream over this estimator's model (the daemon: one per camera). Defaults: this estimator's
+        graph, blocking and camera settings; a stream whose caller wants stage times (`on_stage`) is profiled
+        with CUDA events (`timings.summary()`: the daemon's /metrics)."""
+        options.setdefault("cuda_graphs", self.cuda_graphs)
+        options.setdefault("blocking_sync", self.blocking_sync)
+        options.setdefault("profile", self.profile or options.get("on_stage") is not None)
+        return self.model.open_stream(**options)
 
     def close(self) -> None:
         super().close()

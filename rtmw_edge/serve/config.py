@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..backends import backend_names, backend_pipeline
 from ..errors import RtmwEdgeError, UsageError
 from ..sources import mask_credentials
 
@@ -52,7 +53,6 @@ else:  # pragma: no cover - Python 3.10: the 'serve' extra brings tomli
 
 ENV_PREFIX = "RTMW_EDGE_"
 CAMERA_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-BACKENDS = ("auto", "onnxruntime", "tensorrt", "triton")
 
 
 class ConfigError(UsageError):
@@ -129,7 +129,7 @@ class ServerConfig:
 class ModelConfig:
     det: str = _setting("rtmdet-nano-person", "str", _non_empty)
     pose: str = _setting("rtmw-m-256x192", "str", _non_empty)
-    backend: str = _setting("auto", "str", _one_of(*BACKENDS))
+    backend: str = _setting("auto", "str", _one_of(*backend_names()))   # the names of backends.BACKENDS
     threads: int = _setting(0, "int", _between(0, 256))
     flip_test: bool = _setting(False, "bool")
     max_persons: int = _setting(32, "int", _between(1, 1000))
@@ -412,6 +412,11 @@ def _validate(config: DaemonConfig, where: str) -> None:
             parse_url(model.triton_url)
         except RtmwEdgeError as exc:
             raise ConfigError(f"{where}: model.triton_url: {exc}") from None
+    if model.det_interval > 1 and backend_pipeline(model.backend) in ("cuda-stream", "remote"):
+        raise ConfigError(f"{where}: model.det_interval = {model.det_interval} (skip-frame detection) runs in the CPU "
+                          f"pipeline; backend \"{model.backend}\" runs the {backend_pipeline(model.backend)} "
+                          "pipeline, which detects on every frame: set det_interval = 1, or backend = \"auto\" / "
+                          "\"onnxruntime\"")
     server, mqtt = config.server, config.mqtt
     if server.token and server.token_file:
         raise ConfigError(f"{where}: server: give token or token_file, not both")

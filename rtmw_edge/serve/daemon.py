@@ -1,11 +1,13 @@
 """The daemon's lifecycle: start, serve until SIGTERM/SIGINT, reload on SIGHUP, stop within 2 s.
 
 Start: listen (so /healthz answers while the engines load) behind the connection guard
-(`connections.py`), build the `PoseEstimator` (engines loaded once, shared by every camera; the backend
-actually in use, and why a fallback happened, is logged and reported), connect MQTT, start the inference
-worker and one grabber per camera, then tell systemd ``READY=1``. While running, ``WATCHDOG=1`` goes to
-systemd only while the inference thread is alive and not stalled, ``STATUS=`` shows cameras up and FPS,
-and a timer measures how late the event loop runs (``event_loop_lag_seconds``).
+(`connections.py`), build the estimator through `estimators.open_estimator` (the pipeline the configured backend
+means — CPU, CUDA-stream or Triton — with its engines loaded once and shared by every camera, each camera on a
+stream of its own; the backend and pipeline actually in use, and why a fallback happened, are logged and
+reported), connect MQTT, start the inference worker and one grabber per camera, then tell systemd
+``READY=1``. While running, ``WATCHDOG=1`` goes to systemd only while the inference thread is alive and not
+stalled, ``STATUS=`` shows cameras up and FPS, and a timer measures how late the event loop runs
+(``event_loop_lag_seconds``); /metrics carries the CUDA-stream pipeline's own stage timings when it runs.
 
 Reload (SIGHUP): the configuration file is read again. Cameras added, removed or changed are applied
 without touching the others (their clients stay connected); the token and the log level are applied;
@@ -36,6 +38,7 @@ from aiohttp import web
 
 from .. import __version__
 from ..errors import RtmwEdgeError
+from ..estimators import active_backends, backend_summary, open_estimator
 from ..sources import mask_credentials, open_source
 from .app import AccessLogger, WebContext, make_app
 from .cameras import Camera
@@ -57,24 +60,22 @@ RELOADABLE = {("server", "token"), ("server", "token_file")}
 
 
 def build_estimator(m: ModelConfig):
-    """The shared `PoseEstimator` (tracking is per camera, in the worker) and the fallback reason (None when
-    the configured backend started).
+    """The shared estimator (`estimators.open_estimator`: the pipeline `m.backend` means; tracking, smoothing,
+    skip-frame state and intrinsics are per camera, in the worker's streams) and the fallback reason (None
+    when the configured backend started).
 
-    When the configured backend cannot start (no TensorRT, an engine built for another GPU or TensorRT
-    version, a missing engine), fall back to ONNX Runtime on `fallback_det` / `fallback_pose`, or else on
-    the ONNX files the engines were built from (their manifests name them), and say so in the log.
+    When the configured backend cannot start (no GPU or no TensorRT, an engine built for another GPU or TensorRT
+    version, a missing engine), fall back to ONNX Runtime on the CPU pipeline with `fallback_det` /
+    `fallback_pose`, or else with the ONNX files the engines were built from (their manifests name them), and
+    say so in the log. A Triton server has no fallback: a server that is down is retried per frame.
     """
-    from ..pipeline import PoseEstimator
-
-    options = dict(flip_test=m.flip_test, max_persons=m.max_persons, det_threshold=m.det_threshold,
-                   kpt_threshold=m.kpt_threshold, threads=m.threads or None, pose_spec=m.pose_spec or None)
-    if m.backend == "triton":  # the server runs det + pose; no fallback: a down server is retried per frame
-        from ..triton.client import TritonPoseEstimator
-
-        return TritonPoseEstimator(m.triton_url, model=m.triton_model, flip_test=m.flip_test,
-                                   max_persons=m.max_persons, det_threshold=m.det_threshold), None
+    common = dict(flip_test=m.flip_test, max_persons=m.max_persons, det_threshold=m.det_threshold,
+                  kpt_threshold=m.kpt_threshold)
+    if m.backend == "triton":
+        return open_estimator(backend="triton", triton_url=m.triton_url, triton_model=m.triton_model, **common), None
+    options = dict(common, threads=m.threads or None, pose_spec=m.pose_spec or None)
     try:
-        return PoseEstimator(m.det, m.pose, backend=m.backend, **options), None
+        return open_estimator(m.det, m.pose, m.backend, **options), None
     except RtmwEdgeError as exc:
         det, pose = _onnx_fallback(m.det, m.fallback_det), _onnx_fallback(m.pose, m.fallback_pose)
         if m.backend == "onnxruntime" or det is None or pose is None or (m.backend == "auto" and
@@ -84,30 +85,7 @@ def build_estimator(m: ModelConfig):
         log.warning("backend %s unavailable (%s): falling back to ONNX Runtime with %s and %s",
                     m.backend, reason, det, pose, extra={"event": "backend_fallback", "requested": m.backend,
                                                          "reason": reason})
-        return PoseEstimator(det, pose, backend="onnxruntime", **options), reason
-
-
-def _engine_backend(engine: object) -> str:
-    """The backend of an engine object, from the module that defines its class (backends/<name>.py)."""
-    return type(engine).__module__.rsplit(".", 1)[-1].replace("_", "-")
-
-
-def active_backends(estimator: object) -> dict[str, str]:
-    """The backends actually running the detector and the pose model of ESTIMATOR ({"det": ..., "pose": ...});
-    "triton" for the Triton client (the server runs both); "custom" for an estimator that is not a
-    `PoseEstimator` (tests, embedding code)."""
-    if type(estimator).__module__.endswith("triton.client"):
-        return {"det": "triton", "pose": "triton"}
-    det, pose = getattr(estimator, "detector", None), getattr(estimator, "pose", None)
-    if det is None or not hasattr(pose, "engine"):
-        return {"det": "custom", "pose": "custom"}
-    # an OnnxDetector runs its own ONNX Runtime session; an EngineDetector wraps an engine
-    det_backend = _engine_backend(det.engine) if hasattr(det, "engine") else "onnxruntime"
-    return {"det": det_backend, "pose": _engine_backend(pose.engine)}
-
-
-def backend_summary(backends: dict[str, str]) -> str:
-    return backends["det"] if backends["det"] == backends["pose"] else f"det {backends['det']}, pose {backends['pose']}"
+        return open_estimator(det, pose, "onnxruntime", **options), reason
 
 
 def _onnx_fallback(model: str, configured: str) -> str | None:
@@ -212,10 +190,11 @@ class Daemon:
             "fallback": self.fallback_reason or "", "cameras": ",".join(c.name for c in self.config.cameras)})
 
     def backend_report(self) -> dict:
-        """What /readyz and the start-up line say about the backend."""
+        """What /readyz and the start-up line say about the backend: the one requested, the engines and the
+        pipeline that run ("onnxruntime (cpu)", "tensorrt (cuda-stream)", "triton (remote)"), and why a fallback
+        happened."""
         return {"requested": self.config.model.backend, "active": backend_summary(self.backends) if self.backends
-                else None, **({"det": self.backends["det"], "pose": self.backends["pose"]} if self.backends else {}),
-                "fallback_reason": self.fallback_reason}
+                else None, **(dict(self.backends) if self.backends else {}), "fallback_reason": self.fallback_reason}
 
     # -- frames from the worker thread to the loop (coalesced per camera: never an unbounded backlog)
     def _wake(self) -> None:
@@ -332,6 +311,7 @@ class Daemon:
         self.worker = InferenceWorker(self.estimator, self.cameras, self.metrics, self._on_result,
                                       track=cfg.model.track, smooth=cfg.model.smooth, smoothing=smoothing,
                                       det_interval=cfg.model.det_interval)
+        self.metrics.watch_pipeline_stages(self.worker.pipeline_timings)
         self.worker.start()
         for cam in self.cameras:
             cam.start()

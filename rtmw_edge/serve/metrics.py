@@ -10,6 +10,10 @@ Names (all prefixed ``rtmw_edge_``; counters end in ``_total`` in the exposition
 - ``stage_seconds{camera,stage}`` histogram, stages: ``queue`` (capture → inference start), ``detect``,
   ``pose``, ``inference`` (used instead of detect + pose by estimators without those methods), ``track``,
   ``serialize`` (JSON), ``publish`` (MQTT + hand-over to the web loop), ``total`` (capture → published)
+- ``pipeline_stage_median_seconds{camera,stage}`` gauge: the CUDA-stream pipeline's own per-stage timings (CUDA
+  events on its streams: upload, letterbox, detector, select, count_wait, crops, pose, decode, download) as the
+  median over the frames it timed, read at scrape time from each camera's stream (``camera="all"`` when the
+  estimator times its frames as a whole); absent for pipelines without them
 - ``camera_up{camera}`` (1 while the source delivers), ``reconnects_total{camera}`` (attempts to re-open a
   lost or failed source), ``inference_errors_total{camera}``
 - ``clients{kind}`` (connected now: websocket, preview), ``client_connections_total{kind}``,
@@ -32,12 +36,17 @@ Names (all prefixed ``rtmw_edge_``; counters end in ``_total`` in the exposition
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+log = logging.getLogger("rtmw_edge.serve.metrics")
 
 PREFIX = "rtmw_edge"
 FPS_WINDOW_S = 5.0
@@ -66,6 +75,37 @@ class RateMeter:
             return 0.0
         span = max(now - recent[0], recent[-1] - recent[0])
         return (len(recent) - 1) / span if span > 0 else 0.0
+
+
+StageTimings = Callable[[], dict[str, dict[str, float]]]   # → {camera: {stage: median milliseconds}}
+
+
+class PipelineStages:
+    """A collector read at scrape time: ``pipeline_stage_median_seconds{camera,stage}`` from a provider of
+    per-stage median milliseconds (the GPU pipeline's `timings.summary()` per camera stream)."""
+
+    NAME = f"{PREFIX}_pipeline_stage_median_seconds"
+    HELP = "Median time of each stage of the CUDA-stream pipeline (its CUDA event timings)"
+
+    def __init__(self) -> None:
+        self.provider: StageTimings | None = None
+
+    def describe(self):
+        return [GaugeMetricFamily(self.NAME, self.HELP, labels=["camera", "stage"])]
+
+    def collect(self):
+        family = GaugeMetricFamily(self.NAME, self.HELP, labels=["camera", "stage"])
+        provider = self.provider
+        if provider is not None:
+            try:
+                timings = provider()
+            except Exception as exc:  # noqa: BLE001 - a scrape never fails for one family
+                log.debug("pipeline stage timings unavailable: %s: %s", type(exc).__name__, exc)
+                timings = {}
+            for camera, stages in sorted(timings.items()):
+                for stage, ms in stages.items():
+                    family.add_metric([camera, stage], float(ms) / 1000.0)
+        yield family
 
 
 class Metrics:
@@ -109,6 +149,8 @@ class Metrics:
                                      registry=r)
         self.ready = Gauge(f"{p}_ready", "1 when /readyz answers 200", registry=r)
         self.info = Info(f"{p}_build", "Version and models of this daemon", registry=r)
+        self.pipeline_stages = PipelineStages()
+        r.register(self.pipeline_stages)
         self._meters: dict[str, RateMeter] = {}
         for kind in ("websocket", "preview"):
             self.clients.labels(kind).set(0)
@@ -125,6 +167,10 @@ class Metrics:
         self.camera_up.labels(name).set(0)
         for reason in ("stale", "source", "rate", "corrupt"):
             self.dropped.labels(name, reason)
+
+    def watch_pipeline_stages(self, provider: StageTimings) -> None:
+        """Read ``pipeline_stage_median_seconds`` from PROVIDER at every scrape ({camera: {stage: median ms}})."""
+        self.pipeline_stages.provider = provider
 
     def frame_done(self, camera: str, persons: int) -> None:
         self.processed.labels(camera).inc()

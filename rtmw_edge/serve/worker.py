@@ -1,14 +1,16 @@
-"""The inference worker: ONE thread that takes the cameras' latest frames in turn (round-robin) through the
-shared `PoseEstimator`, so the engines are loaded once and never called concurrently.
+"""The inference worker: ONE thread that takes the cameras' latest frames in turn (round-robin) through ONE shared
+model (engines loaded once, never called concurrently), each camera on a stream of its own.
 
-Per frame: detect → pose (timed separately when the estimator has `detect`/`pose`, as `PoseEstimator`
-does; any other callable ``estimator(image, frame, timestamp) -> FrameResult`` is timed as one
-``inference`` stage; with `det_interval` N > 1 the detector runs on every N-th frame of a camera, its
-boxes in between come from that camera's last keypoints, `rtmw_edge.skipframe`) → the camera's own
-`PoseTracker` (tracking and smoothing are per camera: one estimator-wide tracker would mix people of
-different cameras) → JSON of the `run` schema plus a ``camera`` field → `on_result` (MQTT and the web
-loop). A frame that raises is counted and logged (at most every 10 s per camera), never fatal. `stop()`
-lets the frame in flight finish and be published.
+Each camera gets its own stream over the shared estimator (`streams.open_stream`: a `PoseStream` of the CPU
+pipeline or the Triton client, or a stream of the GPU pipeline): its tracker and One-Euro smoother (tracking
+is per camera: one tracker for all would mix people of different cameras), its skip-frame detection state with
+`det_interval` N > 1 (the detector on every N-th frame of that camera, boxes from that camera's last keypoints
+in between, `rtmw_edge.skipframe`) and its intrinsics (RTMW3D). A camera whose source re-opened continues on a
+reset stream; a camera replaced or removed (SIGHUP) gets a new one and its old stream is closed (by this
+thread: a stream is only ever used by the thread that runs it). Per frame: the stream's `step` (stages timed:
+``detect``/``pose``, or ``inference`` for a one-call estimator, and ``track``) → JSON of the `run` schema plus a
+``camera`` field → `on_result` (MQTT and the web loop). A frame that raises is counted and logged (at most
+every 10 s per camera), never fatal. `stop()` lets the frame in flight finish and be published.
 
 Liveness (`stalled`): the thread is stalled when one inference call has run longer than the stall time, or
 when a camera's frame has waited that long without being taken. A thread that dies (an exception that is
@@ -27,9 +29,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..results import FrameResult, Person
-from ..skipframe import SkipFrameDetection
-from ..tracking import PoseTracker
+from ..results import FrameResult
+from ..streams import open_stream
 from .cameras import Camera, CapturedFrame
 from .logs import Throttle
 from .metrics import Metrics
@@ -66,9 +67,8 @@ class InferenceWorker:
         self.metrics = metrics
         self.on_result = on_result
         self.track, self.smooth, self.smoothing = track, smooth, smoothing or {}
-        self._trackers: dict[str, tuple[int, int, object]] = {}  # name -> (camera id, generation, tracker)
         self.det_interval = int(det_interval)  # > 1: skip-frame detection per camera (rtmw_edge.skipframe)
-        self._skips: dict[str, tuple[int, int, object]] = {}     # name -> (camera id, generation, state)
+        self._streams: dict[str, tuple[Camera, int, object]] = {}  # name -> (camera, generation, its stream)
         self._cond = threading.Condition()
         self._pending = False
         self._stop = threading.Event()
@@ -78,7 +78,6 @@ class InferenceWorker:
         self.busy_since: float | None = None
         self.completed = 0  # frames finished (published or failed)
         self._errors = Throttle(ERROR_LOG_INTERVAL_S)
-        self._split = callable(getattr(estimator, "detect", None)) and callable(getattr(estimator, "pose", None))
 
     # -- lifecycle
     def wake(self) -> None:
@@ -105,14 +104,28 @@ class InferenceWorker:
         return not self.alive()
 
     def set_cameras(self, cameras: Sequence[Camera]) -> None:
-        """Serve these cameras from the next frame on (SIGHUP reload); trackers of cameras gone are dropped."""
+        """Serve these cameras from the next frame on (SIGHUP reload); the streams of cameras gone are closed by
+        the inference thread before its next frame."""
         self.cameras = list(cameras)
-        live = {id(c) for c in self.cameras}
-        for states in (self._trackers, self._skips):
-            for name, (cam_id, _, _) in list(states.items()):
-                if cam_id not in live:
-                    states.pop(name, None)
         self.wake()
+
+    def stream_of(self, name: str):
+        """The stream camera NAME runs on now (None before its first frame)."""
+        entry = self._streams.get(name)
+        return None if entry is None else entry[2]
+
+    def pipeline_timings(self) -> dict[str, dict[str, float]]:
+        """{camera: {stage: median milliseconds}} of the streams that time their stages on the GPU (their
+        `timings.summary()`), else {"all": ...} from the estimator's own `timings` when it has them."""
+        out = {}
+        for name, (_, _, stream) in list(self._streams.items()):
+            timings = getattr(stream, "timings", None)
+            if timings is not None:
+                out[name] = timings.summary()
+        timings = getattr(self.estimator, "timings", None)
+        if not out and timings is not None:
+            out["all"] = timings.summary()
+        return out
 
     def stalled(self, stall_s: float, now: float | None = None) -> str | None:
         """Why inference counts as stalled (None when it does not): a call running for more than STALL_S, or a
@@ -144,6 +157,8 @@ class InferenceWorker:
         except BaseException as exc:  # not an Exception of one frame (those are caught per frame): the thread ends
             log.critical("the inference thread died: %s: %s", type(exc).__name__, exc, exc_info=True,
                          extra={"event": "inference_thread_died"})
+        finally:
+            self._close_streams(keep=())
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -152,6 +167,7 @@ class InferenceWorker:
                     self._cond.wait(0.5)
                 self._pending = False
             self.heartbeat = time.monotonic()
+            self._close_streams(keep=self.cameras)
             while not self._stop.is_set():
                 item = self._take_next()
                 if item is None:
@@ -164,86 +180,58 @@ class InferenceWorker:
                     self.heartbeat = time.monotonic()
                     self.completed += 1
 
-    @staticmethod
-    def _camera_state(states: dict[str, tuple[int, int, object]], cam: Camera, generation: int, make):
-        """CAM's entry of STATES, made anew (by MAKE) when its source re-opened or the camera was replaced."""
-        current = states.get(cam.name)
-        if current is None or current[:2] != (id(cam), generation):
-            current = (id(cam), generation, make())
-            states[cam.name] = current
-        return current[2]
+    def _close_streams(self, keep: Sequence[Camera]) -> None:
+        """Close the streams of cameras not in KEEP (removed or replaced by a reload; all of them at the end)."""
+        live = {id(c) for c in keep}
+        for name, entry in list(self._streams.items()):
+            if id(entry[0]) not in live:
+                self._close_stream(name)
 
-    def _tracker(self, cam: Camera, generation: int):
-        if not (self.track or self.smooth):
-            return None
-        return self._camera_state(self._trackers, cam, generation,
-                                  lambda: PoseTracker(smooth=self.smooth, **self.smoothing))
+    def _close_stream(self, name: str) -> None:
+        _, _, stream = self._streams.pop(name)
+        try:
+            stream.close()
+        except Exception as exc:  # noqa: BLE001 - a stream that cannot close is logged, never fatal
+            log.warning("camera %s: closing its stream failed: %s: %s", name, type(exc).__name__, exc)
 
-    def _infer(self, cam: Camera, frame: CapturedFrame) -> tuple[list[Person], int]:
-        est, image, stage = self.estimator, frame.image, self.metrics.stage
-        t0 = time.monotonic()
-        if not self._split:  # one call per frame (the Triton client): the camera's intrinsics go with it
-            camera = {"camera": cam.intrinsics} if cam.intrinsics is not None and getattr(est, "accepts_camera",
-                                                                                           False) else {}
-            result = est(image, frame.seq, frame.wall, **camera)
-            stage.labels(cam.name, "inference").observe(time.monotonic() - t0)
-            return list(result.persons), int(result.dropped_persons)
-        intrinsics = cam.intrinsics if cam.intrinsics is not None else getattr(est, "camera", None)
+    def _stream(self, cam: Camera, generation: int):
+        """CAM's own stream over the shared estimator: made on its first frame (anew when the camera was
+        replaced), reset when its source re-opened (a new generation)."""
+        entry = self._streams.get(cam.name)
+        if entry is not None and entry[0] is not cam:  # the camera was replaced (SIGHUP): a stream of its own
+            self._close_stream(cam.name)
+            entry = None
+        if entry is None:
+            stage = self.metrics.stage
+            stream = open_stream(self.estimator, track=self.track, smooth=self.smooth, smoothing=self.smoothing,
+                                 det_interval=self.det_interval, camera=cam.intrinsics,
+                                 on_stage=lambda name, seconds: stage.labels(cam.name, name).observe(seconds))
+            entry = self._streams[cam.name] = (cam, generation, stream)
+        elif entry[1] != generation:  # the source re-opened: the same camera starts over
+            entry[2].reset()
+            entry = self._streams[cam.name] = (cam, generation, entry[2])
+        return entry[2]
 
-        def detect(img):
-            t = time.monotonic()
-            out = est.detect(img)
-            stage.labels(cam.name, "detect").observe(time.monotonic() - t)
-            return out
-
-        def pose(img, boxes):
-            t = time.monotonic()
-            out = est.pose(img, boxes, intrinsics)
-            stage.labels(cam.name, "pose").observe(time.monotonic() - t)
-            return out
-
-        skip = self._skip_frames(cam, frame.generation)
-        if skip is None:
-            boxes, scores, dropped = detect(image)
-            kpts, kpt_scores, kpts_3d = pose(image, boxes)
-        else:  # detector on key frames, boxes from this camera's last keypoints in between
-            boxes, scores, dropped, (kpts, kpt_scores, kpts_3d), _ = skip.step(image, detect, pose)
-        persons = [Person(bbox=boxes[i], score=float(scores[i]), keypoints=kpts[i], keypoint_scores=kpt_scores[i],
-                          keypoints_3d=None if kpts_3d is None else kpts_3d[i]) for i in range(len(boxes))]
-        return persons, int(dropped)
-
-    def _skip_frames(self, cam: Camera, generation: int):
-        """The camera's own skip-frame detection state (`det_interval` > 1), restarted with its source."""
-        if self.det_interval <= 1:
-            return None
-        kpt_threshold = getattr(self.estimator, "kpt_threshold", 0.3)
-        return self._camera_state(self._skips, cam, generation,
-                                  lambda: SkipFrameDetection(self.det_interval, kpt_threshold))
+    def _step(self, cam: Camera, frame: CapturedFrame) -> FrameResult:
+        """One frame of CAM on its stream (the tracker's clock: the monotonic capture time)."""
+        return self._stream(cam, frame.generation).step(frame.image, frame.seq, frame.wall, clock=frame.mono)
 
     def _process(self, cam: Camera, frame: CapturedFrame) -> None:
         stage = self.metrics.stage
         start = time.monotonic()
         stage.labels(cam.name, "queue").observe(start - frame.mono)
         try:
-            persons, dropped = self._infer(cam, frame)
-            tracker = self._tracker(cam, frame.generation)
-            if tracker is not None:
-                t = time.monotonic()
-                persons = tracker.update(persons, frame.mono)
-                stage.labels(cam.name, "track").observe(time.monotonic() - t)
+            result = self._step(cam, frame)
         except Exception as exc:  # a bad frame or a failing engine: count, log (rate-limited), go on
             self._error(cam.name, exc)
             return
         t = time.monotonic()
-        h, w = frame.image.shape[:2]
-        result = FrameResult(frame=frame.seq, timestamp=frame.wall, width=w, height=h, persons=persons,
-                             dropped_persons=dropped)
         message = result.to_dict()
         message["camera"] = cam.name
         payload = json.dumps(message, separators=(",", ":"))
         t2 = time.monotonic()
         stage.labels(cam.name, "serialize").observe(t2 - t)
-        self.metrics.frame_done(cam.name, len(persons))  # counted before any client can see it
+        self.metrics.frame_done(cam.name, len(result.persons))  # counted before any client can see it
         self.on_result(Processed(cam.name, frame.seq, frame.image, result, payload, frame.mono))
         end = time.monotonic()
         stage.labels(cam.name, "publish").observe(end - t2)

@@ -1,8 +1,10 @@
 """`--backend triton`: frames go to a Triton server's pipeline model, results come back as `FrameResult`s.
 
 `TritonPoseEstimator(url)` is called like `PoseEstimator` — `estimator(image, frame, timestamp)` — so JSON
-lines, COCO output, drawing, tracking/smoothing (here, on the client: the server is stateless) and the
-daemon's WebSocket/MQTT work unchanged.
+lines, COCO output, drawing, tracking/smoothing and the daemon's WebSocket/MQTT work unchanged. It is a model
+with a stream of its own, like the local pipelines: the server is stateless (``infer(image, camera)`` → the
+frame's arrays), the streams (`streams.PoseStream`, ``open_stream(...)``: one per camera in the daemon) keep the
+tracker, the smoother and the camera intrinsics on the client.
 
 - URL: `host:port` or `grpc://host:port` (gRPC, default port 8001), `http://host:port` (HTTP, default 8000).
 - Start: waits for the server and the model. Nothing listening → `TritonUnavailableError` after the retries;
@@ -22,8 +24,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..backends import availability
+from ..detectors import as_bgr_uint8
 from ..errors import RtmwEdgeError, UsageError, require
-from ..results import FrameResult, persons_from_arrays
+from ..results import FrameResult
+from ..streams import FrameArrays, PoseStream
 from . import PIPELINE_MODEL
 
 DEFAULT_PORTS = {"grpc": 8001, "http": 8000}
@@ -92,6 +97,8 @@ def parse_url(url: str) -> TritonUrl:
 class TritonPoseEstimator:
     """`estimator(image, frame, timestamp) -> FrameResult` through a Triton server (see the module doc)."""
 
+    pipeline = "remote"
+
     def __init__(self, url: str, *, model: str = PIPELINE_MODEL, timeout: float = 10.0, retries: int = 3,
                  backoff: float = 0.25, ready_timeout: float = 60.0, encoding: str = "raw",
                  det_threshold: float | None = None, max_persons: int | None = None, camera=None,
@@ -106,6 +113,7 @@ class TritonPoseEstimator:
         if max_persons is not None and max_persons < 1:
             raise UsageError("--max-persons must be at least 1")
         self.url = parse_url(url)
+        availability("triton").require()  # one line when tritonclient is missing
         self.model = model
         self.timeout, self.retries, self.backoff = float(timeout), int(retries), float(backoff)
         self.encoding = encoding
@@ -117,11 +125,16 @@ class TritonPoseEstimator:
         if flip_test and not self.params["flip_test"]:
             raise UsageError(f"the server's {model} runs without flip test: re-export the repository with "
                                 "`rtmw-edge triton export --flip-test`, or drop --flip-test")
-        self.tracker = None
-        if track or smooth:
-            from ..tracking import PoseTracker
+        self._stream = self.open_stream(track=track, smooth=smooth, smoothing=smoothing)
 
-            self.tracker = PoseTracker(smooth=smooth, **(smoothing or {}))
+    def open_stream(self, **options) -> PoseStream:
+        """A new stream over this server (``track``, ``smooth``, ``smoothing``, ``camera``, ``on_stage``; see
+        `streams.PoseStream`); the server detects on every frame, so no ``det_interval``."""
+        return PoseStream(self, **options)
+
+    @property
+    def tracker(self):
+        return self._stream.tracker
 
     # -- connection
     def _connect(self):
@@ -236,26 +249,25 @@ class TritonPoseEstimator:
                                                      np.nan if c.cy is None else c.cy], np.float32), "FP32"))
         return inputs
 
-    accepts_camera = True  # the daemon's worker passes each camera's own intrinsics (RTMW3D)
-
-    def __call__(self, image: np.ndarray, frame: int = 0, timestamp: float = 0.0, camera=None) -> FrameResult:
-        """One frame through the server's pipeline model. CAMERA: this frame's intrinsics (`geometry.Camera`,
-        RTMW3D), instead of the estimator's own."""
-        from ..detectors import as_bgr_uint8
-
-        image = as_bgr_uint8(image)
-        h, w = image.shape[:2]
-        response = self._with_retries(f"frame {frame}", self._client.infer, self.model,
+    def infer(self, image: np.ndarray, camera=None) -> FrameArrays:
+        """One BGR uint8 frame through the server's pipeline model → its persons as arrays. CAMERA: this frame's
+        intrinsics (`geometry.Camera`, RTMW3D), else the estimator's own."""
+        response = self._with_retries("inference", self._client.infer, self.model,
                                       self._inputs(image, self.camera if camera is None else camera))
         boxes, scores = response.as_numpy("boxes"), response.as_numpy("scores")
         kpts, kpt_scores = response.as_numpy("keypoints"), response.as_numpy("keypoint_scores")
         kpts_3d = response.as_numpy("keypoints_3d") if self.info.task == "pose3d" else None
         dropped = int(response.as_numpy("dropped").reshape(-1)[0])
-        persons = persons_from_arrays(boxes, scores, kpts, kpt_scores, kpts_3d)
-        if self.tracker is not None:
-            persons = self.tracker.update(persons, timestamp)
-        return FrameResult(frame=frame, timestamp=timestamp, width=w, height=h, persons=persons,
-                           dropped_persons=dropped)
+        return FrameArrays(boxes, scores, kpts, kpt_scores, kpts_3d, dropped)
+
+    def __call__(self, image: np.ndarray, frame: int = 0, timestamp: float = 0.0, camera=None) -> FrameResult:
+        """One frame through the server's pipeline model, on this estimator's own stream. CAMERA: this frame's
+        intrinsics, instead of the estimator's own."""
+        if camera is None:
+            return self._stream.step(image, frame, timestamp)
+        image = as_bgr_uint8(image)
+        h, w = image.shape[:2]
+        return self._stream.tail(*self.infer(image, camera), frame=frame, timestamp=timestamp, width=w, height=h)
 
     def close(self) -> None:
         client, self._client = self._client, None

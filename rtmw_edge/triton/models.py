@@ -2,8 +2,9 @@
 
 Each repository `model.py` is one import of a class here, so the server runs the toolkit's own code:
 
-- `PipelineModel`: frame → `PoseEstimator` → output tensors. The estimator is the CPU pipeline's own
-  (`PoseEstimator.from_parts`), with the detector and the pose engine replaced by `TritonModelEngine`s that call
+- `PipelineModel`: frame → `PoseModel.infer` → output tensors. The model is the CPU pipeline's own
+  (`PoseModel.from_parts`: no stream state, the server is stateless; tracking and smoothing stay with each
+  client's stream), with the detector and the pose engine replaced by `TritonModelEngine`s that call
   the repository's detector and pose models through BLS — letterbox, NMS, crops, SimCC decode, back-mapping
   and RTMW3D depth are the functions the local pipeline runs. Each instance handles one frame at a time; the
   config's instance count sets how many frames are in flight, which is what lets the pose model's dynamic
@@ -28,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..detectors import as_bgr_uint8
 from ..errors import RtmwEdgeError
 
 
@@ -38,7 +40,10 @@ def _pb():
 
 
 def _tensor(name: str, array: np.ndarray):
-    return _pb().Tensor.from_dlpack(name, np.ascontiguousarray(array))
+    # numpy gives empty arrays zero strides (np.zeros((0, 4)).strides == (0, 0)) and calls them contiguous; the
+    # stub's DLPack check wants C-order strides: an empty array is made by reshaping an empty vector, which has them
+    array = np.array([], array.dtype).reshape(array.shape) if array.size == 0 else np.ascontiguousarray(array)
+    return _pb().Tensor.from_dlpack(name, array)
 
 
 def _as_array(tensor) -> np.ndarray:
@@ -109,7 +114,7 @@ class PipelineModel:
 
     def initialize(self, args: dict) -> None:
         from ..detectors import EngineDetector
-        from ..pipeline import PoseEstimator, TopDownPose
+        from ..pipeline import PoseModel, TopDownPose
         from .repository import PIPELINE_PARAMETER, load_pipeline_parameters
 
         _quiet_capsule_release()
@@ -119,8 +124,7 @@ class PipelineModel:
         detector = EngineDetector(TritonModelEngine(p.detector), signature=p.signature,
                                   score_threshold=p["det_threshold"], nms_iou=0.6, max_detections=1000)
         pose = TopDownPose(TritonModelEngine(p.pose), p["flip_test"], info=p.info)
-        self.estimator = PoseEstimator.from_parts(detector, pose, max_persons=p["max_persons"],
-                                                  nms_iou=p["nms_iou"])
+        self.estimator = PoseModel.from_parts(detector, pose, max_persons=p["max_persons"], nms_iou=p["nms_iou"])
         self.k = p.info.num_keypoints
         self.three_d = p.info.task == "pose3d"
 
@@ -155,18 +159,16 @@ class PipelineModel:
             fx, fy, cx, cy = (float(v) for v in camera.reshape(-1)[:4])
             est.camera = Camera(fx, fy, None if np.isnan(cx) else cx, None if np.isnan(cy) else cy)
 
-    def _outputs(self, result) -> list:
-        n, k = len(result.persons), self.k
-        people = result.persons
-        out = [_tensor("boxes", np.array([p.bbox for p in people], np.float32).reshape(n, 4)),
-               _tensor("scores", np.array([p.score for p in people], np.float32).reshape(n)),
-               _tensor("keypoints", np.array([p.keypoints for p in people], np.float32).reshape(n, k, 2)),
-               _tensor("keypoint_scores", np.array([p.keypoint_scores for p in people], np.float32).reshape(n, k))]
+    def _outputs(self, arrays) -> list:
+        n, k = len(arrays.boxes), self.k
+        out = [_tensor("boxes", np.asarray(arrays.boxes, np.float32).reshape(n, 4)),
+               _tensor("scores", np.asarray(arrays.scores, np.float32).reshape(n)),
+               _tensor("keypoints", np.asarray(arrays.keypoints, np.float32).reshape(n, k, 2)),
+               _tensor("keypoint_scores", np.asarray(arrays.keypoint_scores, np.float32).reshape(n, k))]
         if self.three_d:
-            k3d = [p.keypoints_3d if p.keypoints_3d is not None else np.full((k, 3), np.nan, np.float32)
-                   for p in people]
-            out.append(_tensor("keypoints_3d", np.array(k3d, np.float32).reshape(n, k, 3)))
-        out.append(_tensor("dropped", np.array([result.dropped_persons], np.int32)))
+            k3d = arrays.keypoints_3d if arrays.keypoints_3d is not None else np.full((n, k, 3), np.nan, np.float32)
+            out.append(_tensor("keypoints_3d", np.asarray(k3d, np.float32).reshape(n, k, 3)))
+        out.append(_tensor("dropped", np.array([arrays.dropped], np.int32)))
         return out
 
     def execute(self, requests) -> list:
@@ -174,9 +176,9 @@ class PipelineModel:
         responses = []
         for request in requests:
             try:
-                image = self._frame(request)
+                image = as_bgr_uint8(self._frame(request))
                 self._configure(request)
-                responses.append(pb.InferenceResponse(output_tensors=self._outputs(self.estimator(image))))
+                responses.append(pb.InferenceResponse(output_tensors=self._outputs(self.estimator.infer(image))))
             except Exception as exc:  # one bad frame answers with an error; the model stays up
                 responses.append(_error_response(exc))
         return responses
