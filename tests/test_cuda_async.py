@@ -176,15 +176,16 @@ def test_c4_data_dependent_output_shapes_are_refused_in_one_line(trt, tmp_path):
 @pytest.mark.parametrize("emu", ["eager-7", "lazy"], indirect=True)
 def test_w1_each_slot_stream_has_its_own_execution_contexts(emu, models):
     est = open_trt(models)
+    images = [photo(n) for n in ("human-pose.jpg", "000000040083.jpg", "000000197388.jpg", "human-pose.jpg")]
+    serial = [est(im) for im in images]
+    assert len(est.slots) == 1                                              # one frame at a time: one slot
+    for want, (_, got) in zip(serial, est.stream(images)):
+        same_results(want, got)
     contexts = [(s.stream.handle, s.det_ctx, s.pose_ctx) for s in est.slots]
     assert all(det.stream == pose.stream == handle for handle, det, pose in contexts)
     raw = {id(c._context) for _, det, pose in contexts for c in (det, pose)}
     assert len(raw) == 4                                                    # four IExecutionContexts
     assert {c.profile for _, _, c in contexts} == {0, 1}                    # one optimization profile each
-    images = [photo(n) for n in ("human-pose.jpg", "000000040083.jpg", "000000197388.jpg", "human-pose.jpg")]
-    serial = [est(im) for im in images]
-    for want, (_, got) in zip(serial, est.stream(images)):
-        same_results(want, got)
     est.close()
 
 
