@@ -170,7 +170,11 @@ def open_estimator(det=DEFAULT_DET, pose=DEFAULT_POSE, backend: str = "auto", **
 
 # --------------------------------------------------------------------------- what runs (the honest report)
 def _engine_backend(engine: object) -> str:
-    """The backend of an engine object, from the module that defines its class (backends/<name>.py)."""
+    """The backend of an engine object: its `backend` name when it states one, else the module that defines its
+    class (backends/<name>.py)."""
+    stated = getattr(engine, "backend", None)
+    if isinstance(stated, str):
+        return stated
     return type(engine).__module__.rsplit(".", 1)[-1].replace("_", "-")
 
 

@@ -145,6 +145,7 @@ def gpu_pose_segment(est, n: int, frames: int) -> float:
     recorded around the segment, never inside a capture)."""
     from rtmw_edge.cuda import runtime as R
 
+    est._make_slots(1)
     slot = est.slots[0]
     image = np.full((1080, 1920, 3), 127, np.uint8)
     est._enqueue_detect(slot, (image, 0, 0.0))

@@ -288,12 +288,13 @@ def test_s2_host_waits_sleep_on_an_integrated_gpu_and_frames_go_zero_copy(monkey
     emu = Emulator(seed=5, integrated=integrated).install(monkeypatch, trt=trt)
     est = open_trt(models)
     assert est.blocking_sync is integrated and est.zero_copy is integrated
-    waited = [emu.events[int(e.handle)] for s in est.slots for e in (s.counted, s.done)]
-    assert all(e.blocking is integrated for e in waited)
+    est(photo())                                                                # the slot is made on first use
     first = len(emu.log)
     got = est(photo())
     copies = [c for c in emu.log[first:] if c.startswith("cudaMemcpy")]
     assert (copies == []) is integrated                                         # mapped memory: no copies at all
+    waited = [emu.events[int(e.handle)] for s in est.slots for e in (s.counted, s.done)]
+    assert len(waited) == 2 and all(e.blocking is integrated for e in waited)
     kinds = {emu.find(s.host.ptr).kind for s in est.slots}
     assert kinds == ({"mapped"} if integrated else {"pinned"})
     assert len(got.persons) == 1 and np.isfinite(got.persons[0].keypoints).all()

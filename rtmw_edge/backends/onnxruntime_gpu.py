@@ -93,6 +93,7 @@ class OrtGpuEngine:
     """DeviceEngine on ONNX Runtime's CUDA execution provider (see the module docstring). `device`: a CUDA index,
     or "cpu" (the CPU provider over host pointers, for tests)."""
 
+    backend = "onnxruntime-gpu"        # the backend table's name (what the daemon reports)
     graph_capturable = False  # ONNX Runtime allocates from its arena while running: no foreign graph capture
     scratch_bytes = 0         # each context's session keeps its own memory
 

@@ -540,6 +540,7 @@ class TensorRTEngine:
 
     # execute_async_v3 may be captured in a CUDA graph once it has run eagerly for the current input shape
     # (TensorRT's rule; weight streaming, not used here, would make it synchronous)
+    backend = "tensorrt"        # the backend table's name (what the daemon reports)
     graph_capturable = True
 
     def __init__(self, path: str | Path, *, device: int = 0, check_machine: bool = True, **_options) -> None:

@@ -156,6 +156,7 @@ class TorchCudaEngine:
     """DeviceEngine running the PyTorch model a project export was made from (see the module docstring).
     `device`: a CUDA index, or "cpu" (tests: host pointers, work done at once)."""
 
+    backend = "torch-cuda"        # the backend table's name (what the daemon reports)
     graph_capturable = False  # eager PyTorch allocates: never inside a foreign CUDA-graph capture
     scratch_bytes = 0         # PyTorch keeps its own memory (its caching allocator)
 

@@ -442,8 +442,9 @@ class GpuPoseStream:
     (one frame to completion), `stream.stream(frames)` (two frames in flight), `detect`, `infer_device` — with its
     own tracker and smoother (`streams.FrameTail`, the tail every pipeline ends in).
 
-    The second frame slot (its CUDA stream, buffers and execution contexts) is made when `stream()` first needs
-    it: a camera stepped one frame at a time (the daemon) holds one context per engine. det_interval must be 1
+    Frame slots (their CUDA streams, buffers and execution contexts) are made on first use — the second when
+    `stream()` first needs it: a camera stepped one frame at a time (the daemon) holds one context per engine, and
+    an estimator whose own stream is never used (the daemon's shared one) holds none. det_interval must be 1
     (skip-frame detection runs on the CPU pipeline); kpt_threshold is accepted for the common stream options;
     on_stage(name, seconds) is told each frame's host time ("inference", "track")."""
 
@@ -465,16 +466,17 @@ class GpuPoseStream:
         self.blocking_sync = model.device.integrated if blocking_sync is None else bool(blocking_sync)
         self.timings = _Timings()
         self.on_stage = on_stage
-        self.slots: list[_Slot] = [_Slot(self, 0)]
+        self.slots: list[_Slot] = []
+        self.closed = False
         self.tail = FrameTail(track=track, smooth=smooth, smoothing=smoothing)
 
     @property
     def tracker(self):
         return self.tail.tracker
 
-    def _both_slots(self) -> None:
-        """The second frame slot, made on first use by `stream()` (one-time allocation, before any capture)."""
-        while len(self.slots) < SLOTS:
+    def _make_slots(self, count: int) -> None:
+        """Frame slots up to `count`, made on first use (one-time allocations, never inside a capture)."""
+        while len(self.slots) < count:
             self.slots.append(_Slot(self, len(self.slots)))
 
     # read-through to the model (the single-camera API has always had these)
@@ -623,12 +625,13 @@ class GpuPoseStream:
     def _enter(self) -> None:
         """Every public entry: this pipeline's device current in the calling thread, and no frame of this
         stream still in flight in slot 0 (a `stream()` generator not yet finished)."""
-        if not self.slots:
+        if self.closed:
             raise RtmwEdgeError("this GPU pipeline stream is closed")
         R.use_device(self.model.device.index)
         if any(slot.busy for slot in self.slots):
             raise RtmwEdgeError("this GPU stream has frames in flight (a stream() iteration is still open): finish "
                                 "or close it first, or open another stream on the model (model.open_stream())")
+        self._make_slots(1)
 
     def step(self, image: np.ndarray, frame: int = 0, timestamp: float = 0.0, *,
              clock: float | None = None) -> FrameResult:
@@ -685,7 +688,7 @@ class GpuPoseStream:
         in flight.
         """
         self._enter()
-        self._both_slots()
+        self._make_slots(SLOTS)
         posed = detected = None   # (slot, item)
         counter = 0
         try:
@@ -729,8 +732,9 @@ class GpuPoseStream:
         return item.image, getattr(item, "index", counter), getattr(item, "timestamp", 0.0)
 
     def close(self) -> None:
-        if not self.slots:
+        if self.closed:
             return
+        self.closed = True
         R.use_device(self.model.device.index)
         for slot in self.slots:
             slot.close()
