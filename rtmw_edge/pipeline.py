@@ -91,7 +91,7 @@ class TopDownPose:
         self.info = info or pose_info(engine, pose_spec)
         roles = DECODED_OUTPUTS if self.info.decoded else POSE_OUTPUTS  # the names the decode reads
         self._roles = {name: role for name, role in zip(self.info.outputs, roles) if name != role}
-        if getattr(engine, "input_shape", (None,))[0] == 1:
+        if getattr(engine, "input_dims", (None,))[0] == 1:
             log.warning("%s has a static batch of 1: persons run one per call (batching is off)", engine.path.name)
         self.flip_test = flip_test and not self.info.flip_in_graph  # a graph with flip test does it already
         if self.flip_test and (self.info.decoded or not self.info.flip_indices):

@@ -229,7 +229,7 @@ def test_a_context_runs_over_the_pointers_it_is_given(made, crops):
 
 def test_host_engine_view_serves_the_cpu_pipeline(made, crops):
     host = HostEngine(TorchCudaEngine(made["flip"], device="cpu", checkpoint=made["ckpt"], max_batch=1))
-    assert host.input_shape == (1, 3, 256, 192) and host.max_batch == 1 and host.input_name == "input"
+    assert host.input_dims == (1, 3, 256, 192) and host.max_batch == 1 and host.input_name == "input"
     assert host.metadata["name"] == POSE and host.path == made["flip"]
     chunked = run_chunked(host, crops)                      # 2 crops through a max batch of 1
     whole = onnxruntime_outputs(made["flip"], crops)

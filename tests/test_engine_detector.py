@@ -20,7 +20,7 @@ class HostEngine:
         self._ort = OrtEngine(path)
         self.path, self.metadata = self._ort.path, self._ort.metadata
         self.input_name, self.output_names = self._ort.input_name, self._ort.output_names
-        self.input_shape, self.max_batch = self._ort.input_shape, self._ort.max_batch
+        self.input_dims, self.max_batch = self._ort.input_dims, self._ort.max_batch
 
     def run(self, x):
         return self._ort.run(x)

@@ -89,7 +89,7 @@ def test_batched_pose_call_equals_one_call_per_person(estimator):
 def test_fixed_batch_engine_is_chunked_and_padded(models, estimator):
     image = cv2.imread(str(IMAGES / "000000197388.jpg"))
     fixed = PoseEstimator(DETECTORS["rawhead"], models["pose_fixed"])
-    assert fixed.pose.engine.input_shape[0] == 2
+    assert fixed.pose.engine.input_dims[0] == 2
     a, b = fixed(image), estimator(image)  # same seed → same weights; 5 persons = 2 + 2 + 1 (padded)
     for p, q in zip(a.persons, b.persons):
         np.testing.assert_allclose(p.keypoints, q.keypoints, atol=1e-3)

@@ -360,7 +360,7 @@ def test_engine_runs_on_host_arrays_and_device_pointers(fake_trt, fake_cuda, pos
     engine = load_engine(out)
     assert isinstance(engine, trt_backend.TensorRTEngine)
     assert engine.input_name == "input" and engine.output_names == ["simcc_x", "simcc_y"]
-    assert engine.input_shape == (None, 3, 32, 24) and engine.input_shape(5) == (5, 3, 32, 24)
+    assert engine.input_dims == (None, 3, 32, 24) and engine.input_shape(5) == (5, 3, 32, 24)
     assert (engine.min_batch, engine.max_batch) == (1, 32) and engine.metadata["name"] == "tiny-pose"
     assert engine.output_shape("simcc_x", 5) == (5, 4, 48) and engine.output_dtype("simcc_y") == "float32"
     x = np.random.default_rng(2).normal(size=(5, 3, 32, 24)).astype(np.float32)

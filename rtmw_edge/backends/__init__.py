@@ -37,7 +37,7 @@ PIPELINES = ("cpu", "cuda-stream", "remote")
 class Engine(Protocol):
     path: Path
     input_name: str
-    input_shape: tuple            # (batch | None, 3, H, W)
+    input_dims: tuple             # (batch | None, 3, H, W); device engines: input_shape(batch) → a shape
     max_batch: int | None         # None: any batch size
     output_names: list[str]
     metadata: dict | None
@@ -316,7 +316,7 @@ def run_chunked(engine: Engine, x: np.ndarray) -> dict[str, np.ndarray]:
 
     A fixed-batch graph gets its last chunk zero-padded to the fixed size; the padding is cut off again.
     """
-    fixed = engine.input_shape[0] if isinstance(engine.input_shape[0], int) else None
+    fixed = engine.input_dims[0] if isinstance(engine.input_dims[0], int) else None
     step = fixed or engine.max_batch or len(x)
     if len(x) == 0:
         return {}

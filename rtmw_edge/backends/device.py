@@ -72,7 +72,7 @@ class DeviceEngine(Protocol):
 
 
 class HostEngine:
-    """The host `Engine` interface (`run(x)`, `input_shape` a tuple with None for a dynamic batch, `max_batch`) of
+    """The host `Engine` interface (`run(x)`, `input_dims` a tuple with None for a dynamic batch, `max_batch`) of
     a device engine that implements `run`: the CPU pipeline over a device engine."""
 
     def __init__(self, engine) -> None:
@@ -80,7 +80,7 @@ class HostEngine:
         self.path = Path(getattr(engine, "path", engine.name))
         self.input_name, self.output_names, self.metadata = engine.input_name, engine.output_names, engine.metadata
         fixed = engine.min_batch if engine.min_batch == engine.max_batch else None
-        self.input_shape = (fixed, *engine.input_shape(engine.min_batch)[1:])
+        self.input_dims = (fixed, *engine.input_shape(engine.min_batch)[1:])
         self.max_batch = engine.max_batch
 
     def run(self, x: np.ndarray) -> dict[str, np.ndarray]:

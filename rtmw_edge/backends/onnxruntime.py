@@ -48,8 +48,8 @@ class OrtEngine:
             raise RtmwEdgeError(f"ONNX Runtime cannot load {self.path.name}: {first[:200]}") from None
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
-        self.input_shape = tuple(d if isinstance(d, int) else None for d in inp.shape)
-        self.max_batch = self.input_shape[0]
+        self.input_dims = tuple(d if isinstance(d, int) else None for d in inp.shape)
+        self.max_batch = self.input_dims[0]
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.io_binding = io_binding
 

@@ -457,15 +457,6 @@ def build_engine(onnx_path: str | Path, output: str | Path | None = None, *, bat
 
 
 # ---------------------------------------------------------------------------------------------- runtime
-class BatchShape(tuple):
-    """The input shape (batch | None, C, H, W) that is also callable: `shape(n)` → (n, C, H, W). This lets
-    one engine object satisfy the host protocol (`engine.input_shape[2]`) and the DeviceEngine protocol
-    (`engine.input_shape(batch)`)."""
-
-    def __call__(self, batch: int) -> tuple[int, ...]:
-        return (int(batch), *self[1:])
-
-
 ALIGNMENT = 256   # TensorRT: tensor addresses and context device memory must be 256-byte aligned
 
 
@@ -585,10 +576,10 @@ class TensorRTEngine:
         if self.dynamic:
             lo, _, hi = (dims_[0] for dims_ in self._engine.get_tensor_profile_shape(self.input_name, 0))
             self.min_batch, self.max_batch = int(lo), int(hi)
-            self.input_shape = BatchShape((None, *dims[1:]))
+            self.input_dims = (None, *dims[1:])
         else:
             self.min_batch = self.max_batch = dims[0]
-            self.input_shape = BatchShape(dims)
+            self.input_dims = tuple(dims)
         self.num_profiles = int(self._engine.num_optimization_profiles) if self.dynamic else 1
         self.scratch_bytes = int(self._engine.device_memory_size_v2)
         self._dtypes = {n: np.dtype(trt.nptype(self._engine.get_tensor_dtype(n))) for n in names}
@@ -598,6 +589,10 @@ class TensorRTEngine:
         self._host: dict | None = None                  # run(): stream, context, buffers
 
     # shapes ---------------------------------------------------------------------------------------------
+    def input_shape(self, batch: int) -> tuple[int, ...]:
+        """The input shape for `batch` items (DeviceEngine); the host side reads `input_dims`."""
+        return (int(batch), *self.input_dims[1:])
+
     def _probe_outputs(self) -> dict[str, tuple[int, ...]]:
         """Per-item output shapes, from a short-lived context at the smallest and largest batch; outputs whose
         dims stay −1 (data-dependent) or do not scale with the batch are refused in one line."""
@@ -698,8 +693,8 @@ class TensorRTEngine:
         from ..cuda import runtime as R
 
         x = np.ascontiguousarray(x, dtype=self._dtypes[self.input_name])
-        if x.ndim != len(self.input_shape) or tuple(x.shape[1:]) != tuple(self.input_shape[1:]):
-            raise EngineError(f"{self.path.name} takes input {list(self.input_shape)}, got {list(x.shape)}")
+        if x.ndim != len(self.input_dims) or tuple(x.shape[1:]) != tuple(self.input_dims[1:]):
+            raise EngineError(f"{self.path.name} takes input {list(self.input_dims)}, got {list(x.shape)}")
         n = int(x.shape[0])
         self._check_batch(n)
         state = self._host_state(n)

@@ -93,7 +93,7 @@ class TritonModelEngine:
         self.model = spec["model"]
         self.path = Path(spec["model"])
         self.input_name = spec["input"]
-        self.input_shape = tuple(spec["input_shape"])
+        self.input_dims = tuple(spec["input_shape"])
         self.max_batch = spec.get("max_batch")
         self.output_names = list(spec["outputs"])
         self.metadata = None
