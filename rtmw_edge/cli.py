@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from . import __version__
+from . import __version__, native_stderr, signals
 from .errors import RtmwEdgeError
 from .zoo import POSE_SPEC_HELP
 
@@ -254,7 +254,8 @@ def run_cmd(source: str = typer.Argument(..., help="Image, folder, video, camera
                       threads=threads, loop=loop, strict=strict, pose_spec=pose_spec,
                       det_interval=det_interval)
     log = Console(stderr=True)
-    summary = run_source(opts, console=log)
+    with native_stderr.captured(lambda text: log.print(text, highlight=False, markup=False, soft_wrap=True)):
+        summary = run_source(opts, console=log)  # FFmpeg's / OpenCV's own lines: a few, then a count
     log.print(str(summary), highlight=False, markup=False, soft_wrap=True)
     if summary.interrupted is not None:
         raise summary.interrupted
@@ -412,29 +413,11 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
-def _install_sigterm() -> object:
-    """SIGTERM raises `Terminated` in the main thread (like Ctrl-C's KeyboardInterrupt), so every command
-    finalises or removes its outputs on the way out; returns the previous handler."""
-    import signal
-    import threading
-
-    from .errors import Terminated
-
-    if threading.current_thread() is not threading.main_thread():
-        return None
-
-    def terminate(signum, frame):
-        raise Terminated()
-
-    return signal.signal(signal.SIGTERM, terminate)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: one `error:` line instead of a traceback, and exit codes scripts can rely on:
     0 success, 1 error while working, 2 usage error (before any work), 3 a command's own verdict (calibrate's
     target missed, build --check stale), 130 Ctrl-C, 143 SIGTERM."""
     import os
-    import signal
 
     import typer.core
     from rich.markup import escape
@@ -447,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
     def error(message: str) -> None:
         err.print(f"[red]error:[/red] {escape(_one_line(message))}", highlight=False, soft_wrap=True)
 
-    previous = _install_sigterm()
+    restore = signals.install()  # SIGTERM / SIGINT only set a flag; work acts on it (rtmw_edge/signals.py)
     try:
         code = app(args=argv, standalone_mode=False, prog_name="rtmw-edge")
         return code if isinstance(code, int) else 0
@@ -464,10 +447,10 @@ def main(argv: list[str] | None = None) -> int:
     except Terminated:
         err.print("terminated")
         return 143
-    except BrokenPipeError:  # `rtmw-edge run x --out - | head`: the reader left
-        with contextlib.suppress(OSError):
+    except BrokenPipeError:  # `rtmw-edge run x --out - | head`: the reader left, a normal end
+        with contextlib.suppress(OSError, ValueError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 141
+        return 0
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except Exception as exc:  # a bug: still one line (RTMW_EDGE_DEBUG=1 shows the traceback)
@@ -477,8 +460,7 @@ def main(argv: list[str] | None = None) -> int:
               "traceback)")
         return 1
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        restore()
 
 
 if __name__ == "__main__":  # pragma: no cover

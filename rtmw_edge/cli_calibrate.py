@@ -65,13 +65,15 @@ def calibrate_cmd(
     Exit 0 when the held-out fidelity target is met, 3 when it is not (the model and report are still
     written), 2 for bad options or output paths (checked before any work), 1 for other errors."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
     from .calibrate.data import Source
     from .calibrate.fidelity import Target
     from .calibrate.ranges import METHODS
     from .calibrate.runner import CalibrateOptions, calibrate
+    from .native_stderr import captured
+    from .progress import progress_bar
 
     if method not in METHODS:
         raise UsageError(f"--method must be one of {', '.join(METHODS)}, not {method!r}")
@@ -83,8 +85,10 @@ def calibrate_cmd(
         augment=augment, val_num=val_num, threads=threads, min_int8_share=min_int8_share, pose_spec=pose_spec,
         target=Target(min_recall50=target_recall, min_mean_iou=target_iou, min_oks=target_oks))
     console = Console(stderr=True)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=False) as bar:
+    native = captured(lambda text: console.print(text, highlight=False, markup=False, soft_wrap=True))
+    bar = progress_bar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                       console=console, transient=False)
+    with native, bar:  # a --video's FFmpeg lines: a few, then a count
         def progress(label: str, total: int | None):
             task = bar.add_task(label, total=total)
             return lambda n: bar.advance(task, n)

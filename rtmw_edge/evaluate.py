@@ -230,10 +230,11 @@ def run_eval(ann_path: str | os.PathLike[str], images_dir: str | os.PathLike[str
     Otherwise `det` finds the people (`PoseEstimator`'s detector, NMS and limits). The instance score is
     `results.coco_items`': box score × mean of the keypoint scores > 0.
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
     from .backends import load_engine
     from .pipeline import PoseEstimator, TopDownPose, resolve_model
+    from .progress import progress_bar
     from .results import FrameResult, Person, coco_items
     from .sources import read_image
 
@@ -265,8 +266,8 @@ def run_eval(ann_path: str | os.PathLike[str], images_dir: str | os.PathLike[str
         by_image.setdefault(a["image_id"], []).append(a)
 
     predictions: list[dict] = []
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  transient=True, disable=not progress) as bar:
+    with progress_bar(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      disable=not progress) as bar:
         task = bar.add_task(f"eval {Path(ann_path).name}", total=len(files))
         for image_id, path in files:
             image = read_image(path)

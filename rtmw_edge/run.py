@@ -34,6 +34,7 @@ import cv2
 import numpy as np
 
 from . import geometry as G
+from . import signals
 from .errors import RtmwEdgeError, Terminated, UsageError
 from .outputs import Stream, atomic_output, atomic_path, check_output, temp_beside
 from .results import FrameResult, coco_items
@@ -331,9 +332,10 @@ def run_source(opts: RunOptions, console=None) -> RunSummary:
     """Process the whole source. Raises UsageError before any work for bad options or outputs, and
     RtmwEdgeError for errors met while working (the JSON lines keep the frames done). Ctrl-C / SIGTERM
     stop the run cleanly: the summary comes back with `interrupted` set (the CLI exits 130 / 143)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
     from .pipeline import PoseEstimator, resolve_models
+    from .progress import progress_bar
     from .sources import open_source
 
     validate_options(opts)
@@ -383,10 +385,15 @@ def run_source(opts: RunOptions, console=None) -> RunSummary:
                                         pose_spec=opts.pose_spec, **extra)
         if opts.plot_3d is not None and estimator.info.task != "pose3d":
             raise UsageError("--plot-3d needs an RTMW3D pose model")
+        if camera is not None and estimator.info.task != "pose3d":
+            given = " and ".join(o for o, v in (("--focal", opts.focal), ("--principal", opts.principal)) if v)
+            warn(f"{given} only apply to RTMW3D pose models (camera-space 3D); ignored for this 2D model")
+        signals.check()  # a stop that came while the models loaded
+        hint = _ThresholdHint(opts.kpt_threshold) if pictures or opts.show else None
         stream = Stream(opts.out_jsonl) if opts.out_jsonl is not None else None
-        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                      TextColumn("{task.fields[fps]:.1f} FPS"), TimeElapsedColumn(), console=console,
-                      transient=True, disable=not multi or console is None) as bar:
+        with progress_bar(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                          TextColumn("{task.fields[fps]:.1f} FPS"), TimeElapsedColumn(), console=console,
+                          disable=not multi or console is None) as bar:
             task = bar.add_task(f"run {Path(str(opts.source)).name}", total=source.frame_count, fps=0.0)
             results = (estimator.stream(source) if hasattr(estimator, "stream")  # GPU: two frames in flight
                        else ((f, estimator(f.image, f.index, f.timestamp)) for f in source))
@@ -402,6 +409,8 @@ def run_source(opts: RunOptions, console=None) -> RunSummary:
                     coco.extend(coco_items(result, image_id))
                 if result.persons and result.persons[0].keypoints_3d is not None:
                     last_3d = result
+                if hint is not None:
+                    hint(result, warn)
                 if pictures or opts.show:
                     from .viz import draw_frame
 
@@ -436,6 +445,27 @@ def run_source(opts: RunOptions, console=None) -> RunSummary:
 
         plot_3d(last_3d, opts.plot_3d)
     return summary
+
+
+class _ThresholdHint:
+    """Pictures draw only keypoints scored above --kpt-threshold: when every keypoint of a frame's people is at or
+    under it, the picture shows boxes without a skeleton. Say so once per run."""
+
+    def __init__(self, threshold: float) -> None:
+        self.threshold = threshold
+        self.said = False
+
+    def __call__(self, result: FrameResult, warn) -> None:
+        if self.said or not result.persons:
+            return
+        best = max((float(np.max(p.keypoint_scores)) for p in result.persons if len(p.keypoint_scores)),
+                   default=None)
+        if best is None or best > self.threshold:
+            return
+        self.said = True
+        warn(f"frame {result.frame}: every keypoint of its {len(result.persons)} person(s) scored at most {best:.3g}, "
+             f"not above --kpt-threshold {self.threshold:g}, so the picture shows boxes without a skeleton: lower "
+             "--kpt-threshold to draw them (the JSON lines hold every keypoint either way)")
 
 
 def _add_progress_note(exc: BaseException, stream: Stream | None) -> None:

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import signals
 from ..engines import (
     DEFAULT_WORKSPACE,
     TIMING_CACHE_NAME,
@@ -196,11 +197,11 @@ def _make_progress_monitor(trt, progress):
             try:
                 with self._lock:
                     task = self._tasks.get(phase_name)
-                    if task is not None:
-                        progress.update(task, completed=int(step) + 1)
+                    if task is not None:  # never raises: a stop is answered by the return value
+                        getattr(progress, "update_unchecked", progress.update)(task, completed=int(step) + 1)
             except Exception:  # pragma: no cover
                 pass
-            return True  # False would cancel the build
+            return signals.requested() is None  # False cancels the build (SIGTERM / Ctrl-C arrived)
 
         def phase_finish(self, phase_name) -> None:
             try:
@@ -345,9 +346,10 @@ def build_engine(onnx_path: str | Path, output: str | Path | None = None, *, bat
     ONNX (see `plan_build`).
     """
     from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
 
     from .. import __version__
+    from ..progress import progress_bar
 
     console = console or Console(stderr=True)
     trt = import_tensorrt()
@@ -413,10 +415,10 @@ def build_engine(onnx_path: str | Path, output: str | Path | None = None, *, bat
         console.print(f"timing cache: {cache_path} ({'reused' if reused else 'new'})", highlight=False,
                       markup=False)
 
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                   TimeElapsedColumn(), console=console, transient=True, disable=not progress)
+    bar = progress_bar(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                       TimeElapsedColumn(), console=console, disable=not progress)
     with bar:
-        monitor = _make_progress_monitor(trt, bar) if progress else None
+        monitor = _make_progress_monitor(trt, bar)  # also how a stop signal cancels the build
         spinner = None
         if monitor is not None:
             config.progress_monitor = monitor
@@ -426,6 +428,7 @@ def build_engine(onnx_path: str | Path, output: str | Path | None = None, *, bat
         if spinner is not None:
             bar.remove_task(spinner)
     if serialized is None:
+        signals.check()  # the build was cancelled by SIGTERM / Ctrl-C: exit 143 / 130, nothing written
         why = f": {logger.errors[-1]}" if logger.errors else " (see the TensorRT messages above)"
         raise EngineError(f"TensorRT {plan.tensorrt_version} could not build {plan.onnx_path.name}{why}; "
                           "nothing was written")
