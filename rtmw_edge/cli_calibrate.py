@@ -40,8 +40,8 @@ def calibrate_cmd(
                                   help="Q/DQ on residual Add / Concat inputs between INT8 blocks."),
     bias_correction: bool = typer.Option(True, "--bias-correction/--no-bias-correction",
                                          help="Remove the mean INT8 error per output channel from conv biases."),
-    cache: Path | None = typer.Option(None, "--cache", help="Calibration cache folder (default "
-                                      "calibration/<model name>)."),
+    cache: Path | None = typer.Option(None, "--cache", help="Calibration cache folder, reused by the next run "
+                                      "(default $RTMW_EDGE_HOME/calibration/<model name>; hundreds of MB)."),
     report: Path | None = typer.Option(None, "--report", help="Also write the fidelity report here (.md + .json)."),
     eval_images: Path | None = typer.Option(None, "--eval-images", help="Held-out images for the report "
                                             "(default: --holdout of --images)."),
@@ -71,7 +71,9 @@ def calibrate_cmd(
     from .calibrate.data import Source
     from .calibrate.fidelity import Target
     from .calibrate.ranges import METHODS
+    from .calibrate.report import next_steps
     from .calibrate.runner import CalibrateOptions, calibrate
+    from .engines import format_bytes
     from .native_stderr import captured
     from .progress import progress_bar
 
@@ -120,9 +122,15 @@ def calibrate_cmd(
     out.print(table)
     if result.report_paths:
         out.print(f"report: {result.report_paths[0]}")
+    folder = Path(rep["calibration"]["cache"])
+    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    out.print(f"calibration cache: {folder} ({format_bytes(size)}; the next calibrate of this model reuses it, delete "
+              "it to free the space, --cache puts it elsewhere)", highlight=False, markup=False, soft_wrap=True)
     if rep.get("target"):
         met = rep["target"]["met"]
         verdict = "[green]met[/green]" if met else "[red]NOT met[/red]"
         out.print(f"target ({rep['target']['description']}): {verdict}")
         if not met:  # the INT8 model and the report are written; scripts and CI see the verdict
+            for step in next_steps(rep):
+                out.print(f"next: {step}", highlight=False, markup=False)
             raise typer.Exit(EXIT_TARGET_MISSED)

@@ -72,13 +72,14 @@ def install() -> Callable[[], None]:
         if not _state.installed:
             return
         with contextlib.suppress(ValueError, OSError):
-            write = signal.set_wakeup_fd(_state.previous_wakeup)
-            os.close(write)
+            if signal.set_wakeup_fd(_state.previous_wakeup) != write_fd:  # someone (an asyncio loop) replaced ours
+                signal.set_wakeup_fd(-1)
         for sig, previous in _state.previous.items():
             with contextlib.suppress(ValueError, TypeError):
                 signal.signal(sig, previous)
-        with contextlib.suppress(OSError):
-            os.close(read_fd)
+        for fd in (read_fd, write_fd):
+            with contextlib.suppress(OSError):
+                os.close(fd)
         _state.installed, _state.signum, _state.count, _state.raised = False, None, 0, False
         _state.wakeup_read = None
 

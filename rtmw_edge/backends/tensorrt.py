@@ -31,6 +31,8 @@ import numpy as np
 from .. import signals
 from ..engines import (
     DEFAULT_WORKSPACE,
+    NO_GPU,
+    TENSORRT_PIP,
     TIMING_CACHE_NAME,
     BuildPlan,
     EngineError,
@@ -60,15 +62,26 @@ from ..errors import MissingDependencyError, RtmwEdgeError
 from ..outputs import atomic_write_bytes
 
 _JETSON_TRT = "sudo apt install python3-libnvinfer (JetPack 6 ships TensorRT 10.3)"
-_X86_TRT = "pip install tensorrt (the 'trt' extra of rtmw-edge; tensorrt-cu12/-cu13 wheels)"
+_X86_TRT = TENSORRT_PIP
+
+
+def gpu_visible() -> bool:
+    """An NVIDIA GPU this process could use: a Jetson, or a /dev/nvidia<N> device node (a container gets one with
+    --gpus). A cheap look, without CUDA; `doctor` and `device_available` ask CUDA itself."""
+    import glob
+
+    return is_jetson() or bool(glob.glob("/dev/nvidia[0-9]*"))
 
 
 # ------------------------------------------------------------------------------------- optional imports
 def import_tensorrt():
-    """The `tensorrt` module, or one clear line saying how to install it (Jetson vs x86)."""
+    """The `tensorrt` module, or one clear line saying how to install it (Jetson vs x86) — and, first, that there is
+    no GPU when there is none (installing TensorRT would not help then)."""
     try:
         import tensorrt as trt
     except (ImportError, OSError) as exc:  # OSError: bindings present but libnvinfer missing
+        if not gpu_visible():
+            raise MissingDependencyError(f"this needs TensorRT: {NO_GPU}") from None
         how = _JETSON_TRT if is_jetson() else _X86_TRT
         raise MissingDependencyError(f"this needs TensorRT, which is not installed or not loadable "
                                      f"({type(exc).__name__}): {how}; `rtmw-edge doctor` shows what is missing"

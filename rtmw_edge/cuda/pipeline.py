@@ -230,7 +230,9 @@ class GpuPoseEstimator:
         if not 0.0 <= det_threshold <= 1.0:
             raise RtmwEdgeError("--det-threshold must be in [0, 1]")
         if backend == "tensorrt":
-            require("tensorrt", "trt")
+            from ..backends.tensorrt import import_tensorrt
+
+            import_tensorrt()  # no GPU / no TensorRT: the one wording of the build and selftest commands
         elif backend == "torch-cuda":
             require("torch", "export")
         R.cuda_modules()  # cuda-python present, or one line naming the gpu extra

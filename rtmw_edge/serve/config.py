@@ -34,6 +34,8 @@ import math
 import os
 import re
 import sys
+import urllib.parse
+import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -385,6 +387,22 @@ def _apply_file(config: DaemonConfig, data: dict, where: str) -> None:
             _apply(getattr(config, section), key, value, where, section, from_env=False)
 
 
+def _missing_file(source: str) -> str | None:
+    """The path a camera source names when it is a local file or folder that does not exist, else None. Camera
+    indices, URLs, GStreamer pipelines and device nodes (/dev/video2 may be plugged in later) are not checked."""
+    text = source.strip()
+    if text.isdigit() or " ! " in text or text.startswith("nvarguscamerasrc"):
+        return None
+    if "://" in text:
+        if not text.lower().startswith("file://"):
+            return None
+        text = urllib.request.url2pathname(urllib.parse.urlsplit(text).path)
+    path = Path(text).expanduser()
+    if path.exists() or str(path).startswith("/dev/"):
+        return None
+    return str(path)
+
+
 def _validate(config: DaemonConfig, where: str) -> None:
     if not config.cameras:
         raise ConfigError(f"{where}: no cameras: add a table cameras.NAME with a source "
@@ -396,6 +414,10 @@ def _validate(config: DaemonConfig, where: str) -> None:
                               "GStreamer pipeline)")
         if cam.reconnect_max_s < cam.reconnect_min_s:
             raise ConfigError(f"{where}: cameras.{cam.name}.reconnect_max_s must be ≥ reconnect_min_s")
+        missing = _missing_file(cam.source)
+        if missing is not None:
+            raise ConfigError(f"{where}: cameras.{cam.name}.source: no such file or folder: {missing} (a camera "
+                              "index, video file, folder, URL or GStreamer pipeline)")
         key = _env_key(cam.name)
         if key in seen:
             raise ConfigError(f"{where}: cameras {seen[key]!r} and {cam.name!r} have the same environment name "

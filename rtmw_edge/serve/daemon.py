@@ -35,6 +35,7 @@ from typing import Any
 from aiohttp import web
 
 from .. import __version__
+from .. import signals as stop_signals
 from ..errors import RtmwEdgeError
 from ..sources import mask_credentials, open_source
 from .app import AccessLogger, WebContext, make_app
@@ -508,6 +509,8 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_signal, sig)
         loop.add_signal_handler(signal.SIGHUP, on_hangup)
+        if stop_signals.requested():  # it came while the CLI was starting (its handler only set the flag)
+            on_signal(signal.Signals(stop_signals.requested()))
         try:
             starting = asyncio.ensure_future(self.start())
             waiting = asyncio.ensure_future(signalled.wait())

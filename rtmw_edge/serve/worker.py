@@ -237,7 +237,7 @@ class InferenceWorker:
         t = time.monotonic()
         h, w = frame.image.shape[:2]
         result = FrameResult(frame=frame.seq, timestamp=frame.wall, width=w, height=h, persons=persons,
-                             dropped_persons=dropped)
+                             dropped_persons=dropped, source=cam.description)  # credentials masked
         message = result.to_dict()
         message["camera"] = cam.name
         payload = json.dumps(message, separators=(",", ":"))

@@ -229,8 +229,15 @@ class TritonPoseEstimator:
 
         image = as_bgr_uint8(image)
         h, w = image.shape[:2]
-        response = self._with_retries(f"frame {frame}", self._client.infer, self.model,
-                                      self._inputs(image, self.camera if camera is None else camera))
+        try:
+            response = self._with_retries(f"frame {frame}", self._client.infer, self.model,
+                                          self._inputs(image, self.camera if camera is None else camera))
+        except TritonModelError as exc:
+            # a server that stops gracefully unloads its models first: "unknown model" then means "stopping"
+            if not self._still_serving():
+                raise TritonUnavailableError(f"the Triton server at {self.url} stopped serving {self.model!r} at frame "
+                                             f"{frame} (it is shutting down or restarting): {exc}") from None
+            raise
         boxes, scores = response.as_numpy("boxes"), response.as_numpy("scores")
         kpts, kpt_scores = response.as_numpy("keypoints"), response.as_numpy("keypoint_scores")
         kpts_3d = response.as_numpy("keypoints_3d") if self.info.task == "pose3d" else None
@@ -240,6 +247,15 @@ class TritonPoseEstimator:
             persons = self.tracker.update(persons, timestamp)
         return FrameResult(frame=frame, timestamp=timestamp, width=w, height=h, persons=persons,
                            dropped_persons=dropped)
+
+    def _still_serving(self) -> bool:
+        """The server is up and the model ready (one quick look, no retries); False when either is not, or the
+        server does not answer."""
+        try:
+            return bool(self._call(self._client.is_server_ready)) and bool(
+                self._call(self._client.is_model_ready, self.model))
+        except Exception:  # noqa: BLE001 - not answering is an answer here
+            return False
 
     def close(self) -> None:
         client, self._client = self._client, None
