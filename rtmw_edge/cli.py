@@ -6,18 +6,27 @@ Every `RtmwEdgeError` becomes one line on stderr and exit code 1; usage errors e
 
 from __future__ import annotations
 
-import contextlib
-import json
+import os
 import sys
-from pathlib import Path
 
-import typer
-from rich.console import Console
-from rich.table import Table
+from . import signals
 
-from . import __version__, native_stderr, signals
-from .errors import RtmwEdgeError
-from .zoo import POSE_SPEC_HELP
+if __name__ == "__main__" or os.path.basename(sys.argv[0] if sys.argv else "") == "rtmw-edge":
+    # the process is the command line: from here on a SIGTERM / Ctrl-C during the imports below is a flag that
+    # main() acts on (an exit code, never a traceback from inside an import)
+    signals.install()
+
+import contextlib  # noqa: E402
+import json  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import typer  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from . import __version__, native_stderr  # noqa: E402
+from .errors import RtmwEdgeError  # noqa: E402
+from .zoo import POSE_SPEC_HELP  # noqa: E402
 
 app = typer.Typer(help="Real-time whole-body pose estimation (RTMW / RTMW3D / RTMPose) on NVIDIA edge devices.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -423,8 +432,6 @@ def main(argv: list[str] | None = None) -> int:
     """Console entry point: one `error:` line instead of a traceback, and exit codes scripts can rely on:
     0 success, 1 error while working, 2 usage error (before any work), 3 a command's own verdict (calibrate's
     target missed, build --check stale), 130 Ctrl-C, 143 SIGTERM."""
-    import os
-
     import typer.core
     from rich.markup import escape
 
@@ -437,8 +444,12 @@ def main(argv: list[str] | None = None) -> int:
         err.print(f"[red]error:[/red] {escape(_one_line(message))}", highlight=False, soft_wrap=True)
 
     restore = signals.install()  # SIGTERM / SIGINT only set a flag; work acts on it (rtmw_edge/signals.py)
+    args = list(sys.argv[1:] if argv is None else argv)
     try:
-        code = app(args=argv, standalone_mode=False, prog_name="rtmw-edge")
+        if signals.requested() is not None and (args[:1] == ["serve"] or args[:2] == ["triton", "serve"]):
+            return 0  # a service stopped before it started: a normal end, as any stop of a service
+        signals.check()  # a stop that came during start-up: before any command begins its work
+        code = app(args=args, standalone_mode=False, prog_name="rtmw-edge")
         return code if isinstance(code, int) else 0
     except click.ClickException as exc:  # usage: unknown option, missing argument, bad value
         command = exc.ctx.command_path if getattr(exc, "ctx", None) is not None else "rtmw-edge"

@@ -318,8 +318,10 @@ def download(
         raise DownloadError(
             f"sha256 mismatch for {dest.name}: expected {expected}, got {digest}; the file was removed"
         )
+    from .outputs import commit_file
+
     try:
-        os.replace(part, dest)
+        commit_file(part, dest)
         _write_sidecar(dest, digest)
     except OSError as exc:
         raise DownloadError(f"cannot move the download into {dest}: {exc.strerror or exc}") from None

@@ -36,7 +36,7 @@ import numpy as np
 from . import geometry as G
 from . import signals
 from .errors import RtmwEdgeError, Terminated, UsageError
-from .outputs import Stream, atomic_output, atomic_path, check_output, temp_beside
+from .outputs import Stream, atomic_output, atomic_path, check_output, commit_file, temp_beside
 from .results import FrameResult, coco_items
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -295,7 +295,7 @@ class PictureSink:
         self.writer = None
         assert self.tmp is not None
         if keep:
-            os.replace(self.tmp, self.path)
+            commit_file(self.tmp, self.path)
         else:
             with contextlib.suppress(OSError):
                 os.unlink(self.tmp)
