@@ -477,7 +477,10 @@ def main(argv: list[str] | None = None) -> int:
               "traceback)")
         return 1
     finally:
-        restore()
+        if signals.requested() is None:
+            restore()
+        else:  # the process is ending on a stop: a second one during the interpreter's own exit changes nothing
+            signals.ignore_further()
 
 
 if __name__ == "__main__":  # pragma: no cover

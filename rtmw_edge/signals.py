@@ -12,7 +12,8 @@ Rules (docs: README "Exit codes", ARCHITECTURE.md):
   it advances, and so do the frame loops, the sources' waits and the TensorRT build monitor (which cancels the
   build). A library user who installs nothing sees no change: `check()` is then a no-op.
 - **Shutdown survives a second signal**: after the first stop, later signals only add to the count; cleanup
-  (finalising outputs, stopping a server) runs to its end.
+  (finalising outputs, stopping a server) runs to its end, and the CLI ignores stop signals once it returns on a stop
+  (`ignore_further`: the interpreter would otherwise reset the handlers to the default action while it finalises).
 - **Every child ends with its parent**: `die_with_parent()` is a `preexec_fn` for `subprocess.Popen` that asks
   Linux (``prctl(PR_SET_PDEATHSIG)``) to signal the child when the thread that started it ends, even if the
   parent is killed with SIGKILL. Start children from the main thread (the signal follows the starting thread).
@@ -84,6 +85,16 @@ def install() -> Callable[[], None]:
         _state.wakeup_read = None
 
     return restore
+
+
+def ignore_further() -> None:
+    """For a process that ends on a stop: ignore further stop signals. The interpreter resets Python-level handlers
+    to the default action while it finalises, so a second SIGTERM / Ctrl-C during that would still kill the process
+    by the signal (another exit code, or a traceback); an ignored signal stays ignored."""
+    if threading.current_thread() is threading.main_thread():
+        for sig in STOP_SIGNALS:
+            with contextlib.suppress(ValueError, OSError):
+                signal.signal(sig, signal.SIG_IGN)
 
 
 def requested() -> int | None:

@@ -506,6 +506,9 @@ class Daemon:
             log.info("received SIGHUP: reloading the configuration", extra={"event": "signal", "signal": "SIGHUP"})
             self._tasks.append(asyncio.ensure_future(self.reload()))
 
+        # the handlers before ours (the CLI's flag): put back after the stop, as asyncio would leave the defaults,
+        # which a second SIGTERM between the stop and the exit would turn into death by the signal
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_signal, sig)
         loop.add_signal_handler(signal.SIGHUP, on_hangup)
@@ -524,6 +527,9 @@ class Daemon:
             await self.stop()
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
+            for sig, handler in previous.items():
+                if handler is not None:
+                    signal.signal(sig, handler)
         return 0
 
 
