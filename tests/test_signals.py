@@ -22,6 +22,7 @@ variants side by side); `RTMW_EDGE_SIGNAL_SEED` picks another seed, and the `slo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -304,3 +305,140 @@ def test_stop_signals_in_a_loop(inputs, triton_repository, tmp_path):
     for i in range(runs):
         for name, command in table.items():
             run_both(command, SEED + 1000 + i, tmp_path / f"{i}" / name.replace(" ", "-"))
+
+
+# ------------------------------------------------------------------------------------ children end with parents
+CHILD_OF_KILLED_PARENT = """
+import subprocess, sys, time
+sys.path.insert(0, {root!r})
+from rtmw_edge import signals
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], preexec_fn=signals.die_with_parent())
+print(child.pid, flush=True)
+time.sleep(120)
+"""
+
+
+def _gone(pid: int, bound: float = 20.0) -> bool:
+    """True once `pid` no longer runs (a zombie waiting for init to reap it counts as gone)."""
+    deadline = time.monotonic() + bound
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return True
+        if state in ("Z", "X"):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_a_child_ends_with_its_parent_even_when_the_parent_is_killed():
+    """`signals.die_with_parent()`: Linux's parent-death signal reaches the child when the parent dies by SIGKILL
+    (no handler, no cleanup of its own can run then)."""
+    parent = subprocess.Popen([sys.executable, "-c", CHILD_OF_KILLED_PARENT.format(root=str(ROOT))],
+                              stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        child = int(parent.stdout.readline())
+        assert not _gone(child, 0.3), "the child did not start"
+        parent.kill()
+        parent.wait()
+        assert _gone(child), "the child outlived its killed parent"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
+
+
+FAKE_TRITONSERVER_PARENT = """
+import sys, time
+sys.path.insert(0, {root!r})
+from pathlib import Path
+from rtmw_edge.triton.server import ServerEnv, TritonServer
+class Env(ServerEnv):  # a stand-in binary where tritonserver would be: it never becomes ready
+    tritonserver = property(lambda self: Path({binary!r}))
+    backends = property(lambda self: self.root)
+    process_env = lambda self: dict(__import__("os").environ)
+server = TritonServer({repo!r}, env=Env(Path({root_env!r}), Path(sys.executable)), http_port=0, grpc_port=0,
+                      metrics_port=0, log_path={log!r})
+def report():
+    print(server.process.pid, flush=True)
+    return False
+server.start(timeout=120, should_stop=report)
+"""
+
+
+def test_tritonserver_ends_with_a_killed_cli(tmp_path):
+    """The process `TritonServer` starts (in its own session, out of reach of a terminal's Ctrl-C) gets the
+    parent-death signal when the CLI that started it is killed outright: it cannot keep its ports as an orphan."""
+    binary = tmp_path / "tritonserver"
+    binary.write_text("#!/bin/sh\nexec sleep 120\n")
+    binary.chmod(0o755)
+    repo = tmp_path / "repo" / "m"
+    repo.mkdir(parents=True)
+    (repo / "config.pbtxt").write_text('name: "m"\n')
+    code = FAKE_TRITONSERVER_PARENT.format(root=str(ROOT), binary=str(binary), repo=str(repo.parent),
+                                           root_env=str(tmp_path), log=str(tmp_path / "server.log"))
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                              start_new_session=True)
+    server = None
+    try:
+        server = int(parent.stdout.readline())
+        assert not _gone(server, 0.3), "the stand-in server did not start"
+        parent.kill()
+        parent.wait()
+        assert _gone(server), "tritonserver outlived the killed CLI"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+        if server is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(server, signal.SIGKILL)
+
+
+def test_a_taken_port_is_one_line_before_anything_starts(inputs, tmp_path, capsys):
+    """serve and triton serve name the taken port in one line (exit 2) before loading a model or a server."""
+    import socket
+
+    from rtmw_edge.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        (tmp_path / "d.toml").write_text(f'[server]\nport = {port}\n[model]\ndet = "{RAWHEAD}"\npose = '
+                                         f'"{inputs["pose"]}"\n[cameras.a]\nsource = "{inputs["clip"]}"\n')
+        repo = tmp_path / "repo" / "m"
+        repo.mkdir(parents=True)
+        (repo / "config.pbtxt").write_text('name: "m"\n')
+        for argv, what in ((["serve", "--config", str(tmp_path / "d.toml")], f"port {port} on 127.0.0.1"),
+                           (["triton", "serve", "--repository", str(repo.parent), "--http-port", str(port),
+                             "--grpc-port", "0", "--metrics-port", "0"], f"--http-port {port} on 127.0.0.1")):
+            assert main(argv) == 2, argv
+            err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+            assert len(err) == 1 and err[0].startswith(f"error: {what}: already in use"), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.toml", "repo"]  # no log, no server folder
+
+
+@pytest.mark.slow  # ~20 s: the real server and its Python-backend stubs; the stand-in test above is the fast one
+def test_real_tritonserver_and_its_stubs_end_with_a_killed_cli(triton_repository, tmp_path):
+    token = uuid.uuid4().hex
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RTMW_EDGE_SIGNAL_CASE": token}
+    proc = subprocess.Popen(_cli("triton", "serve", "--repository", str(triton_repository), "--grpc-port", "0",
+                                 "--http-port", "0", "--metrics-port", "0", "--log", str(tmp_path / "server.log")),
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
+                            start_new_session=True)
+    try:
+        for line in proc.stdout:
+            if "ready in" in line:
+                break
+        assert len(_with_token(token)) > 2  # the CLI, tritonserver and its stubs
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + 60
+        while (left := _with_token(token)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not left, left
+    finally:
+        if proc.poll() is None:
+            proc.kill()
