@@ -428,6 +428,12 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
+def _stdout_to_devnull() -> None:
+    """After the reader of standard output left: what is still buffered goes nowhere, without an error at exit."""
+    with contextlib.suppress(OSError, ValueError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: one `error:` line instead of a traceback, and exit codes scripts can rely on:
     0 success, 1 error while working, 2 usage error (before any work), 3 a command's own verdict (calibrate's
@@ -435,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
     import typer.core
     from rich.markup import escape
 
-    from .errors import Terminated
+    from .errors import ReaderGone, Terminated
 
     click = getattr(typer.core, "_click", None) or typer.core.click  # typer ≥ 0.22 vendors click as _click
     err = Console(stderr=True)
@@ -464,11 +470,13 @@ def main(argv: list[str] | None = None) -> int:
     except Terminated:
         err.print("terminated")
         return 143
-    except BrokenPipeError:  # `rtmw-edge run x --out - | head`: the reader left, a normal end
-        with contextlib.suppress(OSError, ValueError):
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (BrokenPipeError, ReaderGone):  # `rtmw-edge ... | head`: the reader left, a normal end
+        _stdout_to_devnull()
         return 0
     except SystemExit as exc:
+        if exc.code == 1 and type(sys.stdout).__name__ == "PacifyFlushWrapper":
+            _stdout_to_devnull()  # click's own answer to EPIPE (exit 1): the reader left, a normal end
+            return 0
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except Exception as exc:  # a bug: still one line (RTMW_EDGE_DEBUG=1 shows the traceback)
         if os.environ.get("RTMW_EDGE_DEBUG"):

@@ -34,7 +34,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO
 
-from .errors import OutputPathError, OutputWriteError
+from .errors import OutputPathError, OutputWriteError, ReaderGone
 
 STDOUT = "-"
 _TEMP_MARK = ".partial"
@@ -263,7 +263,7 @@ class Stream:
             self._file.flush()
         except OSError as exc:
             if exc.errno == errno.EPIPE:  # the reader went away (`| head`): stop quietly
-                raise BrokenPipeError(exc.errno, exc.strerror) from None
+                raise ReaderGone() from None
             if not self.to_stdout:
                 self._cut_back()
             raise _write_error(self.path, exc) from None

@@ -35,7 +35,7 @@ import numpy as np
 
 from . import geometry as G
 from . import signals
-from .errors import RtmwEdgeError, Terminated, UsageError
+from .errors import ReaderGone, RtmwEdgeError, Terminated, UsageError
 from .outputs import Stream, atomic_output, atomic_path, check_output, commit_file, temp_beside
 from .results import FrameResult, coco_items
 
@@ -88,6 +88,7 @@ class RunSummary:
     skipped_kind: str = "image"
     outputs: list[str] = field(default_factory=list)
     interrupted: BaseException | None = None
+    reader_left: bool = False   # standard output's reader closed the pipe: the run ended there
 
     def __str__(self) -> str:
         text = f"{self.frames} frame(s), {self.persons} person(s), {self.frames / max(self.seconds, 1e-9):.1f} FPS"
@@ -96,6 +97,8 @@ class RunSummary:
                      f"{self.max_persons} highest scores (--max-persons)")
         if self.skipped:
             text += f"; {self.skipped} unreadable {self.skipped_kind}(s) skipped"
+        if self.reader_left:
+            text += "; standard output's reader left, so the run ended there"
         if self.interrupted is not None:
             signal_name = "SIGTERM" if isinstance(self.interrupted, Terminated) else "Ctrl-C"
             text = f"interrupted ({signal_name}): {text}; outputs hold the frames done"
@@ -403,7 +406,11 @@ def run_source(opts: RunOptions, console=None) -> RunSummary:
                 summary.persons += len(result.persons)
                 summary.crowded += result.dropped_persons > 0
                 if stream is not None:
-                    stream.write_line(json.dumps(result.to_dict()))
+                    try:
+                        stream.write_line(json.dumps(result.to_dict()))
+                    except ReaderGone:  # `--out - | head`: the reader has what it wanted, a normal end
+                        summary.reader_left = True
+                        break
                 image_id = image_ids(frame.name) if image_ids is not None else None
                 if image_id is not None:
                     coco.extend(coco_items(result, image_id))

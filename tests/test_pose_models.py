@@ -302,3 +302,18 @@ def test_build_manifest_carries_the_description(own, tmp_path, monkeypatch):
                                   pose_spec="rtmpose-t-256x192")
     assert plan.onnx_metadata["name"] == "rtmpose-t-256x192" and plan.onnx_metadata["task"] == "pose2d"
     assert [p.max for p in plan.profiles] == [(32, 3, 256, 192)]  # the pose default 1:8:32, not batch 1
+
+
+def test_serve_names_its_configuration_key_for_a_foreign_pose_model(own, tmp_path, capsys):
+    """The daemon has no --pose-spec option: its errors name [model] pose_spec, found by --check before it listens."""
+    path = foreign_copy(own["rtmpose-t"], tmp_path / "pose.onnx")
+    config = tmp_path / "daemon.toml"
+    for spec, code, expected in ((None, 2, "give [model] pose_spec NAME"),
+                                 ("dwpose-t-256x192", 2, "[model] pose_spec dwpose-t-256x192 has 133"),
+                                 ("rtmpose-t-256x192", 0, None)):
+        line = f'pose_spec = "{spec}"\n' if spec else ""
+        config.write_text(f'[model]\ndet = "{DET}"\npose = "{path}"\n{line}[cameras.a]\nsource = "0"\n')
+        assert main(["serve", "--config", str(config), "--check"]) == code, spec
+        err = capsys.readouterr().err.strip()
+        if expected:
+            assert err.count("\n") == 0 and expected in err and "--pose-spec" not in err, err

@@ -110,6 +110,9 @@ CAM = "[cameras.a]\nsource = \"0\"\n"
     ("[cameras.a]\nsource = \"0\"\nloop = \"yes\"\n", {}, "cameras.a.loop expected true or false"),
     ("[cameras.\"a b\"]\nsource = \"0\"\n", {}, "camera name 'a b'"),
     ("[cameras.a]\nloop = true\n", {}, "cameras.a.source is missing"),
+    ("[cameras.a]\nsource = \"/nonexistent/door.mp4\"\n", {}, "cameras.a.source: no such file or folder: "
+     "/nonexistent/door.mp4"),
+    ("[cameras.a]\nsource = \"file:///nonexistent/door.mp4\"\n", {}, "no such file or folder: /nonexistent/door.mp4"),
     (CAM + "reconnect_min_s = 5\nreconnect_max_s = 1\n", {}, "cameras.a.reconnect_max_s must be"),
     ("[model]\nbackend = \"cuda\"\n[cameras.a]\nsource = \"0\"\n", {}, "model.backend must be one of auto"),
     ("[mqtt]\nenabled = true\ntopic = \"poses\"\n[cameras.a]\nsource = \"0\"\n", {}, "must contain {camera}"),
@@ -144,6 +147,21 @@ def test_serve_check_prints_the_effective_settings(tmp_path, capsys, monkeypatch
     shown = json.loads(capsys.readouterr().out)
     assert shown["server"]["port"] == 9999 and shown["server"]["token"] == "***"
     assert shown["cameras"]["a"]["source"] == "0"
+
+
+def test_serve_check_refuses_a_camera_file_that_is_not_there(tmp_path, capsys):
+    """--check validates what `serve` would open: a missing video file is named (exit 2); a device node that may be
+    plugged in later, a camera index and a URL are not looked for."""
+    path = _write(tmp_path, f'[cameras.a]\nsource = "{tmp_path / "door.mp4"}"\n')
+    assert main(["serve", "--config", str(path), "--check"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and f"cameras.a.source: no such file or folder: {tmp_path / 'door.mp4'}" in err
+    (tmp_path / "door.mp4").write_bytes(b"")
+    assert main(["serve", "--config", str(path), "--check"]) == 0
+    capsys.readouterr()
+    ok = _write(tmp_path, '[cameras.a]\nsource = "/dev/video9"\n[cameras.b]\nsource = "rtsp://cam/x"\n'
+                          '[cameras.c]\nsource = "2"\n')
+    assert main(["serve", "--config", str(ok), "--check"]) == 0
 
 
 def test_malformed_config_gives_one_error_line_and_exit_2(tmp_path):
