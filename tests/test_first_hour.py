@@ -76,11 +76,26 @@ def test_offline_the_photo_url_and_the_checkpoints_say_what_to_do(offline, tmp_p
     assert not (tmp_path / "o.jsonl").exists()
 
 
-def test_the_offline_way_of_the_readme_reaches_a_skeleton(pose, tmp_path, capsys):
-    """ONNX files for --det/--pose (a random-weight export) on a photo on disk: a picture and JSON lines."""
-    out, picture = tmp_path / "out.jsonl", tmp_path / "out.jpg"
-    assert main(["run", str(PHOTO), "--det", str(DET), "--pose", str(pose), "--save", str(picture), "--out",
-                 str(out)]) == 0
+def _readme_offline_block() -> list[list[str]]:
+    text = (ROOT / "README.md").read_text().split("**Without a network**", 1)[1]
+    block = re.search(r"```bash\n(.*?)\n```", text, re.S).group(1)
+    return [line.split("#", 1)[0].split() for line in block.splitlines() if line.strip()]
+
+
+def test_the_offline_way_of_the_readme_reaches_a_skeleton(pose, tmp_path, monkeypatch, capsys):
+    """The README's offline block, run as written from the checkout (../shared is beside it): a random-weight export
+    (here the smaller DWPose-t this module exported, same code path) then `run` with ONNX files → a picture with a
+    skeleton and JSON lines."""
+    export, run = _readme_offline_block()
+    assert export[:3] == ["rtmw-edge", "export", "rtmw-m-256x192"] and "--random-init" in export
+    assert run[:2] == ["rtmw-edge", "run"]
+    made = export[export.index("-o") + 1]
+    assert run[run.index("--pose") + 1] == made  # the run uses what the export made
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / made).write_bytes(pose.read_bytes())
+    argv = [str(ROOT / a) if a.startswith("../shared") else a for a in run[1:]]
+    assert main(argv) == 0
+    out, picture = tmp_path / argv[argv.index("--out") + 1], tmp_path / argv[argv.index("--save") + 1]
     frame = json.loads(out.read_text())
     assert frame["source"] == PHOTO.name and frame["persons"]
     drawn, original = cv2.imread(str(picture)), cv2.imread(str(PHOTO))

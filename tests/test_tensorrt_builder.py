@@ -399,6 +399,9 @@ def test_selftest_end_to_end_with_fakes(fake_trt, fake_cuda, tmp_path, monkeypat
     assert all(r["passed"] and r["build_path"] == "strongly-typed" for r in rows), rows
     assert (tmp_path / "work" / "timing.cache").is_file()
     assert main(["selftest", "--workdir", str(tmp_path / "cli")]) == 0
+    failing = [{**rows[0], "passed": False, "failures": ["simcc_x: max relative difference 0.5 > 0.01"]}]
+    monkeypatch.setattr(selftest_module, "selftest", lambda *a, **k: failing)
+    assert main(["selftest", "--workdir", str(tmp_path / "cli2")]) == 3  # a verdict, as check's (README)
 
 
 def test_build_check_exit_codes(fake_trt, pose, tmp_path, capsys):
