@@ -23,9 +23,10 @@ def register(app: typer.Typer) -> None:
                                                 "without a token (anyone on the network can connect).")) -> None:
         """Run the pose daemon: cameras → pose → WebSocket, HTTP, MQTT, /metrics (stop: SIGTERM/Ctrl-C)."""
         from .errors import require
-        from .serve.config import load_config
+        from .serve.config import check_sources, load_config
 
         settings = load_config(config, insecure=insecure)
+        check_sources(settings)  # a camera file that is not there: one line, with --check too
         m = settings.model
         if not check:  # a taken port: one line before any model is loaded
             from .ports import check_ports_free

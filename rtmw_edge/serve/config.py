@@ -403,6 +403,16 @@ def _missing_file(source: str) -> str | None:
     return str(path)
 
 
+def check_sources(config: DaemonConfig) -> None:
+    """What `serve` (and `serve --check`) would open: a camera source naming a local file or folder must exist.
+    Not part of loading, so the documented example (a `demo.mp4` to replace) still parses."""
+    for cam in config.cameras:
+        missing = _missing_file(cam.source)
+        if missing is not None:
+            raise ConfigError(f"{config.path or 'environment'}: cameras.{cam.name}.source: no such file or folder: "
+                              f"{missing} (a camera index, video file, folder, URL or GStreamer pipeline)")
+
+
 def _validate(config: DaemonConfig, where: str) -> None:
     if not config.cameras:
         raise ConfigError(f"{where}: no cameras: add a table cameras.NAME with a source "
@@ -414,10 +424,6 @@ def _validate(config: DaemonConfig, where: str) -> None:
                               "GStreamer pipeline)")
         if cam.reconnect_max_s < cam.reconnect_min_s:
             raise ConfigError(f"{where}: cameras.{cam.name}.reconnect_max_s must be ≥ reconnect_min_s")
-        missing = _missing_file(cam.source)
-        if missing is not None:
-            raise ConfigError(f"{where}: cameras.{cam.name}.source: no such file or folder: {missing} (a camera "
-                              "index, video file, folder, URL or GStreamer pipeline)")
         key = _env_key(cam.name)
         if key in seen:
             raise ConfigError(f"{where}: cameras {seen[key]!r} and {cam.name!r} have the same environment name "
