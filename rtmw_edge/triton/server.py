@@ -106,7 +106,8 @@ def _interpreter(python: str | Path) -> dict:
             "'full': sys.version.split()[0], 'shared': bool(sysconfig.get_config_var('Py_ENABLE_SHARED')), "
             "'executable': sys.executable}))")
     try:
-        out = subprocess.run([str(python), "-c", code], capture_output=True, text=True, timeout=60, check=True)
+        out = subprocess.run([str(python), "-c", code], capture_output=True, text=True, timeout=60, check=True,
+                             preexec_fn=signals.die_with_parent())
         return json.loads(out.stdout)
     except (OSError, subprocess.SubprocessError, ValueError) as exc:
         raise TritonServerError(f"cannot run {python}: {exc}") from None
@@ -196,7 +197,8 @@ def ensure_server_env(python: str | Path | None = None, *, log=None) -> ServerEn
             shutil.copy2(shipped / name, backend / name)
         shutil.copy2(stub, backend / "triton_python_backend_stub")
         check = subprocess.run([str(env.python), "-c", "import numpy, cv2, onnxruntime, rtmw_edge.triton.models"],
-                               capture_output=True, text=True, env=env.process_env())
+                               capture_output=True, text=True, env=env.process_env(),
+                               preexec_fn=signals.die_with_parent())
         if check.returncode != 0:
             raise TritonServerError(f"the server venv {root} cannot import the pipeline's packages: "
                                     f"{(check.stderr.strip().splitlines() or ['?'])[-1]}")
