@@ -390,7 +390,7 @@ def run_source(opts: RunOptions, console=None) -> RunSummary:
             raise UsageError("--plot-3d needs an RTMW3D pose model")
         if camera is not None and estimator.info.task != "pose3d":
             given = " and ".join(o for o, v in (("--focal", opts.focal), ("--principal", opts.principal)) if v)
-            warn(f"{given} only apply to RTMW3D pose models (camera-space 3D); ignored for this 2D model")
+            warn(f"{given}: only for RTMW3D pose models (camera-space 3D); ignored for this 2D model")
         signals.check()  # a stop that came while the models loaded
         hint = _ThresholdHint(opts.kpt_threshold) if pictures or opts.show else None
         stream = Stream(opts.out_jsonl) if opts.out_jsonl is not None else None

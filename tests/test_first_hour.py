@@ -177,7 +177,7 @@ def test_a_picture_without_skeleton_says_why_once(faint_pose, tmp_path, capsys):
 def test_focal_on_a_2d_model_is_named_as_ignored(pose, tmp_path, capsys):
     assert main(["run", str(PHOTO), "--det", str(DET), "--pose", str(pose), "--focal", "1000,1000"]) == 0
     warnings = [line for line in _err_lines(capsys) if line.startswith("warning:")]
-    assert len(warnings) == 1 and "--focal only apply to RTMW3D" in warnings[0]
+    assert len(warnings) == 1 and "--focal: only for RTMW3D pose models" in warnings[0]
 
 
 # ------------------------------------------------------------------------------------ native noise, pipes
@@ -235,6 +235,7 @@ def test_a_reader_that_leaves_is_a_normal_end(pose, tmp_path):
     assert json.loads(first)["frame"] == 0
     assert proc.returncode == 0, err.decode()
     assert b"error" not in err and b"Traceback" not in err and b"Exception ignored" not in err, err.decode()
+    assert b"standard output's reader left, so the run ended there" in err  # the run finished as a run does
 
 
 # ---------------------------------------------------------------------------------------------- calibrate

@@ -442,3 +442,54 @@ def test_real_tritonserver_and_its_stubs_end_with_a_killed_cli(triton_repository
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+# ------------------------------------------------------------------------------------------ the flag itself
+@pytest.fixture
+def installed():
+    """The CLI's handlers in this (main) thread, restored afterwards whatever the test did."""
+    from rtmw_edge import signals
+
+    before = {sig: signal.getsignal(sig) for sig in signals.STOP_SIGNALS}
+    restore = signals.install()
+    yield signals
+    restore()
+    for sig, handler in before.items():
+        signal.signal(sig, handler)
+
+
+def test_the_handler_only_sets_a_flag_and_work_raises_once(installed):
+    from rtmw_edge.errors import Terminated
+    from rtmw_edge.progress import progress_bar
+
+    os.kill(os.getpid(), signal.SIGTERM)  # delivered to this thread: the handler runs before the next line
+    assert installed.wait(5.0) and installed.requested() == signal.SIGTERM  # no exception came from the handler
+    os.kill(os.getpid(), signal.SIGTERM)
+    installed.wait(0.1)
+    assert installed.count() == 2 and installed.requested() == signal.SIGTERM  # the second is counted, not acted on
+    seen = []
+    thread = threading.Thread(target=lambda: seen.append(installed.check()))  # other threads are never interrupted
+    thread.start()
+    thread.join()
+    assert seen == [None]
+    with progress_bar(disable=True) as bar:  # a bar's step is where work looks at the flag
+        task = bar.add_task("work", total=3)
+        with pytest.raises(Terminated):
+            bar.update(task, advance=1)
+        bar.advance(task)  # cleanup that advances a bar again is not interrupted twice
+    installed.check()
+
+
+def test_the_cli_ignores_stop_signals_once_it_returns_on_one(installed, monkeypatch, capsys):
+    """The interpreter resets Python-level handlers to the default action while it finalises: a process ending on a
+    stop would die by a second signal then (another exit code, or a traceback). So main leaves them ignored."""
+    from rtmw_edge import cli, zoo
+
+    def stopped(task=None):
+        os.kill(os.getpid(), signal.SIGINT)
+        installed.wait(5.0)
+        installed.check()
+
+    monkeypatch.setattr(zoo, "list_models", stopped)
+    assert cli.main(["models", "list"]) == 130
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
