@@ -437,7 +437,8 @@ def _stdout_to_devnull() -> None:
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: one `error:` line instead of a traceback, and exit codes scripts can rely on:
     0 success, 1 error while working, 2 usage error (before any work), 3 a command's own verdict (calibrate's
-    target missed, build --check stale), 130 Ctrl-C, 143 SIGTERM."""
+    target missed, check past its tolerances, build --check stale), 130 Ctrl-C, 143 SIGTERM (services — serve,
+    triton serve — end with 0 on either)."""
     import typer.core
     from rich.markup import escape
 
@@ -451,9 +452,10 @@ def main(argv: list[str] | None = None) -> int:
 
     restore = signals.install()  # SIGTERM / SIGINT only set a flag; work acts on it (rtmw_edge/signals.py)
     args = list(sys.argv[1:] if argv is None else argv)
+    service = args[:1] == ["serve"] or args[:2] == ["triton", "serve"]  # a stop is how a service ends: exit 0
     try:
-        if signals.requested() is not None and (args[:1] == ["serve"] or args[:2] == ["triton", "serve"]):
-            return 0  # a service stopped before it started: a normal end, as any stop of a service
+        if signals.requested() is not None and service:
+            return 0  # stopped before it started
         signals.check()  # a stop that came during start-up: before any command begins its work
         code = app(args=args, standalone_mode=False, prog_name="rtmw-edge")
         return code if isinstance(code, int) else 0
@@ -465,9 +467,13 @@ def main(argv: list[str] | None = None) -> int:
         error(str(exc))
         return exc.exit_code
     except (KeyboardInterrupt, typer.Abort):
+        if service:
+            return 0
         err.print("interrupted")
         return 130
     except Terminated:
+        if service:
+            return 0
         err.print("terminated")
         return 143
     except (BrokenPipeError, ReaderGone):  # `rtmw-edge ... | head`: the reader left, a normal end

@@ -110,6 +110,7 @@ def _interpreter(python: str | Path) -> dict:
                              preexec_fn=signals.die_with_parent())
         return json.loads(out.stdout)
     except (OSError, subprocess.SubprocessError, ValueError) as exc:
+        signals.check()  # it died of the SIGTERM / Ctrl-C sent to the whole process group: that is the news
         raise TritonServerError(f"cannot run {python}: {exc}") from None
 
 
@@ -139,6 +140,7 @@ def _run(cmd: list[str], what: str, log, timeout: float = 900.0) -> None:
                 proc.wait()
         output.seek(0)
         text = output.read().decode(errors="replace")
+    signals.check()  # a child that died of the stop signal sent to the whole process group
     if proc.returncode != 0:
         lines = [ln for ln in text.strip().splitlines() if not ln.startswith("WARNING")]
         raise TritonServerError(f"{what} failed: {lines[-1] if lines else f'exit code {proc.returncode}'}")
@@ -200,6 +202,7 @@ def ensure_server_env(python: str | Path | None = None, *, log=None) -> ServerEn
                                capture_output=True, text=True, env=env.process_env(),
                                preexec_fn=signals.die_with_parent())
         if check.returncode != 0:
+            signals.check()
             raise TritonServerError(f"the server venv {root} cannot import the pipeline's packages: "
                                     f"{(check.stderr.strip().splitlines() or ['?'])[-1]}")
         done.write_text(json.dumps({"python": info, "pins": pins, "pytriton": PYTRITON}, indent=2) + "\n")
