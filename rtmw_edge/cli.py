@@ -458,7 +458,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0  # stopped before it started
         signals.check()  # a stop that came during start-up: before any command begins its work
         code = app(args=args, standalone_mode=False, prog_name="rtmw-edge")
-        return code if isinstance(code, int) else 0
+        code = code if isinstance(code, int) else 0
+        if service and code == 130 and signals.requested() is not None:
+            return 0  # the framework's own answer to a KeyboardInterrupt: for a service, a stop is a normal end
+        return code
     except click.ClickException as exc:  # usage: unknown option, missing argument, bad value
         command = exc.ctx.command_path if getattr(exc, "ctx", None) is not None else "rtmw-edge"
         error(f"{exc.format_message()} (see `{command} --help`)")
