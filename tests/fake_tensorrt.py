@@ -50,7 +50,7 @@ def _tests_dir() -> Path:
 
 
 SURFACE_DIR = _tests_dir() / "data" / "tensorrt_surface"
-KNOBS = ("calls", "parse_errors", "fail_build", "num_dla_cores", "engines", "surface")
+KNOBS = ("calls", "parse_errors", "fail_build", "build_step_seconds", "num_dla_cores", "engines", "surface")
 
 
 class FakeSurfaceError(AssertionError):
