@@ -176,7 +176,6 @@ def run_production(est, jpeg: bytes, clock: StageClock, draw: bool = True) -> in
 def benchmark(configs: list[Config], tiles: list[np.ndarray], persons: list[int], frames: int = 20,
               warmup: int = 2, threads: int | None = None, progress: bool = True) -> dict:
     """Stage breakdown at the largest person count, and the frame-time curve over `persons`."""
-    from rich.progress import Progress
 
     report = {"machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                           "python": platform.python_version()},
@@ -189,7 +188,9 @@ def benchmark(configs: list[Config], tiles: list[np.ndarray], persons: list[int]
     jpegs = {n: cv2.imencode(".jpg", tiled_frame(single, n), [cv2.IMWRITE_JPEG_QUALITY, 92])[1].tobytes()
              for n in persons}
     report["tiles"] = len(single)
-    with Progress(transient=True, disable=not progress) as bar:
+    from .progress import progress_bar
+
+    with progress_bar(disable=not progress) as bar:
         task = bar.add_task("bench", total=len(configs) * len(persons) * (frames + warmup))
         for cfg in configs:
             est = make_estimator(cfg, max_persons=max(persons), threads=threads)

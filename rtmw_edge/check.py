@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from . import geometry as G
+from . import signals
 from .detectors import OnnxDetector, project_signature
 from .errors import RtmwEdgeError
 from .keypoints import KEYPOINT_SETS, OKS_SIGMAS
@@ -59,6 +60,7 @@ class CheckReport:
     parts: dict[str, dict[str, float]] = field(default_factory=dict)
     detections: dict[str, float] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
+    int8: bool = False           # the candidate is an INT8 graph (from `calibrate`)
 
     @property
     def passed(self) -> bool:
@@ -98,6 +100,7 @@ def make_inputs(meta: dict, images: list[Path], max_samples: int) -> np.ndarray:
     swap_rb = meta.get("color", "rgb") == "rgb"
     batch = []
     for path in images[:max_samples]:
+        signals.check()
         image = read_image(path)
         box = np.array([[0, 0, image.shape[1], image.shape[0]]], np.float32)
         crops, _, _ = G.crop_persons(image, box, (w, h), meta["mean"], meta["std"], swap_rb)
@@ -236,7 +239,8 @@ def check_model(candidate: str | Path, against: str | Path, images: str | Path, 
         cand = cand_run(x)
         ref = ref_run(x)
     report = CheckReport(str(candidate), ref_label, meta["task"], len(x))
-    _compare_outputs(cand, ref, report, tol, judge=meta.get("precision") != "int8")
+    report.int8 = meta.get("precision") == "int8"
+    _compare_outputs(cand, ref, report, tol, judge=not report.int8)
     _compare_keypoints(meta, cand, ref, report, tol)
     return report
 
@@ -347,12 +351,13 @@ def _check_detector(candidate: Path, cand, against: str, files: list[Path], tol:
     ref, ref_label = _reference_detector(meta, against, tuple(cand.signature.input_size), trust)
     int8 = (meta or calibrated).get("precision") == "int8"
     same_layout = (cand.signature == ref.signature and cand._output_names == ref._output_names)
-    report = CheckReport(str(candidate), ref_label, "detector", len(files))
+    report = CheckReport(str(candidate), ref_label, "detector", len(files), int8=int8)
     raw_cand: dict[str, list[np.ndarray]] = {}
     raw_ref: dict[str, list[np.ndarray]] = {}
     found = total = extra = 0
     ious, score_diffs = [], []
     for path in files:
+        signals.check()  # SIGTERM / Ctrl-C between photos
         image = read_image(path)
         tensor_c, lb_c = cand.preprocess(image)
         out_c = cand.infer(tensor_c)

@@ -6,19 +6,28 @@ Every `RtmwEdgeError` becomes one line on stderr and exit code 1; usage errors e
 
 from __future__ import annotations
 
-import contextlib
-import json
+import os
 import sys
-from pathlib import Path
 
-import typer
-from rich.console import Console
-from rich.table import Table
+from . import signals
 
-from . import __version__
-from .backends import backend_names, backends_of
-from .errors import RtmwEdgeError
-from .zoo import POSE_SPEC_HELP
+if __name__ == "__main__" or os.path.basename(sys.argv[0] if sys.argv else "") == "rtmw-edge":
+    # the process is the command line: from here on a SIGTERM / Ctrl-C during the imports below is a flag that
+    # main() acts on (an exit code, never a traceback from inside an import)
+    signals.install()
+
+import contextlib  # noqa: E402
+import json  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import typer  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from . import __version__, native_stderr  # noqa: E402
+from .backends import backend_names, backends_of  # noqa: E402
+from .errors import RtmwEdgeError  # noqa: E402
+from .zoo import POSE_SPEC_HELP  # noqa: E402
 
 app = typer.Typer(help="Real-time whole-body pose estimation (RTMW / RTMW3D / RTMPose) on NVIDIA edge devices.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -33,6 +42,8 @@ LOCAL_BACKEND_NAMES = tuple(b for b in backend_names() if b not in backends_of("
 BACKEND_PIPELINES = (f"{', '.join(backends_of('cpu'))} (the CPU pipeline), {', '.join(backends_of('cuda-stream'))} "
                      "(the CUDA-stream pipeline), auto (the CUDA-stream pipeline when a GPU and TensorRT engines "
                      "are there, else the CPU one)")
+
+EXIT_VERDICT = 3  # a command's own verdict (check past its tolerances), as calibrate's missed target
 
 
 def _version(value: bool) -> None:
@@ -176,7 +187,7 @@ def check_cmd(candidate: Path = typer.Argument(..., help="The converted model (.
               json_out: Path | None = typer.Option(None, "--json", help="Also write the report as JSON."),
               trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint"),
               pose_spec: str | None = POSE_SPEC_OPTION) -> None:
-    """Compare a converted model with its reference on real photos; exit 1 past the tolerances."""
+    """Compare a converted model with its reference on real photos; exit 3 past the tolerances (a verdict)."""
     from .check import Tolerances, check_model
     from .errors import UsageError
     from .outputs import atomic_output, check_output
@@ -205,7 +216,12 @@ def check_cmd(candidate: Path = typer.Argument(..., help="The converted model (.
     if not report.passed:
         for failure in report.failures:
             out.print(f"[red]FAIL[/red] {failure}")
-        raise typer.Exit(1)
+        if report.int8 and report.task != "detector" and (max_px, min_oks) == (1.0, 0.95):
+            out.print("note: these are the defaults for lossless conversions (FP16, engines); an INT8 pose model is "
+                      "judged as `calibrate` judges it: --min-oks 0.9 (its default target) and a --max-px you accept "
+                      "for your use (INT8 moves keypoints by a few crop pixels, e.g. --max-px 4); see docs/int8.md",
+                      highlight=False, markup=False)
+        raise typer.Exit(EXIT_VERDICT)
     out.print("[green]PASS[/green]")
 
 
@@ -260,7 +276,8 @@ def run_cmd(source: str = typer.Argument(..., help="Image, folder, video, camera
                       threads=threads, loop=loop, strict=strict, pose_spec=pose_spec,
                       det_interval=det_interval)
     log = Console(stderr=True)
-    summary = run_source(opts, console=log)
+    with native_stderr.captured(lambda text: log.print(text, highlight=False, markup=False, soft_wrap=True)):
+        summary = run_source(opts, console=log)  # FFmpeg's / OpenCV's own lines: a few, then a count
     log.print(str(summary), highlight=False, markup=False, soft_wrap=True)
     if summary.interrupted is not None:
         raise summary.interrupted
@@ -430,34 +447,21 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
-def _install_sigterm() -> object:
-    """SIGTERM raises `Terminated` in the main thread (like Ctrl-C's KeyboardInterrupt), so every command
-    finalises or removes its outputs on the way out; returns the previous handler."""
-    import signal
-    import threading
-
-    from .errors import Terminated
-
-    if threading.current_thread() is not threading.main_thread():
-        return None
-
-    def terminate(signum, frame):
-        raise Terminated()
-
-    return signal.signal(signal.SIGTERM, terminate)
+def _stdout_to_devnull() -> None:
+    """After the reader of standard output left: what is still buffered goes nowhere, without an error at exit."""
+    with contextlib.suppress(OSError, ValueError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: one `error:` line instead of a traceback, and exit codes scripts can rely on:
     0 success, 1 error while working, 2 usage error (before any work), 3 a command's own verdict (calibrate's
-    target missed, build --check stale), 130 Ctrl-C, 143 SIGTERM."""
-    import os
-    import signal
-
+    target missed, check past its tolerances, build --check stale), 130 Ctrl-C, 143 SIGTERM (services — serve,
+    triton serve — end with 0 on either)."""
     import typer.core
     from rich.markup import escape
 
-    from .errors import Terminated
+    from .errors import ReaderGone, Terminated
 
     click = getattr(typer.core, "_click", None) or typer.core.click  # typer ≥ 0.22 vendors click as _click
     err = Console(stderr=True)
@@ -465,10 +469,18 @@ def main(argv: list[str] | None = None) -> int:
     def error(message: str) -> None:
         err.print(f"[red]error:[/red] {escape(_one_line(message))}", highlight=False, soft_wrap=True)
 
-    previous = _install_sigterm()
+    restore = signals.install()  # SIGTERM / SIGINT only set a flag; work acts on it (rtmw_edge/signals.py)
+    args = list(sys.argv[1:] if argv is None else argv)
+    service = args[:1] == ["serve"] or args[:2] == ["triton", "serve"]  # a stop is how a service ends: exit 0
     try:
-        code = app(args=argv, standalone_mode=False, prog_name="rtmw-edge")
-        return code if isinstance(code, int) else 0
+        if signals.requested() is not None and service:
+            return 0  # stopped before it started
+        signals.check()  # a stop that came during start-up: before any command begins its work
+        code = app(args=args, standalone_mode=False, prog_name="rtmw-edge")
+        code = code if isinstance(code, int) else 0
+        if service and code == 130 and signals.requested() is not None:
+            return 0  # the framework's own answer to a KeyboardInterrupt: for a service, a stop is a normal end
+        return code
     except click.ClickException as exc:  # usage: unknown option, missing argument, bad value
         command = exc.ctx.command_path if getattr(exc, "ctx", None) is not None else "rtmw-edge"
         error(f"{exc.format_message()} (see `{command} --help`)")
@@ -477,16 +489,22 @@ def main(argv: list[str] | None = None) -> int:
         error(str(exc))
         return exc.exit_code
     except (KeyboardInterrupt, typer.Abort):
+        if service:
+            return 0
         err.print("interrupted")
         return 130
     except Terminated:
+        if service:
+            return 0
         err.print("terminated")
         return 143
-    except BrokenPipeError:  # `rtmw-edge run x --out - | head`: the reader left
-        with contextlib.suppress(OSError):
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 141
+    except (BrokenPipeError, ReaderGone):  # `rtmw-edge ... | head`: the reader left, a normal end
+        _stdout_to_devnull()
+        return 0
     except SystemExit as exc:
+        if exc.code == 1 and type(sys.stdout).__name__ == "PacifyFlushWrapper":
+            _stdout_to_devnull()  # click's own answer to EPIPE (exit 1): the reader left, a normal end
+            return 0
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except Exception as exc:  # a bug: still one line (RTMW_EDGE_DEBUG=1 shows the traceback)
         if os.environ.get("RTMW_EDGE_DEBUG"):
@@ -495,8 +513,10 @@ def main(argv: list[str] | None = None) -> int:
               "traceback)")
         return 1
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        if signals.requested() is None:
+            restore()
+        else:  # the process is ending on a stop: a second one during the interpreter's own exit changes nothing
+            signals.ignore_further()
 
 
 if __name__ == "__main__":  # pragma: no cover

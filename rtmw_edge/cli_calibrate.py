@@ -40,8 +40,8 @@ def calibrate_cmd(
                                   help="Q/DQ on residual Add / Concat inputs between INT8 blocks."),
     bias_correction: bool = typer.Option(True, "--bias-correction/--no-bias-correction",
                                          help="Remove the mean INT8 error per output channel from conv biases."),
-    cache: Path | None = typer.Option(None, "--cache", help="Calibration cache folder (default "
-                                      "calibration/<model name>)."),
+    cache: Path | None = typer.Option(None, "--cache", help="Calibration cache folder, reused by the next run "
+                                      "(default $RTMW_EDGE_HOME/calibration/<model name>; hundreds of MB)."),
     report: Path | None = typer.Option(None, "--report", help="Also write the fidelity report here (.md + .json)."),
     eval_images: Path | None = typer.Option(None, "--eval-images", help="Held-out images for the report "
                                             "(default: --holdout of --images)."),
@@ -65,13 +65,17 @@ def calibrate_cmd(
     Exit 0 when the held-out fidelity target is met, 3 when it is not (the model and report are still
     written), 2 for bad options or output paths (checked before any work), 1 for other errors."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
     from .calibrate.data import Source
     from .calibrate.fidelity import Target
     from .calibrate.ranges import METHODS
+    from .calibrate.report import next_steps
     from .calibrate.runner import CalibrateOptions, calibrate
+    from .engines import format_bytes
+    from .native_stderr import captured
+    from .progress import progress_bar
 
     if method not in METHODS:
         raise UsageError(f"--method must be one of {', '.join(METHODS)}, not {method!r}")
@@ -83,8 +87,10 @@ def calibrate_cmd(
         augment=augment, val_num=val_num, threads=threads, min_int8_share=min_int8_share, pose_spec=pose_spec,
         target=Target(min_recall50=target_recall, min_mean_iou=target_iou, min_oks=target_oks))
     console = Console(stderr=True)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=False) as bar:
+    native = captured(lambda text: console.print(text, highlight=False, markup=False, soft_wrap=True))
+    bar = progress_bar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                       console=console, transient=False)
+    with native, bar:  # a --video's FFmpeg lines: a few, then a count
         def progress(label: str, total: int | None):
             task = bar.add_task(label, total=total)
             return lambda n: bar.advance(task, n)
@@ -116,9 +122,15 @@ def calibrate_cmd(
     out.print(table)
     if result.report_paths:
         out.print(f"report: {result.report_paths[0]}")
+    folder = Path(rep["calibration"]["cache"])
+    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    out.print(f"calibration cache: {folder} ({format_bytes(size)}; the next calibrate of this model reuses it, delete "
+              "it to free the space, --cache puts it elsewhere)", highlight=False, markup=False, soft_wrap=True)
     if rep.get("target"):
         met = rep["target"]["met"]
         verdict = "[green]met[/green]" if met else "[red]NOT met[/red]"
         out.print(f"target ({rep['target']['description']}): {verdict}")
         if not met:  # the INT8 model and the report are written; scripts and CI see the verdict
+            for step in next_steps(rep):
+                out.print(f"next: {step}", highlight=False, markup=False)
             raise typer.Exit(EXIT_TARGET_MISSED)

@@ -1,8 +1,9 @@
 """CLI commands around TensorRT engines: `build`, `doctor`, `selftest` (registered by cli.py).
 
 Thin layer: parse options, call `rtmw_edge.backends.tensorrt`, print. Without TensorRT, `build` and
-`selftest` stop with one line (exit 1); `doctor` always reports and exits 0. `build --check` exits 0 when
-the engine is up to date and 3 when it is missing or stale (for container entrypoints).
+`selftest` stop with one line (exit 1; without a GPU it says so first); `doctor` always reports and exits 0.
+`build --check` exits 0 when the engine is up to date and 3 when it is missing or stale (for container
+entrypoints); `selftest` exits 3 when an engine does not match ONNX Runtime (a verdict).
 """
 
 from __future__ import annotations
@@ -153,7 +154,7 @@ def selftest_cmd(workdir: Path | None = typer.Option(None, "--workdir", help="Ke
     """Validate the TensorRT path here: export, build and check small engines against ONNX Runtime.
 
     Exports rtmpose-t and rtmdet-nano (random weights), builds their engines on this GPU and compares them
-    with ONNX Runtime through `check`. Exit 0 when every engine matches, 1 otherwise."""
+    with ONNX Runtime through `check`. Exit 0 when every engine matches, 3 (a verdict) otherwise."""
     from .backends.tensorrt import import_tensorrt
     from .check import list_images, read_image
     from .outputs import check_output
@@ -182,7 +183,7 @@ def selftest_cmd(workdir: Path | None = typer.Option(None, "--workdir", help="Ke
         for failure in r.get("failures", []) if not r["passed"] else []:
             out.print(f"[red]FAIL[/red] {r['model']}: {escape(failure)}", highlight=False)
     if not all(r["passed"] for r in rows):
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_STALE)  # a verdict (3), as check's and calibrate's
 
 
 def register(app: typer.Typer) -> None:

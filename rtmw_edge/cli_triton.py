@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import signal
-import threading
 import time
 from pathlib import Path
 
@@ -11,6 +9,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from . import signals
+from .progress import status
 from .triton import DET_MODEL, PIPELINE_MODEL, POSE_MODEL
 from .zoo import POSE_SPEC_HELP
 
@@ -88,6 +88,7 @@ def serve_cmd(repository: Path = typer.Option(..., "--repository", help="Model r
     """Run tritonserver (from the nvidia-pytriton wheel) on a repository, with health checks; stop: Ctrl-C/SIGTERM."""
     from .errors import RtmwEdgeError, UsageError
     from .outputs import check_output
+    from .ports import check_ports_free
     from .triton.server import TritonServer, TritonServerError
 
     ports = (grpc_port, http_port, metrics_port)
@@ -103,29 +104,30 @@ def serve_cmd(repository: Path = typer.Option(..., "--repository", help="Model r
     if not models:
         raise RtmwEdgeError(f"--repository {repository} has no model folders with a config.pbtxt: make one with "
                             "`rtmw-edge triton export --cpu`")
+    check_ports_free(host, {"--grpc-port": grpc_port, "--http-port": http_port, "--metrics-port": metrics_port},
+                     " (another tritonserver?): stop it, or choose another port (0: a free one)")
     env = _server_env(python)
     server = TritonServer(repository, host=host, grpc_port=grpc_port, http_port=http_port,
                           metrics_port=metrics_port, env=env, log_path=log)
-    stop = threading.Event()
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # SIGTERM / Ctrl-C only set a flag (rtmw_edge.signals); this loop looks at it, so the stop below always runs to
+    # its end, whatever arrives during it
     try:
         out.print(f"starting tritonserver on {repository} ({', '.join(models)}) …", highlight=False, markup=False)
-        with out.status("waiting for every model to load (/v2/health/ready) …"):
-            seconds = server.start(timeout)
+        with status(out, "waiting for every model to load (/v2/health/ready) …"):
+            seconds = server.start(timeout, should_stop=signals.requested)
+        if seconds is None:
+            return
         out.print(f"ready in {seconds:.1f} s — gRPC {server.grpc_url}, HTTP {server.http_url}, metrics "
                   f"{server.metrics_url}; log {server.log_path}", highlight=False, markup=False)
         failures = 0
-        while not stop.wait(check_every):
+        while not signals.wait(check_every):
             if not server.alive():
                 raise TritonServerError(f"tritonserver exited: {server.failure_reason()}")
             failures = 0 if server.healthy() else failures + 1
             if failures == 3:
                 out.print(f"warning: tritonserver has not been ready for {3 * check_every:.0f} s", highlight=False,
                           markup=False)
-    except KeyboardInterrupt:
-        pass
     finally:
-        signal.signal(signal.SIGTERM, previous)
         t = time.monotonic()
         code = server.stop()
         if code is not None:
@@ -136,10 +138,10 @@ def _server_env(python: Path | None):
     """The cached server venv; building it (about a minute, once) shows each step under a spinner."""
     from .triton.server import ensure_server_env
 
-    with out.status("checking the Triton server environment …") as status:
+    with status(out, "checking the Triton server environment …") as spinner:
         def step(text: str) -> None:
             out.print(text, highlight=False, markup=False)
-            status.update(text + " …")
+            spinner.update(text + " …")
 
         return ensure_server_env(python, log=step)
 

@@ -498,6 +498,12 @@ def plan_as_dict(plan: BuildPlan) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------- doctor
+TENSORRT_PIP = "pip install tensorrt (the 'trt' extra of rtmw-edge; tensorrt-cu12/-cu13 wheels, TensorRT 10.x/11.x)"
+NO_GPU = ("no NVIDIA GPU is visible here (no /dev/nvidia* device, not a Jetson), and TensorRT runs only on one: on "
+          "this machine use the CPU pipeline (--backend onnxruntime, or auto with .onnx files); on a GPU machine "
+          "install the NVIDIA driver, then " + TENSORRT_PIP)
+
+
 def install_hints(env: dict) -> list[str]:
     """What is missing for the TensorRT path and how to install it, for Jetson (env['jetson']) or x86.
 
@@ -513,7 +519,7 @@ def install_hints(env: dict) -> list[str]:
         hints.append("TensorRT: " + (
             "sudo apt install nvidia-jetpack (or python3-libnvinfer python3-libnvinfer-dev); JetPack 6 ships "
             "TensorRT 10.3 for the system Python 3.10 (in a venv use --system-site-packages)" if jetson else
-            "pip install tensorrt (the 'trt' extra; tensorrt-cu12/-cu13 wheels, TensorRT 10.x/11.x)"))
+            TENSORRT_PIP))
     if not env.get("cuda_python"):
         hints.append("cuda-python: " + (
             "pip install 'cuda-python>=12.4,<13' (matches JetPack 6's CUDA 12.6)" if jetson else

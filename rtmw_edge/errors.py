@@ -44,6 +44,11 @@ class MissingDependencyError(RtmwEdgeError):
     """An optional dependency (torch, tensorrt, cuda-python, ...) is needed but not installed."""
 
 
+class ReaderGone(Exception):  # noqa: N818 - an event, not an error
+    """Standard output's reader left (`rtmw-edge run ... --out - | head`): a normal end of the stream, exit 0
+    quietly. Not an OSError, so the command-line framework does not turn it into exit 1."""
+
+
 class Terminated(BaseException):  # noqa: N818 - named like KeyboardInterrupt, its sibling
     """SIGTERM arrived (raised in the main thread by the CLI's handler): finalise outputs, exit 143."""
 

@@ -233,11 +233,12 @@ def run_eval(ann_path: str | os.PathLike[str], images_dir: str | os.PathLike[str
     through the CPU pipeline's pose stage (`TopDownPose`) on BACKEND's host engine — the only pipeline that takes
     boxes from outside. The instance score is `results.coco_items`': box score × mean of the keypoint scores > 0.
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
     from .backends import load_engine
     from .estimators import open_estimator
     from .pipeline import TopDownPose, resolve_model
+    from .progress import progress_bar
     from .results import coco_items
     from .sources import read_image
     from .streams import FrameTail
@@ -271,8 +272,8 @@ def run_eval(ann_path: str | os.PathLike[str], images_dir: str | os.PathLike[str
 
     predictions: list[dict] = []
     tail = FrameTail()  # no tracking: every photo on its own
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  transient=True, disable=not progress) as bar:
+    with progress_bar(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      disable=not progress) as bar:
         task = bar.add_task(f"eval {Path(ann_path).name}", total=len(files))
         for image_id, path in files:
             image = read_image(path)

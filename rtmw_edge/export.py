@@ -366,10 +366,11 @@ def export_onnx(name: str, output: str | Path, *, checkpoint: str | Path | None 
 
     torch = require("torch", "export")
     import onnx
-    from rich.progress import Progress
 
     steps = ["build", "weights", "trace", "simplify", "fp16", "metadata"]
-    with Progress(transient=True, disable=not progress) as bar:
+    from .progress import progress_bar
+
+    with progress_bar(disable=not progress) as bar:
         task = bar.add_task(f"export {name}", total=len(steps))
 
         def step(label: str) -> None:

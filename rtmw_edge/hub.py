@@ -2,8 +2,14 @@
 
 Checkpoints are hundreds of megabytes and edge devices often sit on flaky links, so downloads stream to a
 `.part` file that a later call resumes with an HTTP Range request, and the final file only appears (by an
-atomic rename) once its sha256 has been checked. A `.sha256` sidecar next to each file lets later loads
-detect corruption without the network.
+atomic rename) once its sha256 has been checked.
+
+Which hash a cached file is held to comes from a trusted source only, never from the first file seen: the
+registry's (a full sha256, or the prefix OpenMMLab puts in the file name), and for a file this module
+downloaded itself, the digest it computed of what the official URL sent, kept in a ``NAME.sha256`` sidecar in
+``sha256sum`` format (``<digest>  <name>``). A file placed by hand gets no sidecar, so a corrupt file placed first
+can never lock out the good one placed after it (a one-token sidecar of older versions, which were learned from
+whatever file was there, is ignored and removed).
 """
 
 from __future__ import annotations
@@ -118,7 +124,25 @@ def _mismatch(digest: str, sha256: str | None, hash_prefix: str | None) -> str |
 def _write_sidecar(path: Path, digest: str) -> None:
     from .outputs import atomic_write_text
 
-    atomic_write_text(_sidecar(path), digest + "\n")
+    atomic_write_text(_sidecar(path), f"{digest}  {path.name}\n")
+
+
+def _recorded_digest(path: Path) -> str | None:
+    """The digest `download` recorded for `path`, or None. A sidecar in any other form (the one-token files older
+    versions learned from whatever file was there, a damaged one, one naming another file) is not trusted and is
+    removed, best effort."""
+    sidecar = _sidecar(path)
+    try:
+        tokens = sidecar.read_text(encoding="utf-8", errors="replace").strip().split(None, 1)
+    except OSError:
+        return None
+    if len(tokens) == 2 and _FULL_SHA256.fullmatch(tokens[0].lower()) and tokens[1].strip().lstrip("*") == path.name:
+        return tokens[0].lower()
+    try:
+        sidecar.unlink()
+    except OSError:
+        pass
+    return None
 
 
 def _content_range(value: str | None) -> tuple[int | None, int | None]:
@@ -133,23 +157,16 @@ def _content_range(value: str | None) -> tuple[int | None, int | None]:
 
 def _make_progress() -> Progress:
     """A rich progress bar on stderr (so piped stdout stays clean); rich degrades gracefully without a TTY."""
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
+    from rich.progress import BarColumn, DownloadColumn, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
-    return Progress(
+    from .progress import progress_bar
+
+    return progress_bar(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         DownloadColumn(),
         TransferSpeedColumn(),
         TimeRemainingColumn(),
-        console=Console(stderr=True),
         transient=True,  # the bar disappears when done: a failure leaves only its one error line
     )
 
@@ -301,46 +318,38 @@ def download(
         raise DownloadError(
             f"sha256 mismatch for {dest.name}: expected {expected}, got {digest}; the file was removed"
         )
+    from .outputs import commit_file
+
     try:
-        os.replace(part, dest)
+        commit_file(part, dest)
         _write_sidecar(dest, digest)
     except OSError as exc:
         raise DownloadError(f"cannot move the download into {dest}: {exc.strerror or exc}") from None
     return dest
 
 
-def verify(path: Path, *, sha256: str | None = None, hash_prefix: str | None = None) -> str:
-    """Check a cached file against the given hashes and its `.sha256` sidecar; return its digest.
-
-    A missing sidecar is written (best effort: the cache may be read-only) so later loads detect corruption.
-    """
+def verify(path: Path, *, sha256: str | None = None, hash_prefix: str | None = None,
+           advice: str | None = None) -> str:
+    """Check a cached file against the given (registry) hashes and, when this module downloaded it, the digest
+    recorded then; return its digest. Nothing is learned or written here. `advice`: what the error tells the user
+    to do (default: delete the file and download it again)."""
     path = Path(path)
     sha256, hash_prefix = _normalize_hashes(sha256, hash_prefix)
     try:
         digest = sha256_file(path)
     except OSError as exc:
         raise DownloadError(f"cannot read {path}: {exc.strerror or exc}") from None
-
-    sidecar = _sidecar(path)
-    recorded: str | None = None
-    try:
-        text = sidecar.read_text(encoding="ascii", errors="replace").split()
-        recorded = text[0].lower() if text else None
-    except OSError:
-        recorded = None
-    if recorded is not None and not _FULL_SHA256.fullmatch(recorded):
-        recorded = None  # an unreadable sidecar says nothing about the file; it gets rewritten below
-
-    expected = _mismatch(digest, sha256, hash_prefix) or _mismatch(digest, recorded, None)
+    advice = advice or "delete it and download it again"
+    expected = _mismatch(digest, sha256, hash_prefix)
     if expected is not None:
-        raise DownloadError(
-            f"{path} is corrupt: sha256 {digest} does not match {expected} (delete it and download again)"
-        )
-    if recorded is None:
-        try:
-            _write_sidecar(path, digest)
-        except OSError:
-            pass
+        raise DownloadError(f"{path} is corrupt or incomplete: its sha256 {digest} does not match the registry's "
+                            f"{expected}; {advice}")
+    recorded = _recorded_digest(path)
+    if recorded is not None and recorded != digest:
+        sidecar = _sidecar(path)
+        raise DownloadError(f"{path} is corrupt: its sha256 {digest} is not the {recorded} recorded in {sidecar.name} "
+                            f"when it was downloaded; if you replaced the file on purpose, delete {sidecar}, "
+                            f"otherwise {advice}")
     return digest
 
 
@@ -356,10 +365,12 @@ def fetch(
     sha256: str | None = None,
     hash_prefix: str | None = None,
     progress: bool = True,
+    advice: str | None = None,
 ) -> Path:
     """Return the cached copy of `url` (verified, no network), downloading it first when absent.
 
-    Without an explicit `hash_prefix`, the one embedded in the OpenMMLab file name is checked.
+    Without an explicit `hash_prefix`, the one embedded in the OpenMMLab file name is checked. `advice`: what a
+    corrupt cached file's error tells the user to do.
     """
     url_name = _name_from_url(url)
     name = filename or url_name
@@ -369,6 +380,7 @@ def fetch(
         hash_prefix = hash_prefix_from_name(name) or hash_prefix_from_name(url_name)
     dest = Path(directory if directory is not None else checkpoints_dir()) / name
     if dest.is_file():
-        verify(dest, sha256=sha256, hash_prefix=hash_prefix)
+        verify(dest, sha256=sha256, hash_prefix=hash_prefix,
+               advice=advice or f"delete it, then download {url} again or place the official file there")
         return dest
     return download(url, dest, sha256=sha256, hash_prefix=hash_prefix, progress=progress)

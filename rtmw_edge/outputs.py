@@ -17,8 +17,9 @@ One rule per case, written once:
 A violation raises `OutputPathError` (a `UsageError`: one ``error:`` line, exit 2). Failures while writing
 (disk full, permissions changed mid-run) raise `OutputWriteError` (exit 1) and leave no partial file:
 final artifacts go to a hidden temporary file beside the target (same suffix, so writers that pick the
-format from it work), are flushed to disk and renamed over the target only on success. Files get the
-umask's mode (0644 under the usual 022), like any file the user creates — not ``mkstemp``'s 0600.
+format from it work), are synced to disk (`fsync`), renamed over the target only on success, and the folder is
+synced after the rename (`commit_file`): a power cut leaves the old file or the new one, never an empty one.
+Files get the umask's mode (0644 under the usual 022), like any file the user creates — not ``mkstemp``'s 0600.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO
 
-from .errors import OutputPathError, OutputWriteError
+from .errors import OutputPathError, OutputWriteError, ReaderGone
 
 STDOUT = "-"
 _TEMP_MARK = ".partial"
@@ -147,13 +148,35 @@ def temp_beside(path: Path) -> Path:
     raise OSError(errno.EEXIST, "cannot make a temporary file", str(path.parent))  # pragma: no cover
 
 
-def _fsync(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+# fsync answers these where a file system cannot sync (some FUSE and network mounts): nothing to wait for then
+_NO_SYNC = (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EROFS)
+
+
+def _fsync(path: Path, *, folder: bool = False) -> None:
+    """Wait until `path`'s data (a file) or entries (a folder) are on the disk. A file system that cannot sync is
+    not an error; a failing sync of a file (EIO: the data did not reach the disk) is."""
+    try:
+        fd = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if folder else 0))
+    except OSError:
+        if folder:
+            return  # a folder this process cannot open: its entries are the file system's business
+        raise
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if not folder and exc.errno not in _NO_SYNC:
+            raise
+    finally:
+        os.close(fd)
+
+
+def commit_file(tmp: str | Path, path: str | Path) -> None:
+    """Put a finished temporary file in place so that a power cut leaves the old file or the whole new one, never
+    an empty or partial file under the final name: sync the file's data, rename it over `path`, then sync the
+    folder so the rename itself is on the disk."""
+    _fsync(Path(tmp))
+    os.replace(tmp, path)
+    _fsync(Path(path).parent, folder=True)
 
 
 def _write_error(path: Path, exc: OSError) -> OutputWriteError:
@@ -174,8 +197,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise _write_error(path, exc) from None
     try:
         yield tmp
-        _fsync(tmp)
-        os.replace(tmp, path)
+        commit_file(tmp, path)
     except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -241,7 +263,7 @@ class Stream:
             self._file.flush()
         except OSError as exc:
             if exc.errno == errno.EPIPE:  # the reader went away (`| head`): stop quietly
-                raise BrokenPipeError(exc.errno, exc.strerror) from None
+                raise ReaderGone() from None
             if not self.to_stdout:
                 self._cut_back()
             raise _write_error(self.path, exc) from None
@@ -259,6 +281,18 @@ class Stream:
         if not self.to_stdout:
             with contextlib.suppress(OSError, ValueError):
                 self._file.close()
+
+
+def _fsync_tree(folder: Path) -> None:
+    """Every file, then every folder (deepest first) of a finished folder output, before it is renamed into place."""
+    folders = []
+    for root, _, files in os.walk(folder):
+        folders.append(Path(root))
+        for name in files:
+            if not os.path.islink(os.path.join(root, name)):
+                _fsync(Path(root) / name)
+    for sub in reversed(folders):
+        _fsync(sub, folder=True)
 
 
 @contextlib.contextmanager
@@ -281,10 +315,12 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     old = None
     try:
         yield tmp
+        _fsync_tree(tmp)
         if path.exists():
             old = path.with_name(f".{path.name}.{secrets.token_hex(4)}.old")
             os.replace(path, old)
         os.replace(tmp, path)
+        _fsync(path.parent, folder=True)
     except BaseException as exc:
         if old is not None and not path.exists():
             with contextlib.suppress(OSError):

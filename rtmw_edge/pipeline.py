@@ -31,6 +31,9 @@ from .results import FrameResult
 from .streams import FrameArrays, PoseStream
 
 log = logging.getLogger("rtmw_edge")
+# what every "no checkpoint" error adds: the way on without a network
+OFFLINE_MODELS = ("or give --det/--pose ONNX files (your own, or `rtmw-edge export rtmw-m-256x192 --random-init -o "
+                  "rtmw-m.onnx`: random weights, to try the pipeline with)")
 
 
 @dataclass(frozen=True)
@@ -195,12 +198,27 @@ def resolve_model(spec: str | Path, role: str) -> Path:
     cached = home_dir() / "onnx" / f"{model.name}.onnx"
     if cached.is_file():
         return cached
-    checkpoint = fetch(model.checkpoint_url, hash_prefix=model.hash_prefix)
+    place = (f"place the official file from {model.checkpoint_url} there (`rtmw-edge models download {model.name}` "
+             "fetches it)")
+    checkpoint = fetch(model.checkpoint_url, hash_prefix=model.hash_prefix, advice=f"delete it and {place}")
+    from .errors import CheckpointError
     from .export import export_onnx
 
     cached.parent.mkdir(parents=True, exist_ok=True)
     log.info("exporting %s to %s (once)", model.name, cached)
-    return export_onnx(model.name, cached, checkpoint=checkpoint)
+    _note(f"exporting {model.name} from its checkpoint to {cached} (once; later runs reuse it) …")
+    try:
+        return export_onnx(model.name, cached, checkpoint=checkpoint)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{exc}; delete it and {place}, or give {('--det', '--pose')[role == 'pose']} an "
+                              "ONNX file") from None
+
+
+def _note(text: str) -> None:
+    """One line on standard error for the command line's user (standard output may carry results)."""
+    from rich.console import Console
+
+    Console(stderr=True).print(text, highlight=False, markup=False, soft_wrap=True)
 
 
 def resolve_models(det: str | Path, pose: str | Path) -> tuple[Path, Path]:
@@ -216,9 +234,10 @@ def resolve_models(det: str | Path, pose: str | Path) -> tuple[Path, Path]:
         except DownloadError as exc:
             missing.append(exc)
     if len(missing) == 1:
-        raise missing[0]
+        raise DownloadError(f"{missing[0]}; {OFFLINE_MODELS}")
     if missing:
-        raise DownloadError(f"{len(missing)} checkpoints are missing: " + "; ".join(str(e) for e in missing))
+        raise DownloadError(f"{len(missing)} checkpoints are missing: " + "; ".join(str(e) for e in missing)
+                            + f"; {OFFLINE_MODELS}")
     return paths[0], paths[1]
 
 

@@ -357,25 +357,28 @@ def _metadata(model, sig: PoseSignature, s: PoseSettings, where: str) -> dict:
     from .engines import onnx_precision
 
     hint = f"--pose-spec {s.name}" if s.source == "pose-spec" else "the SDK's pipeline.json"
+    # a --pose-spec that does not fit the graph is a usage error (exit 2, before any frame), as a missing one is;
+    # SDK JSON that does not fit its own graph is a broken input (exit 1)
+    mismatch = UsageError if s.source == "pose-spec" else RtmwEdgeError
     size = sig.input_size or s.input_size
     if size is None:
         raise RtmwEdgeError(f"{where}: the input size is symbolic and {hint} does not give one")
     if sig.input_size and s.input_size and tuple(sig.input_size) != tuple(s.input_size):
-        raise RtmwEdgeError(f"{where} takes {sig.input_size[0]}x{sig.input_size[1]} (w×h) crops, {hint} says "
+        raise mismatch(f"{where} takes {sig.input_size[0]}x{sig.input_size[1]} (w×h) crops, {hint} says "
                             f"{s.input_size[0]}x{s.input_size[1]}: not the same model")
     k = int(sig.num_keypoints)
     w, h = size
     expected = (round(w * s.split_ratio), round(h * s.split_ratio), round(w * s.split_ratio))[:len(sig.outputs)]
     if tuple(sig.bins) != expected:
-        raise RtmwEdgeError(f"{where}: SimCC bins {list(sig.bins)} do not fit {w}x{h} at split ratio "
+        raise mismatch(f"{where}: SimCC bins {list(sig.bins)} do not fit {w}x{h} at split ratio "
                             f"{s.split_ratio:g} ({list(expected)} expected, from {hint})")
     spec = s.spec
     if spec is not None:
         if spec.task != sig.task:
-            raise RtmwEdgeError(f"{where} is a {sig.task} graph ({len(sig.outputs)} SimCC outputs), {hint} is a "
+            raise mismatch(f"{where} is a {sig.task} graph ({len(sig.outputs)} SimCC outputs), {hint} is a "
                                 f"{spec.task} model")
         if spec.num_keypoints != k:
-            raise RtmwEdgeError(f"{where} has {k} keypoints, {hint} has {spec.num_keypoints}: not the same model")
+            raise mismatch(f"{where} has {k} keypoints, {hint} has {spec.num_keypoints}: not the same model")
     elif sig.task == "pose3d":
         raise PoseSettingsError(f"{where} is an RTMW3D graph (simcc_x, simcc_y, simcc_z); its depth settings are "
                                 "not in the SDK JSON: give --pose-spec rtmw3d-l-384x288 or rtmw3d-x-384x288")

@@ -35,9 +35,10 @@ import cv2
 import numpy as np
 
 from . import geometry as G
+from . import signals
 from .backends import backend_names, backend_pipeline
-from .errors import RtmwEdgeError, Terminated, UsageError
-from .outputs import Stream, atomic_output, atomic_path, check_output, temp_beside
+from .errors import ReaderGone, RtmwEdgeError, Terminated, UsageError
+from .outputs import Stream, atomic_output, atomic_path, check_output, commit_file, temp_beside
 from .results import FrameResult, coco_items
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -88,6 +89,7 @@ class RunSummary:
     skipped_kind: str = "image"
     outputs: list[str] = field(default_factory=list)
     interrupted: BaseException | None = None
+    reader_left: bool = False   # standard output's reader closed the pipe: the run ended there
 
     def __str__(self) -> str:
         text = f"{self.frames} frame(s), {self.persons} person(s), {self.frames / max(self.seconds, 1e-9):.1f} FPS"
@@ -96,6 +98,8 @@ class RunSummary:
                      f"{self.max_persons} highest scores (--max-persons)")
         if self.skipped:
             text += f"; {self.skipped} unreadable {self.skipped_kind}(s) skipped"
+        if self.reader_left:
+            text += "; standard output's reader left, so the run ended there"
         if self.interrupted is not None:
             signal_name = "SIGTERM" if isinstance(self.interrupted, Terminated) else "Ctrl-C"
             text = f"interrupted ({signal_name}): {text}; outputs hold the frames done"
@@ -295,7 +299,7 @@ class PictureSink:
         self.writer = None
         assert self.tmp is not None
         if keep:
-            os.replace(self.tmp, self.path)
+            commit_file(self.tmp, self.path)
         else:
             with contextlib.suppress(OSError):
                 os.unlink(self.tmp)
@@ -323,10 +327,11 @@ def run_source(opts: RunOptions, console=None) -> RunSummary:
     """Process the whole source. Raises UsageError before any work for bad options or outputs, and
     RtmwEdgeError for errors met while working (the JSON lines keep the frames done). Ctrl-C / SIGTERM
     stop the run cleanly: the summary comes back with `interrupted` set (the CLI exits 130 / 143)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
     from .estimators import open_estimator
     from .pipeline import resolve_models
+    from .progress import progress_bar
     from .sources import open_source
 
     validate_options(opts)
@@ -374,10 +379,15 @@ def run_source(opts: RunOptions, console=None) -> RunSummary:
                                        pose_spec=opts.pose_spec, **options)
         if opts.plot_3d is not None and estimator.info.task != "pose3d":
             raise UsageError("--plot-3d needs an RTMW3D pose model")
+        if camera is not None and estimator.info.task != "pose3d":
+            given = " and ".join(o for o, v in (("--focal", opts.focal), ("--principal", opts.principal)) if v)
+            warn(f"{given}: only for RTMW3D pose models (camera-space 3D); ignored for this 2D model")
+        signals.check()  # a stop that came while the models loaded
+        hint = _ThresholdHint(opts.kpt_threshold) if pictures or opts.show else None
         stream = Stream(opts.out_jsonl) if opts.out_jsonl is not None else None
-        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                      TextColumn("{task.fields[fps]:.1f} FPS"), TimeElapsedColumn(), console=console,
-                      transient=True, disable=not multi or console is None) as bar:
+        with progress_bar(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                          TextColumn("{task.fields[fps]:.1f} FPS"), TimeElapsedColumn(), console=console,
+                          disable=not multi or console is None) as bar:
             task = bar.add_task(f"run {Path(str(opts.source)).name}", total=source.frame_count, fps=0.0)
             results = (estimator.stream(source) if hasattr(estimator, "stream")  # GPU: two frames in flight
                        else ((f, estimator(f.image, f.index, f.timestamp)) for f in source))
@@ -387,12 +397,18 @@ def run_source(opts: RunOptions, console=None) -> RunSummary:
                 summary.persons += len(result.persons)
                 summary.crowded += result.dropped_persons > 0
                 if stream is not None:
-                    stream.write_line(json.dumps(result.to_dict()))
+                    try:
+                        stream.write_line(json.dumps(result.to_dict()))
+                    except ReaderGone:  # `--out - | head`: the reader has what it wanted, a normal end
+                        summary.reader_left = True
+                        break
                 image_id = image_ids(frame.name) if image_ids is not None else None
                 if image_id is not None:
                     coco.extend(coco_items(result, image_id))
                 if result.persons and result.persons[0].keypoints_3d is not None:
                     last_3d = result
+                if hint is not None:
+                    hint(result, warn)
                 if pictures or opts.show:
                     from .viz import draw_frame
 
@@ -427,6 +443,27 @@ def run_source(opts: RunOptions, console=None) -> RunSummary:
 
         plot_3d(last_3d, opts.plot_3d)
     return summary
+
+
+class _ThresholdHint:
+    """Pictures draw only keypoints scored above --kpt-threshold: when every keypoint of a frame's people is at or
+    under it, the picture shows boxes without a skeleton. Say so once per run."""
+
+    def __init__(self, threshold: float) -> None:
+        self.threshold = threshold
+        self.said = False
+
+    def __call__(self, result: FrameResult, warn) -> None:
+        if self.said or not result.persons:
+            return
+        best = max((float(np.max(p.keypoint_scores)) for p in result.persons if len(p.keypoint_scores)),
+                   default=None)
+        if best is None or best > self.threshold:
+            return
+        self.said = True
+        warn(f"frame {result.frame}: every keypoint of its {len(result.persons)} person(s) scored at most {best:.3g}, "
+             f"not above --kpt-threshold {self.threshold:g}, so the picture shows boxes without a skeleton: lower "
+             "--kpt-threshold to draw them (the JSON lines hold every keypoint either way)")
 
 
 def _add_progress_note(exc: BaseException, stream: Stream | None) -> None:

@@ -77,6 +77,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from . import signals
 from .detectors import as_bgr_uint8
 from .errors import RtmwEdgeError
 
@@ -458,6 +459,7 @@ class CaptureSource(Source):
                 try:
                     item = self._queue.get(timeout=0.1)
                 except queue.Empty:
+                    signals.check()  # SIGTERM / Ctrl-C while waiting for a frame (a stalled camera or stream)
                     if thread.is_alive():
                         continue
                     try:
@@ -566,6 +568,9 @@ def _open_video(path: Path) -> cv2.VideoCapture:
     return cap
 
 
+_OFFLINE = "without a network, give a photo, folder or video on disk instead"
+
+
 def _download(url: str, timeout: float) -> bytes:
     shown = mask_credentials(url)
     request = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT})
@@ -579,9 +584,9 @@ def _download(url: str, timeout: float) -> bytes:
         exc.close()
         raise RtmwEdgeError(f"could not download {shown}: HTTP {exc.code} {exc.reason}") from None
     except urllib.error.URLError as exc:
-        raise RtmwEdgeError(f"could not reach {shown}: {exc.reason}") from None
+        raise RtmwEdgeError(f"could not reach {shown}: {exc.reason}; {_OFFLINE}") from None
     except TimeoutError:
-        raise RtmwEdgeError(f"could not reach {shown}: timed out after {timeout:g} s") from None
+        raise RtmwEdgeError(f"could not reach {shown}: timed out after {timeout:g} s; {_OFFLINE}") from None
     except (OSError, ValueError, http.client.HTTPException) as exc:  # reset mid-body, bad URL, ...
         raise RtmwEdgeError(f"could not download {shown}: {exc or type(exc).__name__}") from None
     if len(data) > MAX_DOWNLOAD_BYTES:

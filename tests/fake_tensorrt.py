@@ -20,7 +20,7 @@ profile against the inputs, refuses precision builder flags on a strongly typed 
 prefix) that `Runtime` deserializes into an engine whose I/O matches the ONNX; executing it runs the ONNX in
 ONNX Runtime on the memory behind the tensor addresses. Every call is recorded in `module.calls` as
 (name, args). Test knobs (not TensorRT names): `calls`, `parse_errors` (list of dicts), `fail_build` (bool),
-`num_dla_cores`, `engines`, `surface`.
+`build_step_seconds` (a pause per tactic step, for tests that stop a build), `num_dla_cores`, `engines`, `surface`.
 
 Runtime rules (`IExecutionContext`'s docstring) are enforced too; under the emulated CUDA runtime
 (tests/emulated_cuda.py, attached as `module._emulator`) an enqueue is deferred work on its stream.
@@ -33,6 +33,7 @@ import enum
 import functools
 import json
 import re
+import time
 import types
 import weakref
 from pathlib import Path
@@ -50,7 +51,7 @@ def _tests_dir() -> Path:
 
 
 SURFACE_DIR = _tests_dir() / "data" / "tensorrt_surface"
-KNOBS = ("calls", "parse_errors", "fail_build", "num_dla_cores", "engines", "surface")
+KNOBS = ("calls", "parse_errors", "fail_build", "build_step_seconds", "num_dla_cores", "engines", "surface")
 
 
 class FakeSurfaceError(AssertionError):
@@ -180,6 +181,7 @@ def make_fake_tensorrt(version: str = "10.3.0.30", *, num_dla_cores: int = 0) ->
     trt.calls = []
     trt.parse_errors = []
     trt.fail_build = False
+    trt.build_step_seconds = 0.0
     trt.num_dla_cores = num_dla_cores
     trt.engines = {}          # id → onnx path of plans built in this module (for execution)
     trt.surface = surface     # the recorded surface this fake stands for
@@ -518,8 +520,11 @@ def make_fake_tensorrt(version: str = "10.3.0.30", *, num_dla_cores: int = 0) ->
             if monitor is not None:
                 monitor.phase_start("Building engine", None, 2)
                 monitor.phase_start("Tactic selection", "Building engine", 3)
-                for step in range(3):
-                    monitor.step_complete("Tactic selection", step)
+                for step in range(3):  # TensorRT's rule: step_complete returning False cancels the build
+                    if not monitor.step_complete("Tactic selection", step):
+                        return self._fail("build cancelled by the progress monitor")
+                    if trt.build_step_seconds:
+                        time.sleep(trt.build_step_seconds)
                 monitor.phase_finish("Tactic selection")
                 monitor.step_complete("Building engine", 0)
                 monitor.step_complete("Building engine", 1)

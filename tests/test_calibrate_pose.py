@@ -165,3 +165,31 @@ def test_the_detector_threshold_is_part_of_the_cache_key(pose, tmp_path):
     status = D.build_calibration_set(pose, inputs, source, units, D.DataConfig(num=5, det=DET, det_threshold=0.7),
                                      cache)
     assert status.action == "reused"
+
+
+def test_check_of_an_int8_pose_model_is_a_verdict_that_names_int8_tolerances(calibrated, pose, capsys):
+    """`check` past its (lossless) defaults exits 3, a verdict like calibrate's, and says which tolerances suit INT8;
+    with tolerances set by the user it says nothing more."""
+    out, rep, _ = calibrated
+    capsys.readouterr()
+    assert main(["check", str(out), "--against", str(pose), "--images", str(IMAGES), "--max-samples", "2"]) == 3
+    text = capsys.readouterr().out
+    assert "FAIL" in text and "--min-oks 0.9" in text and "calibrate" in text
+    assert main(["check", str(out), "--against", str(pose), "--images", str(IMAGES), "--max-samples", "2",
+                 "--min-oks", "0", "--max-px", "100000"]) == 0
+    assert "note:" not in capsys.readouterr().out
+
+
+def test_a_missed_target_names_the_next_step(calibrated, pose, capsys):
+    from rtmw_edge.calibrate.report import next_steps
+
+    _, rep, _ = calibrated
+    md = (pose.parent / "rep.md").read_text()
+    assert ("## Next step" in md) == (not rep["target"]["met"])
+    missed = {"task": "pose", "target": {"description": "OKS vs FP32 ≥ 0.9", "met": False}, "frontier": None}
+    steps = next_steps(missed)
+    assert "--auto-exclude" in steps[0] and any("rtmw-edge check" in s and "--min-oks" in s for s in steps)
+    after_auto = next_steps({**missed, "frontier": [{"step": 1}]})
+    assert "--min-int8-share" in after_auto[0]
+    assert next_steps({**missed, "target": {"description": "x", "met": True}}) == []
+    assert "--min-recall" in next_steps({**missed, "task": "detector"})[-1]

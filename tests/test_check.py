@@ -85,8 +85,11 @@ def test_cli_exit_codes_and_json(exported, capsys):
     data = json.loads(out.read_text())
     assert data["passed"] is True and data["task"] == "pose2d"
     assert main(["check", str(exported["other"]), "--against", str(exported["fp32"]),
-                 "--images", str(IMAGES)]) == 1
+                 "--images", str(IMAGES)]) == 3  # a verdict, as calibrate's missed target (README: exit codes)
     assert "FAIL" in capsys.readouterr().out
+    # a missing file is an error met while working: 1, not the verdict
+    assert main(["check", str(exported["tmp"] / "missing.onnx"), "--against", str(exported["fp32"]),
+                 "--images", str(IMAGES)]) == 1
 
 
 def test_bad_inputs_are_one_line_errors(exported, tmp_path, capsys):

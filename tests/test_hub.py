@@ -179,7 +179,7 @@ def test_download_writes_file_and_sidecar(server: Server, tmp_path: Path) -> Non
     dest = tmp_path / "sub" / "dir" / "w.pth"
     assert hub.download(server.url("w.pth"), dest, sha256=PAYLOAD_SHA.upper(), progress=False) == dest
     assert dest.read_bytes() == PAYLOAD
-    assert _sidecar(dest).read_text() == PAYLOAD_SHA + "\n"
+    assert _sidecar(dest).read_text() == f"{PAYLOAD_SHA}  w.pth\n"  # sha256sum's format: `sha256sum -c` reads it
     assert not _part(dest).exists()
     assert server.state.requests == [("/w.pth", None)]
 
@@ -207,7 +207,7 @@ def test_resume_after_dropped_connection(server: Server, tmp_path: Path) -> None
     hub.download(server.url("w.pth"), dest, sha256=PAYLOAD_SHA, progress=False)
     assert server.state.requests[-1] == ("/w.pth", f"bytes={cut}-")
     assert dest.read_bytes() == PAYLOAD
-    assert _sidecar(dest).read_text().strip() == PAYLOAD_SHA
+    assert _sidecar(dest).read_text().split()[0] == PAYLOAD_SHA
     assert not _part(dest).exists()
 
 
@@ -306,27 +306,50 @@ def test_invalid_expected_hash(server: Server, tmp_path: Path) -> None:
 # --- verify --------------------------------------------------------------------------------------------
 
 
-def test_verify_writes_sidecar_then_detects_corruption(tmp_path: Path) -> None:
+def test_verify_learns_nothing_from_a_placed_file(tmp_path: Path) -> None:
+    """A file placed by hand (no registry hash in its name) gets no sidecar: a corrupt file placed first does
+    not lock out the good file placed after it (the lock-out of issue 23)."""
+    path = tmp_path / "rtmw-dw-l-m_simcc-cocktail14_270e-256x192-20231122.pth"  # a name without a hash
+    assert hub.hash_prefix_from_name(path.name) is None
+    path.write_bytes(PAYLOAD[:1000])  # partial
+    assert hub.verify(path) == hashlib.sha256(PAYLOAD[:1000]).hexdigest()
+    assert not _sidecar(path).exists()
+    path.write_bytes(PAYLOAD)  # the good file, placed afterwards
+    assert hub.verify(path) == PAYLOAD_SHA
+
+
+def test_a_sidecar_learned_by_older_versions_is_dropped(tmp_path: Path) -> None:
+    """Older versions wrote a one-token sidecar with the digest of whatever file they saw first: not trusted."""
     path = tmp_path / "w.pth"
     path.write_bytes(PAYLOAD)
+    _sidecar(path).write_text(WRONG_SHA + "\n")
     assert hub.verify(path) == PAYLOAD_SHA
-    assert _sidecar(path).read_text() == PAYLOAD_SHA + "\n"
+    assert not _sidecar(path).exists()
 
+
+def test_a_downloaded_file_changed_on_disk_is_refused_with_the_way_out(server: Server, tmp_path: Path) -> None:
+    server.state.payloads["/w.pth"] = PAYLOAD
+    path = hub.download(server.url("w.pth"), tmp_path / "w.pth", progress=False)
     corrupted = bytearray(PAYLOAD)
     corrupted[1234] ^= 0xFF
     path.write_bytes(bytes(corrupted))
     with pytest.raises(DownloadError, match="is corrupt") as info:
         hub.verify(path)
-    assert PAYLOAD_SHA in str(info.value)
-    assert "download again" in str(info.value)
+    message = str(info.value)
+    assert PAYLOAD_SHA in message and "download it again" in message
+    assert f"delete {_sidecar(path)}" in message  # the way out when the change was on purpose ...
+    _sidecar(path).unlink()
+    assert hub.verify(path) == hashlib.sha256(bytes(corrupted)).hexdigest()  # ... which works
 
 
 def test_verify_against_given_hashes(tmp_path: Path) -> None:
     path = tmp_path / "w.pth"
     path.write_bytes(PAYLOAD)
     assert hub.verify(path, sha256=PAYLOAD_SHA, hash_prefix=PAYLOAD_SHA[:6]) == PAYLOAD_SHA
-    with pytest.raises(DownloadError, match="is corrupt"):
-        hub.verify(path, hash_prefix=WRONG_SHA[:8])
+    with pytest.raises(DownloadError, match="is corrupt or incomplete.*the registry's") as info:
+        hub.verify(path, hash_prefix=WRONG_SHA[:8], advice="delete it and place the official file there")
+    assert str(info.value).endswith("delete it and place the official file there")
+    assert not _sidecar(path).exists()  # a registry hash is never learned either
 
 
 def test_verify_missing_file(tmp_path: Path) -> None:

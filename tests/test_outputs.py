@@ -6,6 +6,7 @@ even root) and RLIMIT_FSIZE, which makes a write fail the way a full disk does (
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import stat
@@ -17,7 +18,15 @@ from pathlib import Path
 import pytest
 
 from rtmw_edge.errors import OutputPathError, OutputWriteError, UsageError
-from rtmw_edge.outputs import Stream, atomic_output, atomic_path, atomic_write_bytes, check_output, probe_writable
+from rtmw_edge.outputs import (
+    Stream,
+    atomic_dir,
+    atomic_output,
+    atomic_path,
+    atomic_write_bytes,
+    check_output,
+    probe_writable,
+)
 
 
 def _listing(folder: Path) -> list[str]:
@@ -163,3 +172,65 @@ def test_disk_full_mid_write(tmp_path):
     frames = [json.loads(line) for line in lines[:-1]]
     assert [f["frame"] for f in frames] == list(range(len(frames))) and len(frames) > 100
     assert int(r.stdout.split("|")[1]) == len(frames)  # the count the error message reports
+
+
+def _record_syncs(monkeypatch) -> list[tuple]:
+    """Record, in order, every fsync (as the inode and kind of what it synced) and every rename."""
+    calls: list[tuple] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        st = os.fstat(fd)
+        calls.append(("fsync", st.st_ino, "dir" if stat.S_ISDIR(st.st_mode) else "file"))
+        return real_fsync(fd)
+
+    def replace(src, dst):
+        calls.append(("replace", os.stat(src).st_ino, os.fspath(dst)))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    return calls
+
+
+def test_an_artifact_is_synced_then_renamed_then_its_folder_synced(tmp_path, monkeypatch):
+    """A power cut must leave the old file or the whole new one: the temporary file's data reach the disk before
+    the rename (else the final name can point at an empty file), and the folder is synced after it (else the rename
+    itself can be lost)."""
+    target = tmp_path / "out" / "model.engine"
+    target.parent.mkdir()
+    calls = _record_syncs(monkeypatch)
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(b"plan" * 1000)
+        tmp_inode = tmp.stat().st_ino
+    assert calls == [("fsync", tmp_inode, "file"), ("replace", tmp_inode, str(target)),
+                     ("fsync", target.parent.stat().st_ino, "dir")]
+    assert target.read_bytes() == b"plan" * 1000
+
+
+def test_a_failing_sync_leaves_the_old_file(tmp_path, monkeypatch):
+    """EIO from fsync means the data did not reach the disk: the old file stays, no temporary is left."""
+    target = tmp_path / "m.onnx"
+    target.write_bytes(b"old")
+
+    def fsync(fd):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with pytest.raises(OutputWriteError, match="Input/output error"):
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(b"new")
+    assert target.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+def test_a_folder_output_is_synced_before_it_is_renamed(tmp_path, monkeypatch):
+    target = tmp_path / "repo"
+    calls = _record_syncs(monkeypatch)
+    with atomic_dir(target) as tmp:
+        (tmp / "m" / "1").mkdir(parents=True)
+        (tmp / "m" / "1" / "model.onnx").write_bytes(b"x")
+        inode = (tmp / "m" / "1" / "model.onnx").stat().st_ino
+    renamed = next(i for i, c in enumerate(calls) if c[0] == "replace" and c[2] == str(target))
+    assert ("fsync", inode, "file") in calls[:renamed]
+    assert calls[-1] == ("fsync", tmp_path.stat().st_ino, "dir")
+    assert (target / "m" / "1" / "model.onnx").read_bytes() == b"x"

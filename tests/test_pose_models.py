@@ -169,9 +169,10 @@ def test_wrong_or_missing_settings_are_refused(own, tmp_path):
     message = str(err.value)
     assert "--pose-spec" in message and "pipeline.json" in message and "\n" not in message
     assert isinstance(err.value, UsageError)
-    with pytest.raises(RtmwEdgeError, match=r"192x256 \(w×h\) crops, --pose-spec rtmw-l-384x288 says 288x384"):
+    # a --pose-spec that does not fit the graph is a usage error (exit 2), as a missing one is
+    with pytest.raises(UsageError, match=r"192x256 \(w×h\) crops, --pose-spec rtmw-l-384x288 says 288x384"):
         pose_metadata(path, "rtmw-l-384x288")
-    with pytest.raises(RtmwEdgeError, match="17 keypoints, --pose-spec dwpose-t-256x192 has 133"):
+    with pytest.raises(UsageError, match="17 keypoints, --pose-spec dwpose-t-256x192 has 133"):
         pose_metadata(path, "dwpose-t-256x192")
     with pytest.raises(UsageError, match="is a detector"):
         pose_metadata(path, "rtmdet-nano-person")
@@ -205,8 +206,9 @@ def test_sdk_json_is_read_and_checked(change, message, own, tmp_path):
         assert meta["color"] == "bgr" and meta["mean"] == list(spec.mean) and meta["imported"]["from"] == "mmdeploy-sdk"
         assert meta["name"] == "rtmw-m_simcc-cocktail14-256x192"  # detail.json's config
         return
-    with pytest.raises(RtmwEdgeError, match=message):
+    with pytest.raises(RtmwEdgeError, match=message) as err:
         pose_metadata(path)
+    assert not isinstance(err.value, UsageError)  # SDK JSON that does not fit its graph: a broken input (exit 1)
 
 
 def test_models_import_writes_a_self_describing_copy(own, images, reference, tmp_path, capsys):
@@ -248,6 +250,12 @@ def test_cli_run_with_pose_spec_and_without(own, tmp_path, capsys):
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "--pose-spec" in err and "pipeline.json" in err
     assert not out.exists()
+    # a wrong one: caught before any frame, a usage error like the missing one (README: exit codes)
+    assert main(["run", str(IMAGES), "--det", str(DET), "--pose", str(path), "--pose-spec", "dwpose-t-256x192",
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "--pose-spec dwpose-t-256x192" in err and "not the same" in err
+    assert not out.exists() or out.read_text() == ""
     assert main(["run", str(IMAGES), "--det", str(DET), "--pose", str(path), "--pose-spec", "rtmpose-t-256x192",
                  "--out", str(out)]) == 0
     frames = [json.loads(line) for line in out.read_text().splitlines()]
@@ -294,3 +302,18 @@ def test_build_manifest_carries_the_description(own, tmp_path, monkeypatch):
                                   pose_spec="rtmpose-t-256x192")
     assert plan.onnx_metadata["name"] == "rtmpose-t-256x192" and plan.onnx_metadata["task"] == "pose2d"
     assert [p.max for p in plan.profiles] == [(32, 3, 256, 192)]  # the pose default 1:8:32, not batch 1
+
+
+def test_serve_names_its_configuration_key_for_a_foreign_pose_model(own, tmp_path, capsys):
+    """The daemon has no --pose-spec option: its errors name [model] pose_spec, found by --check before it listens."""
+    path = foreign_copy(own["rtmpose-t"], tmp_path / "pose.onnx")
+    config = tmp_path / "daemon.toml"
+    for spec, code, expected in ((None, 2, "give [model] pose_spec NAME"),
+                                 ("dwpose-t-256x192", 2, "[model] pose_spec dwpose-t-256x192 has 133"),
+                                 ("rtmpose-t-256x192", 0, None)):
+        line = f'pose_spec = "{spec}"\n' if spec else ""
+        config.write_text(f'[model]\ndet = "{DET}"\npose = "{path}"\n{line}[cameras.a]\nsource = "0"\n')
+        assert main(["serve", "--config", str(config), "--check"]) == code, spec
+        err = capsys.readouterr().err.strip()
+        if expected:
+            assert err.count("\n") == 0 and expected in err and "--pose-spec" not in err, err

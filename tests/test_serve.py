@@ -127,6 +127,7 @@ def test_websocket_frames_follow_the_run_schema_and_metrics_move(tmp_path, estim
     assert all(len(f["persons"]) <= 2 for f in frames)  # max_persons
     assert status == 200
     validate_frame_dict(latest, num_keypoints=133)
+    assert latest["source"] == str(clip) and all(f["source"] == str(clip) for f in frames)  # not null
     assert preview.shape == (240, 320, 3)
 
     assert metric(during, "rtmw_edge_clients", kind="websocket") == 1

@@ -146,6 +146,24 @@ def test_serve_check_prints_the_effective_settings(tmp_path, capsys, monkeypatch
     assert shown["cameras"]["a"]["source"] == "0"
 
 
+def test_serve_check_refuses_a_camera_file_that_is_not_there(tmp_path, capsys):
+    """--check validates what `serve` would open: a missing video file is named (exit 2); a device node that may be
+    plugged in later, a camera index and a URL are not looked for."""
+    path = _write(tmp_path, f'[cameras.a]\nsource = "{tmp_path / "door.mp4"}"\n')
+    assert main(["serve", "--config", str(path), "--check"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and f"cameras.a.source: no such file or folder: {tmp_path / 'door.mp4'}" in err
+    (tmp_path / "door.mp4").write_bytes(b"")
+    assert main(["serve", "--config", str(path), "--check"]) == 0
+    capsys.readouterr()
+    url = _write(tmp_path, '[cameras.a]\nsource = "file:///nonexistent/door.mp4"\n')
+    assert main(["serve", "--config", str(url), "--check"]) == 2
+    assert "no such file or folder: /nonexistent/door.mp4" in capsys.readouterr().err
+    ok = _write(tmp_path, '[cameras.a]\nsource = "/dev/video9"\n[cameras.b]\nsource = "rtsp://cam/x"\n'
+                          '[cameras.c]\nsource = "2"\n')
+    assert main(["serve", "--config", str(ok), "--check"]) == 0
+
+
 def test_malformed_config_gives_one_error_line_and_exit_2(tmp_path):
     path = _write(tmp_path, "[server]\nport = 8765\nhost = 127.0.0.1\n[cameras.a]\nsource = \"0\"\n")
     proc = subprocess.run([sys.executable, "-m", "rtmw_edge.cli", "serve", "--config", str(path)],

@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -425,6 +426,9 @@ def test_selftest_end_to_end_with_fakes(fake_trt, fake_cuda, tmp_path, monkeypat
     assert all(r["passed"] and r["build_path"] == "strongly-typed" for r in rows), rows
     assert (tmp_path / "work" / "timing.cache").is_file()
     assert main(["selftest", "--workdir", str(tmp_path / "cli")]) == 0
+    failing = [{**rows[0], "passed": False, "failures": ["simcc_x: max relative difference 0.5 > 0.01"]}]
+    monkeypatch.setattr(selftest_module, "selftest", lambda *a, **k: failing)
+    assert main(["selftest", "--workdir", str(tmp_path / "cli2")]) == 3  # a verdict, as check's (README)
 
 
 def test_build_check_exit_codes(fake_trt, pose, tmp_path, capsys):
@@ -457,6 +461,33 @@ def test_without_tensorrt_commands_say_so_in_one_line(pose, tmp_path, capsys):
         load_engine(engine)
     with pytest.raises(MissingDependencyError):
         load_engine(pose, "tensorrt")
+
+
+@pytest.mark.skipif(HAS_TENSORRT, reason="TensorRT is installed here")
+@pytest.mark.parametrize("gpu", [False, True], ids=["no-gpu", "gpu"])
+def test_without_tensorrt_the_advice_starts_with_the_gpu(pose, tmp_path, capsys, monkeypatch, gpu):
+    """selftest, build and run --backend tensorrt say the same line; without a GPU it says so before any
+    `pip install tensorrt` (which would not help there), with one it gives the install command."""
+    from rtmw_edge.engines import NO_GPU, TENSORRT_PIP
+
+    monkeypatch.setattr(trt_backend, "gpu_visible", lambda: gpu)
+    monkeypatch.setattr(trt_backend, "is_jetson", lambda: False)
+    engine = tmp_path / "m.engine"
+    engine.write_bytes(b"plan")
+    photo = Path(__file__).resolve().parents[2] / "shared" / "images" / "000000000785.jpg"
+    lines = set()
+    for argv in (["selftest"], ["build", str(pose)],
+                 ["run", str(photo), "--det", str(engine), "--pose", str(engine), "--backend", "tensorrt"]):
+        assert main(argv) == 1, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: this needs TensorRT"), (argv, err)
+        lines.add(err[0])
+    assert len(lines) == 1  # one wording
+    line = lines.pop()
+    if gpu:
+        assert TENSORRT_PIP in line and "no NVIDIA GPU" not in line
+    else:
+        assert " ".join(NO_GPU.split()) in line and line.index("no NVIDIA GPU") < line.index("pip install tensorrt")
 
 
 def test_onnx_with_tensorrt_backend_points_to_build(fake_trt, pose):

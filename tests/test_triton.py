@@ -395,6 +395,72 @@ def test_server_killed_mid_run_keeps_frames_and_exits_with_one_line(cpu_reposito
             assert np.abs(np.array(got["keypoints"]) - want.keypoints).max() <= 0.005 + 1e-6
 
 
+class _StoppingServer:
+    """What a Triton server answers while it stops gracefully: models unloaded first ("unknown model"), the server
+    no longer ready (seen on the real server of the test below: the request fails, then /v2/health/ready is not 200)."""
+
+    def __init__(self, ready: bool) -> None:
+        self.ready = ready
+
+    def infer(self, *args, **kwargs):
+        from tritonclient.utils import InferenceServerException
+
+        raise InferenceServerException("Request for unknown model: 'rtmw_pipeline' is not found",
+                                       status="StatusCode.NOT_FOUND")
+
+    def is_server_ready(self, **kwargs):
+        return self.ready
+
+    def is_model_ready(self, *args, **kwargs):
+        return self.ready
+
+
+def _estimator_on(client) -> TritonPoseEstimator:
+    import tritonclient.grpc
+
+    est = TritonPoseEstimator.__new__(TritonPoseEstimator)
+    est.url, est.model = parse_url("127.0.0.1:8001"), "rtmw_pipeline"
+    est._module, est._client = tritonclient.grpc, client
+    est.timeout, est.retries, est.backoff, est.encoding = 1.0, 0, 0.0, "raw"
+    est.det_threshold = est.max_persons = est.camera = est.tracker = None
+    return est
+
+
+def test_a_server_stopping_mid_run_is_named_as_such_not_as_an_unknown_model():
+    image = np.zeros((32, 32, 3), np.uint8)
+    with pytest.raises(TritonUnavailableError, match=r"stopped serving 'rtmw_pipeline' at frame 5 \(it is shutting "
+                                                      r"down or restarting\)"):
+        _estimator_on(_StoppingServer(ready=False))(image, frame=5)
+    with pytest.raises(TritonModelError, match="unknown model") as err:  # a server that is up: the model's own error
+        _estimator_on(_StoppingServer(ready=True))(image, frame=5)
+    assert "stopped serving" not in str(err.value)
+
+
+@pytest.mark.slow  # its own server (~20 s); the test above pins the rule with the answers this one sees
+def test_a_server_stopped_mid_run_is_reported_as_stopping(cpu_repository, tmp_path):
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i in range(200):
+        (frames / f"{i:03d}.jpg").symlink_to(PHOTOS[0])
+    server = _start(cpu_repository, tmp_path / "server.log")
+    out = tmp_path / "out.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "rtmw_edge.cli", "run", str(frames), "--backend", "triton",
+                             "--triton-url", server.grpc_url, "--out", str(out)], stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while (not out.is_file() or len(out.read_text().splitlines()) < 3) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        server.stop()  # SIGTERM: a graceful stop, models unloaded first
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        server.stop()
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert proc.returncode == 1 and len(lines) == 1, err
+    assert "stopped serving 'rtmw_pipeline'" in lines[0] or "not answering" in lines[0], lines[0]
+
+
 def test_bench_times_the_remote_path_beside_the_local_one(server, models, tmp_path):
     out = tmp_path / "bench.json"
     assert main(["bench", "--det", str(RAWHEAD), "--pose", str(models["pose"]), "--backend", "auto", "--backend",

@@ -28,9 +28,12 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import signals
 from ..engines import (
     DEFAULT_CONTEXTS,
     DEFAULT_WORKSPACE,
+    NO_GPU,
+    TENSORRT_PIP,
     TIMING_CACHE_NAME,
     BuildPlan,
     EngineError,
@@ -62,15 +65,26 @@ from ..errors import MissingDependencyError, RtmwEdgeError
 from ..outputs import atomic_write_bytes
 
 _JETSON_TRT = "sudo apt install python3-libnvinfer (JetPack 6 ships TensorRT 10.3)"
-_X86_TRT = "pip install tensorrt (the 'trt' extra of rtmw-edge; tensorrt-cu12/-cu13 wheels)"
+_X86_TRT = TENSORRT_PIP
+
+
+def gpu_visible() -> bool:
+    """An NVIDIA GPU this process could use: a Jetson, or a /dev/nvidia<N> device node (a container gets one with
+    --gpus). A cheap look, without CUDA; `doctor` and `device_available` ask CUDA itself."""
+    import glob
+
+    return is_jetson() or bool(glob.glob("/dev/nvidia[0-9]*"))
 
 
 # ------------------------------------------------------------------------------------- optional imports
 def import_tensorrt():
-    """The `tensorrt` module, or one clear line saying how to install it (Jetson vs x86)."""
+    """The `tensorrt` module, or one clear line saying how to install it (Jetson vs x86) — and, first, that there is
+    no GPU when there is none (installing TensorRT would not help then)."""
     try:
         import tensorrt as trt
     except (ImportError, OSError) as exc:  # OSError: bindings present but libnvinfer missing
+        if not gpu_visible():
+            raise MissingDependencyError(f"this needs TensorRT: {NO_GPU}") from None
         how = _JETSON_TRT if is_jetson() else _X86_TRT
         raise MissingDependencyError(f"this needs TensorRT, which is not installed or not loadable "
                                      f"({type(exc).__name__}): {how}; `rtmw-edge doctor` shows what is missing"
@@ -199,11 +213,11 @@ def _make_progress_monitor(trt, progress):
             try:
                 with self._lock:
                     task = self._tasks.get(phase_name)
-                    if task is not None:
-                        progress.update(task, completed=int(step) + 1)
+                    if task is not None:  # never raises: a stop is answered by the return value
+                        getattr(progress, "update_unchecked", progress.update)(task, completed=int(step) + 1)
             except Exception:  # pragma: no cover
                 pass
-            return True  # False would cancel the build
+            return signals.requested() is None  # False cancels the build (SIGTERM / Ctrl-C arrived)
 
         def phase_finish(self, phase_name) -> None:
             try:
@@ -352,9 +366,10 @@ def build_engine(onnx_path: str | Path, output: str | Path | None = None, *, bat
     ONNX (see `plan_build`).
     """
     from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
 
     from .. import __version__
+    from ..progress import progress_bar
 
     console = console or Console(stderr=True)
     trt = import_tensorrt()
@@ -421,10 +436,10 @@ def build_engine(onnx_path: str | Path, output: str | Path | None = None, *, bat
         console.print(f"timing cache: {cache_path} ({'reused' if reused else 'new'})", highlight=False,
                       markup=False)
 
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                   TimeElapsedColumn(), console=console, transient=True, disable=not progress)
+    bar = progress_bar(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                       TimeElapsedColumn(), console=console, disable=not progress)
     with bar:
-        monitor = _make_progress_monitor(trt, bar) if progress else None
+        monitor = _make_progress_monitor(trt, bar)  # also how a stop signal cancels the build
         spinner = None
         if monitor is not None:
             config.progress_monitor = monitor
@@ -434,6 +449,7 @@ def build_engine(onnx_path: str | Path, output: str | Path | None = None, *, bat
         if spinner is not None:
             bar.remove_task(spinner)
     if serialized is None:
+        signals.check()  # the build was cancelled by SIGTERM / Ctrl-C: exit 143 / 130, nothing written
         why = f": {logger.errors[-1]}" if logger.errors else " (see the TensorRT messages above)"
         raise EngineError(f"TensorRT {plan.tensorrt_version} could not build {plan.onnx_path.name}{why}; "
                           "nothing was written")

@@ -127,6 +127,9 @@ def render_markdown(result: dict) -> str:
         lines.append("")
     if fid is not None and target is not None:
         lines += [f"Target ({target['description']}): **{'met' if target['met'] else 'NOT met'}**.", ""]
+        steps = next_steps(result)
+        if steps:
+            lines += ["## Next step", ""] + [f"- {s}" for s in steps] + [""]
     front = result.get("frontier")
     if front:
         lines += ["## Frontier (validation samples from the calibration images)", "",
@@ -156,6 +159,28 @@ def render_markdown(result: dict) -> str:
         lines.append("")
     lines += ["## Float layers", ""] + [f"- `{n}`" for n in q["float_layers"]] + [""]
     return "\n".join(lines)
+
+
+def next_steps(result: dict) -> list[str]:
+    """What to try when the fidelity target was missed (empty when it was met or not measured)."""
+    target = result.get("target")
+    if not target or target["met"]:
+        return []
+    task = result["task"]
+    steps = []
+    if not result.get("frontier"):
+        steps.append("run again with --auto-exclude: it measures each conv's sensitivity and keeps the worst in float "
+                     "until the target is met (the calibration data in the cache is reused)")
+    else:
+        steps.append("--auto-exclude could not reach the target above its floor of INT8 MACs: lower --min-int8-share "
+                     "to let it keep more convs in float")
+    steps.append("calibrate on more images from the place the model will see (--num, --images, --video), or try "
+                 "--method entropy or mse")
+    flags = "--min-recall/--min-iou" if task == "detector" else "--min-oks/--max-px"
+    steps.append(f"judge the INT8 model on your own photos with `rtmw-edge check INT8.onnx --against FP32.onnx "
+                 f"--images DIR` ({flags} set to what your use accepts); with random weights (export --random-init) "
+                 "the target says nothing about a trained model")
+    return steps
 
 
 def _short(name: str | None) -> str:

@@ -93,7 +93,11 @@ class CalibrateResult:
 
 
 def default_cache(model: Path) -> Path:
-    return Path("calibration") / model.stem
+    """$RTMW_EDGE_HOME/calibration/<model stem>: the cache is hundreds of MB (crops as float32 tensors), so it does
+    not land in whatever folder the command runs in; `--cache` chooses another."""
+    from ..hub import home_dir
+
+    return home_dir() / "calibration" / Path(model).stem
 
 
 def default_float_layers(model, layers: list[Layer], task: str) -> list[str]:

@@ -34,6 +34,8 @@ import math
 import os
 import re
 import sys
+import urllib.parse
+import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -383,6 +385,32 @@ def _apply_file(config: DaemonConfig, data: dict, where: str) -> None:
             raise ConfigError(f"{where}: {section} must be a table")
         for key, value in table.items():
             _apply(getattr(config, section), key, value, where, section, from_env=False)
+
+
+def _missing_file(source: str) -> str | None:
+    """The path a camera source names when it is a local file or folder that does not exist, else None. Camera
+    indices, URLs, GStreamer pipelines and device nodes (/dev/video2 may be plugged in later) are not checked."""
+    text = source.strip()
+    if text.isdigit() or " ! " in text or text.startswith("nvarguscamerasrc"):
+        return None
+    if "://" in text:
+        if not text.lower().startswith("file://"):
+            return None
+        text = urllib.request.url2pathname(urllib.parse.urlsplit(text).path)
+    path = Path(text).expanduser()
+    if path.exists() or str(path).startswith("/dev/"):
+        return None
+    return str(path)
+
+
+def check_sources(config: DaemonConfig) -> None:
+    """What `serve` (and `serve --check`) would open: a camera source naming a local file or folder must exist.
+    Not part of loading, so the documented example (a `demo.mp4` to replace) still parses."""
+    for cam in config.cameras:
+        missing = _missing_file(cam.source)
+        if missing is not None:
+            raise ConfigError(f"{config.path or 'environment'}: cameras.{cam.name}.source: no such file or folder: "
+                              f"{missing} (a camera index, video file, folder, URL or GStreamer pipeline)")
 
 
 def _validate(config: DaemonConfig, where: str) -> None:

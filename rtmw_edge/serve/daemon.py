@@ -37,6 +37,7 @@ from typing import Any
 from aiohttp import web
 
 from .. import __version__
+from .. import signals as stop_signals
 from ..errors import RtmwEdgeError
 from ..estimators import active_backends, backend_summary, open_estimator
 from ..sources import mask_credentials, open_source
@@ -485,9 +486,14 @@ class Daemon:
             log.info("received SIGHUP: reloading the configuration", extra={"event": "signal", "signal": "SIGHUP"})
             self._tasks.append(asyncio.ensure_future(self.reload()))
 
+        # the handlers before ours (the CLI's flag): put back after the stop, as asyncio would leave the defaults,
+        # which a second SIGTERM between the stop and the exit would turn into death by the signal
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_signal, sig)
         loop.add_signal_handler(signal.SIGHUP, on_hangup)
+        if stop_signals.requested():  # it came while the CLI was starting (its handler only set the flag)
+            on_signal(signal.Signals(stop_signals.requested()))
         try:
             starting = asyncio.ensure_future(self.start())
             waiting = asyncio.ensure_future(signalled.wait())
@@ -501,6 +507,9 @@ class Daemon:
             await self.stop()
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
+            for sig, handler in previous.items():
+                if handler is not None:
+                    signal.signal(sig, handler)
         return 0
 
 

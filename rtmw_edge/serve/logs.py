@@ -12,10 +12,10 @@ What `setup_logging` adds for the daemon process:
 - **Logging never blocks the event loop**: records go into a bounded queue; one thread formats and writes
   them (a slow or stuck stderr, journald under pressure, stalls that thread, not the loop). When the queue is
   full, records are dropped and counted; the next line that gets through says how many.
-- **Native output stays JSON** (`NativeStderr`): FFmpeg, OpenCV, GStreamer and ONNX Runtime write to file
-  descriptor 2 from C, bypassing Python. The daemon points fd 2 at a pipe; a thread turns each line into a
-  ``native_log`` record (rate-limited: a corrupt stream can print a line per frame) and the real stderr
-  receives only our formatted lines.
+- **Native output stays JSON** (`rtmw_edge.native_stderr.NativeStderr`, shared with `run` and `calibrate`):
+  FFmpeg, OpenCV, GStreamer and ONNX Runtime write to file descriptor 2 from C, bypassing Python. The daemon
+  points fd 2 at a pipe; a thread turns each line into a ``native_log`` record (rate-limited: a corrupt stream
+  can print a line per frame) and the real stderr receives only our formatted lines.
 - `Throttle`: the "once per interval, with a count" rule used for repeated errors (inference failures,
   accept errors, closed connections), so an error repeating a thousand times a second writes one line per
   interval, never a traceback per event.
@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import logging
 import logging.handlers
-import os
 import queue
 import re
 import sys
@@ -34,12 +33,16 @@ import threading
 import time
 from collections.abc import Iterable
 
+from ..native_stderr import INTERVAL_S as NATIVE_INTERVAL_S
+from ..native_stderr import LINES_PER_INTERVAL as NATIVE_LINES_PER_INTERVAL
+from ..native_stderr import NativeStderr
 from ..sources import mask_credentials
+
+__all__ = ["NATIVE_INTERVAL_S", "NATIVE_LINES_PER_INTERVAL", "JsonFormatter", "LogSetup", "NativeStderr", "Redactor",
+           "TextFormatter", "Throttle", "setup_logging"]
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime", "taskName"}
 QUEUE_SIZE = 10_000
-NATIVE_LINES_PER_INTERVAL = 20
-NATIVE_INTERVAL_S = 10.0
 
 
 class Redactor:
@@ -165,7 +168,7 @@ def setup_logging(level: str = "info", fmt: str = "json", stream=None, *, secret
     root.setLevel(getattr(logging, level.upper()))
     listener.start()
     if native is not None:
-        native.start(logging.getLogger("rtmw_edge.native"))
+        _pump_to_log(native, logging.getLogger("rtmw_edge.native"))
     _log_uncaught_exceptions()
     return LogSetup(writer, listener, redact, native)
 
@@ -185,70 +188,15 @@ def _log_uncaught_exceptions() -> None:
     threading.excepthook = thread_hook
 
 
-class NativeStderr:
-    """File descriptor 2 redirected into a pipe whose lines become log records (see the module docstring)."""
+def _pump_to_log(native: NativeStderr, logger: logging.Logger) -> None:
+    """The daemon's use of `NativeStderr`: each line a ``native_log`` record, the held-back count one more."""
 
-    def __init__(self, saved_fd: int, read_fd: int) -> None:
-        self._saved = saved_fd
-        self._read = read_fd
-        self.stream = os.fdopen(os.dup(saved_fd), "w", buffering=1, encoding="utf-8", errors="replace")
-        self._thread: threading.Thread | None = None
-        self.lines = 0
-        self.suppressed = 0
+    def emit(text: str) -> None:
+        logger.warning("%s", text, extra={"event": "native_log"})
 
-    @classmethod
-    def capture(cls) -> NativeStderr:
-        sys.stderr.flush()
-        saved = os.dup(2)
-        read_fd, write_fd = os.pipe()
-        os.dup2(write_fd, 2)
-        os.close(write_fd)
-        return cls(saved, read_fd)
+    def hidden(count: int, interval_s: float, limit: int) -> None:
+        logger.warning("native library output: %d more line(s) in %g s not shown (at most %d per %g s)",
+                       count, interval_s, limit, interval_s,
+                       extra={"event": "native_log_suppressed", "suppressed": count})
 
-    def start(self, logger: logging.Logger) -> None:
-        self._thread = threading.Thread(target=self._pump, args=(logger,), name="rtmw-edge-native-log", daemon=True)
-        self._thread.start()
-
-    def _pump(self, logger: logging.Logger) -> None:
-        window_start, shown, hidden = time.monotonic(), 0, 0
-
-        def report_hidden() -> None:
-            if hidden:
-                logger.warning("native library output: %d more line(s) in %g s not shown (at most %d per %g s)",
-                               hidden, NATIVE_INTERVAL_S, NATIVE_LINES_PER_INTERVAL, NATIVE_INTERVAL_S,
-                               extra={"event": "native_log_suppressed", "suppressed": hidden})
-
-        with os.fdopen(self._read, "rb", buffering=0) as pipe:
-            pending = b""
-            while True:
-                chunk = pipe.read(65536)
-                if not chunk:
-                    break
-                pending += chunk
-                *lines, pending = pending.split(b"\n")
-                for raw in lines:
-                    text = raw.decode("utf-8", "replace").rstrip()
-                    if not text:
-                        continue
-                    self.lines += 1
-                    now = time.monotonic()
-                    if now - window_start >= NATIVE_INTERVAL_S:
-                        report_hidden()
-                        window_start, shown, hidden = now, 0, 0
-                    if shown < NATIVE_LINES_PER_INTERVAL:
-                        shown += 1
-                        logger.warning("%s", text, extra={"event": "native_log"})
-                    else:
-                        hidden += 1
-                        self.suppressed += 1
-        report_hidden()
-
-    def restore(self) -> None:
-        """Point fd 2 back at the real stderr; the pump reads what is left and ends."""
-        try:
-            sys.stderr.flush()
-        except (OSError, ValueError):
-            pass
-        os.dup2(self._saved, 2)  # closes the pipe's write end: the pump sees the end of its input
-        if self._thread is not None:
-            self._thread.join(1.0)
+    native.start(emit, hidden, limit=NATIVE_LINES_PER_INTERVAL, interval_s=NATIVE_INTERVAL_S)

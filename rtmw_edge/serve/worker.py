@@ -226,6 +226,7 @@ class InferenceWorker:
             self._error(cam.name, exc)
             return
         t = time.monotonic()
+        result.source = cam.description  # credentials masked
         message = result.to_dict()
         message["camera"] = cam.name
         payload = json.dumps(message, separators=(",", ":"))

@@ -28,7 +28,7 @@ from ..backends import availability
 from ..detectors import as_bgr_uint8
 from ..errors import RtmwEdgeError, UsageError, require
 from ..results import FrameResult
-from ..streams import FrameArrays, PoseStream
+from ..streams import FrameArrays, FrameTail, PoseStream
 from . import PIPELINE_MODEL
 
 DEFAULT_PORTS = {"grpc": 8001, "http": 8000}
@@ -249,11 +249,19 @@ class TritonPoseEstimator:
                                                      np.nan if c.cy is None else c.cy], np.float32), "FP32"))
         return inputs
 
-    def infer(self, image: np.ndarray, camera=None) -> FrameArrays:
+    def infer(self, image: np.ndarray, camera=None, *, frame: int | None = None) -> FrameArrays:
         """One BGR uint8 frame through the server's pipeline model → its persons as arrays. CAMERA: this frame's
-        intrinsics (`geometry.Camera`, RTMW3D), else the estimator's own."""
-        response = self._with_retries("inference", self._client.infer, self.model,
-                                      self._inputs(image, self.camera if camera is None else camera))
+        intrinsics (`geometry.Camera`, RTMW3D), else the estimator's own; FRAME: its number, for messages."""
+        try:
+            response = self._with_retries("inference" if frame is None else f"frame {frame}", self._client.infer,
+                                          self.model, self._inputs(image, self.camera if camera is None else camera))
+        except TritonModelError as exc:
+            # a server that stops gracefully unloads its models first: "unknown model" then means "stopping"
+            if not self._still_serving():
+                at = "" if frame is None else f" at frame {frame}"
+                raise TritonUnavailableError(f"the Triton server at {self.url} stopped serving {self.model!r}{at} "
+                                             f"(it is shutting down or restarting): {exc}") from None
+            raise
         boxes, scores = response.as_numpy("boxes"), response.as_numpy("scores")
         kpts, kpt_scores = response.as_numpy("keypoints"), response.as_numpy("keypoint_scores")
         kpts_3d = response.as_numpy("keypoints_3d") if self.info.task == "pose3d" else None
@@ -261,13 +269,22 @@ class TritonPoseEstimator:
         return FrameArrays(boxes, scores, kpts, kpt_scores, kpts_3d, dropped)
 
     def __call__(self, image: np.ndarray, frame: int = 0, timestamp: float = 0.0, camera=None) -> FrameResult:
-        """One frame through the server's pipeline model, on this estimator's own stream. CAMERA: this frame's
-        intrinsics, instead of the estimator's own."""
-        if camera is None:
-            return self._stream.step(image, frame, timestamp)
+        """One frame through the server's pipeline model, ending in this estimator's own stream's tail (its
+        tracker). CAMERA: this frame's intrinsics, instead of the estimator's own."""
         image = as_bgr_uint8(image)
         h, w = image.shape[:2]
-        return self._stream.tail(*self.infer(image, camera), frame=frame, timestamp=timestamp, width=w, height=h)
+        arrays = self.infer(image, camera, frame=frame)
+        tail = self._stream.tail if getattr(self, "_stream", None) is not None else FrameTail()
+        return tail(*arrays, frame=frame, timestamp=timestamp, width=w, height=h)
+
+    def _still_serving(self) -> bool:
+        """The server is up and the model ready (one quick look, no retries); False when either is not, or the
+        server does not answer."""
+        try:
+            return bool(self._call(self._client.is_server_ready)) and bool(
+                self._call(self._client.is_model_ready, self.model))
+        except Exception:  # noqa: BLE001 - not answering is an answer here
+            return False
 
     def close(self) -> None:
         client, self._client = self._client, None

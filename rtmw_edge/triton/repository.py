@@ -419,9 +419,9 @@ def export_repository(det: str | Path, pose: str | Path, output: str | Path, *, 
     params = pipeline_parameters(det_file, pose_file, flip_test=flip_test, det_threshold=det_threshold,
                                  nms_iou=nms_iou, max_persons=max_persons)
     steps = 2 + sum(1 + len(f.extra_files) for f in (det_file, pose_file))
-    from rich.progress import Progress
+    from ..progress import progress_bar
 
-    with atomic_dir(target) as tmp, Progress(console=console, transient=True, disable=not progress) as bar:
+    with atomic_dir(target) as tmp, progress_bar(console=console, disable=not progress) as bar:
         task = bar.add_task(f"triton export → {output}", total=steps)
 
         def advance() -> None:

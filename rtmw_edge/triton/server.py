@@ -15,7 +15,9 @@ once, a venv of that interpreter (default `/usr/bin/python3.11`, or `RTMW_EDGE_T
 
 The venv's folder name is a hash of all of that, so a changed pin or interpreter builds a new one.
 `TritonServer` starts `tritonserver` with the venv's `bin/` first on PATH (the stub finds its Python there),
-waits for `/v2/health/ready`, and stops it with SIGTERM (SIGKILL after a grace period).
+waits for `/v2/health/ready`, and stops it with SIGTERM (SIGKILL after a grace period). The server runs in its
+own session (a Ctrl-C in the terminal reaches the CLI, which stops it in order) and ends with its parent even when
+that is killed (`signals.die_with_parent`: Linux's parent-death signal), so it never keeps its ports as an orphan.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import signals
 from ..errors import RtmwEdgeError
 
 PYTRITON = "nvidia-pytriton==0.7.0"
@@ -103,9 +106,11 @@ def _interpreter(python: str | Path) -> dict:
             "'full': sys.version.split()[0], 'shared': bool(sysconfig.get_config_var('Py_ENABLE_SHARED')), "
             "'executable': sys.executable}))")
     try:
-        out = subprocess.run([str(python), "-c", code], capture_output=True, text=True, timeout=60, check=True)
+        out = subprocess.run([str(python), "-c", code], capture_output=True, text=True, timeout=60, check=True,
+                             preexec_fn=signals.die_with_parent())
         return json.loads(out.stdout)
     except (OSError, subprocess.SubprocessError, ValueError) as exc:
+        signals.check()  # it died of the SIGTERM / Ctrl-C sent to the whole process group: that is the news
         raise TritonServerError(f"cannot run {python}: {exc}") from None
 
 
@@ -115,13 +120,29 @@ def _env_key(info: dict, pins: list[str], toolkit: Path) -> str:
 
 
 def _run(cmd: list[str], what: str, log, timeout: float = 900.0) -> None:
+    """One set-up step (venv, pip) in a child that ends with this process; SIGTERM / Ctrl-C stop it at once."""
+    import tempfile
+
     log(what)
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise TritonServerError(f"{what} did not finish in {timeout:.0f} s") from None
+    with tempfile.TemporaryFile() as output:
+        proc = subprocess.Popen(cmd, stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                preexec_fn=signals.die_with_parent())
+        deadline = time.monotonic() + timeout
+        try:
+            while proc.poll() is None:
+                if time.monotonic() > deadline:
+                    raise TritonServerError(f"{what} did not finish in {timeout:.0f} s")
+                signals.check()
+                signals.wait(0.2)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        output.seek(0)
+        text = output.read().decode(errors="replace")
+    signals.check()  # a child that died of the stop signal sent to the whole process group
     if proc.returncode != 0:
-        lines = [ln for ln in (proc.stderr or proc.stdout).strip().splitlines() if not ln.startswith("WARNING")]
+        lines = [ln for ln in text.strip().splitlines() if not ln.startswith("WARNING")]
         raise TritonServerError(f"{what} failed: {lines[-1] if lines else f'exit code {proc.returncode}'}")
 
 
@@ -178,8 +199,10 @@ def ensure_server_env(python: str | Path | None = None, *, log=None) -> ServerEn
             shutil.copy2(shipped / name, backend / name)
         shutil.copy2(stub, backend / "triton_python_backend_stub")
         check = subprocess.run([str(env.python), "-c", "import numpy, cv2, onnxruntime, rtmw_edge.triton.models"],
-                               capture_output=True, text=True, env=env.process_env())
+                               capture_output=True, text=True, env=env.process_env(),
+                               preexec_fn=signals.die_with_parent())
         if check.returncode != 0:
+            signals.check()
             raise TritonServerError(f"the server venv {root} cannot import the pipeline's packages: "
                                     f"{(check.stderr.strip().splitlines() or ['?'])[-1]}")
         done.write_text(json.dumps({"python": info, "pins": pins, "pytriton": PYTRITON}, indent=2) + "\n")
@@ -258,8 +281,9 @@ class TritonServer:
                 "false", "--exit-timeout-secs", "10", "--strict-readiness", "true", *self.extra_args]
 
     # -- lifecycle
-    def start(self, timeout: float = 180.0) -> float:
-        """Launch and wait until the server and every model are ready; returns the start-up time in seconds."""
+    def start(self, timeout: float = 180.0, should_stop=None) -> float | None:
+        """Launch and wait until the server and every model are ready; returns the start-up time in seconds, or None
+        when `should_stop()` turned true while waiting (the server is stopped again then)."""
         if not self.repository.is_dir():
             raise TritonServerError(f"model repository not found: {self.repository}")
         if not any(self.repository.glob("*/config.pbtxt")):
@@ -278,27 +302,35 @@ class TritonServer:
             self.log_path = Path(self._log_file.name)
             self._temporary_log = True  # removed after a clean stop, kept when the server failed
         self.process = subprocess.Popen(self.command(), stdout=self._log_file, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL, env=self.env.process_env(), start_new_session=True)
+                                        stdin=subprocess.DEVNULL, env=self.env.process_env(), start_new_session=True,
+                                        preexec_fn=signals.die_with_parent(signal.SIGTERM))
         try:
-            self.wait_ready(timeout, t0)
+            ready = self.wait_ready(timeout, t0, should_stop=should_stop)
         except BaseException:
             self.stop()
             raise
+        if not ready:
+            self.stop()
+            return None
         self.startup_seconds = time.monotonic() - t0
         return self.startup_seconds
 
-    def wait_ready(self, timeout: float, t0: float | None = None) -> None:
+    def wait_ready(self, timeout: float, t0: float | None = None, should_stop=None) -> bool:
+        """True once ready; False when `should_stop()` turned true first; raises when the server exits or is not
+        ready in time."""
         deadline = (t0 or time.monotonic()) + timeout
         url = f"http://{self._client_host}:{self.http_port}/v2/health/ready"
         while True:
+            if should_stop is not None and should_stop():
+                return False
             if self.process is not None and self.process.poll() is not None:
                 raise TritonServerError(f"tritonserver exited (code {self.process.returncode}) before it was ready: "
                                         f"{self.failure_reason()}")
             if _get(url, timeout=1.0) == 200:
-                return
+                return True
             if time.monotonic() > deadline:
                 raise TritonServerError(f"tritonserver was not ready after {timeout:.0f} s: {self.failure_reason()}")
-            time.sleep(0.2)
+            signals.wait(0.2)
 
     def healthy(self) -> bool:
         """Alive and ready (`/v2/health/ready` answers 200)."""
@@ -329,20 +361,32 @@ class TritonServer:
         return (text[:600] + "…" if len(text) > 600 else text) + f" (log: {self.log_path})"
 
     def stop(self, grace: float = 15.0) -> int | None:
-        """SIGTERM, then SIGKILL after `grace` seconds; returns the exit code."""
-        proc, self.process = self.process, None
+        """SIGTERM, then SIGKILL after `grace` seconds; returns the exit code. Safe to call twice; an exception
+        while waiting (a test's Ctrl-C) kills the server at once rather than leaving it behind, and whatever is left
+        of its process group (Python-backend stubs) is killed after it."""
+        proc = self.process
         code = None
         if proc is not None:
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(grace)
-                except subprocess.TimeoutExpired:
+            try:
+                if proc.poll() is None:
                     with contextlib.suppress(ProcessLookupError):
-                        os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait(10)
+                        os.killpg(proc.pid, signal.SIGTERM)
+                    try:
+                        proc.wait(grace)
+                    except subprocess.TimeoutExpired:
+                        with contextlib.suppress(ProcessLookupError):
+                            os.killpg(proc.pid, signal.SIGKILL)
+                        proc.wait(10)
+            except BaseException:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+                raise
+            finally:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGKILL)  # its group: stubs that outlived it
             code = proc.returncode
+            self.process = None
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
