@@ -29,6 +29,7 @@ from fake_tensorrt import make_fake_tensorrt
 import rtmw_edge
 from rtmw_edge import backends as B
 from rtmw_edge import estimators as E
+from rtmw_edge.backends import tensorrt as trt_backend
 from rtmw_edge.cli import main
 from rtmw_edge.errors import MissingDependencyError, RtmwEdgeError, UsageError
 from rtmw_edge.export import export_onnx
@@ -102,8 +103,10 @@ def test_availability_here_against_the_machines_own_answers():
     for name in ("tensorrt", "torch-cuda", "onnxruntime-gpu"):
         row = B.availability(name)
         assert not row.available and row.pipeline == "cuda-stream", name
-        assert "no CUDA GPU" in row.reason, row.reason
-        with pytest.raises(MissingDependencyError, match=f"--backend {name} cannot run here: no CUDA GPU"):
+        # TensorRT not installed: the one wording build, selftest and run share, the missing GPU named first
+        first = "this needs TensorRT: no NVIDIA GPU" if name == "tensorrt" else f"--backend {name} cannot run here: "\
+                                                                                "no CUDA GPU"
+        with pytest.raises(MissingDependencyError, match=first):
             row.require()
     assert B.availability("triton").available == (B._present("tritonclient.grpc") or B._present("tritonclient.http"))
     with pytest.raises(UsageError, match="unknown backend 'cuda'; choose one of auto, onnxruntime"):
@@ -115,12 +118,16 @@ def test_availability_names_every_missing_piece(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", make_fake_tensorrt("10.3.0.30"))
     row = B.availability("tensorrt")
     assert (row.available, row.version, row.reason) == (True, "10.3.0.30", None)
-    monkeypatch.setitem(sys.modules, "tensorrt", None)  # not installed
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # not installed, a GPU there: how to install it
+    monkeypatch.setattr(trt_backend, "gpu_visible", lambda: True)
     row = B.availability("tensorrt")
-    assert not row.available and row.reason.startswith("TensorRT is not installed")
+    assert not row.available and row.reason.startswith("this needs TensorRT, which is not installed")
+    monkeypatch.setattr(trt_backend, "gpu_visible", lambda: False)   # no GPU: said first, before any install
+    reason = B.availability("tensorrt").reason
+    assert reason.startswith("this needs TensorRT: no NVIDIA GPU") and reason.index("GPU") < reason.index("pip")
+    monkeypatch.setitem(sys.modules, "tensorrt", make_fake_tensorrt("10.3.0.30"))  # installed, no GPU
     monkeypatch.setattr(B, "_gpu_missing", lambda: ["no CUDA GPU (test)"])
-    assert B.availability("tensorrt").reason.split("; ")[0] == "no CUDA GPU (test)"
-    assert "TensorRT is not installed" in B.availability("tensorrt").reason  # both pieces named
+    assert B.availability("tensorrt").reason == "no CUDA GPU (test)"
 
 
 def test_host_engines_come_from_the_table(tmp_path, onnx_pair):
@@ -257,6 +264,7 @@ def test_each_backend_name_reaches_its_pipeline(gpu_here, onnx_pair, tmp_path):
 def test_a_cuda_stream_backend_that_cannot_run_here_says_why(onnx_pair, tmp_path, monkeypatch):
     monkeypatch.setattr(B, "_gpu_missing", lambda: ["no CUDA GPU (test)"])
     det, pose = _engines(tmp_path, onnx_pair)
+    monkeypatch.setitem(sys.modules, "tensorrt", make_fake_tensorrt("10.3.0.30"))
     for name in ("tensorrt", "torch-cuda", "onnxruntime-gpu"):
         with pytest.raises(MissingDependencyError, match=f"--backend {name} cannot run here: no CUDA GPU"):
             E.open_estimator(det, pose, name)

@@ -422,7 +422,7 @@ def _estimator_on(client) -> TritonPoseEstimator:
     est.url, est.model = parse_url("127.0.0.1:8001"), "rtmw_pipeline"
     est._module, est._client = tritonclient.grpc, client
     est.timeout, est.retries, est.backoff, est.encoding = 1.0, 0, 0.0, "raw"
-    est.det_threshold = est.max_persons = est.camera = est.tracker = None
+    est.det_threshold = est.max_persons = est.camera = None
     return est
 
 

@@ -56,8 +56,11 @@ class Availability:
     reason: str | None = None
 
     def require(self) -> None:
-        """Raise `MissingDependencyError` (one line, exit 1) unless the backend can run here."""
+        """Raise `MissingDependencyError` (one line, exit 1) unless the backend can run here. A library's own
+        sentence ("this needs TensorRT: …", the wording every command shares) is raised as it is."""
         if not self.available:
+            if self.reason and self.reason.startswith("this needs "):
+                raise MissingDependencyError(self.reason)
             raise MissingDependencyError(f"--backend {self.backend} cannot run here: {self.reason}")
 
 
@@ -120,14 +123,12 @@ def _probe_onnxruntime() -> tuple[str | None, list[str]]:
 def _probe_tensorrt() -> tuple[str | None, list[str]]:
     from . import tensorrt as trt_backend  # light: TensorRT itself is imported by import_tensorrt only
 
-    missing = _gpu_missing()
-    how = trt_backend._JETSON_TRT if trt_backend.is_jetson() else trt_backend._X86_TRT
-    if not _present("tensorrt"):
-        return None, [*missing, f"TensorRT is not installed ({how})"]
     try:
-        return str(trt_backend.import_tensorrt().__version__), missing
+        version = str(trt_backend.import_tensorrt().__version__)
     except MissingDependencyError as exc:
-        return None, [*missing, f"TensorRT is installed but cannot be loaded ({str(exc).split(';')[0]})"]
+        # the one wording of build, selftest and run: no GPU first (installing TensorRT would not help), else how
+        return None, [str(exc)]
+    return version, _gpu_missing()
 
 
 def _probe_torch_cuda() -> tuple[str | None, list[str]]:
