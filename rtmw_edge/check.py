@@ -193,7 +193,7 @@ def _reference_checkpoint(meta: dict, against: str) -> tuple[Path, str]:
     path = Path(against)
     if path.suffix.lower() in (".pth", ".pt", ".ckpt") or path.is_file():
         return path, str(path)
-    from .hub import fetch
+    from .downloads import fetch
 
     spec = get_spec(against)
     if spec.name != meta["name"]:

@@ -24,8 +24,8 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .downloads import sha256_file
 from .errors import RtmwEdgeError
-from .hub import sha256_file
 
 MANIFEST_SCHEMA = 1
 BUILDER_SCHEMA = 2                 # bump when the builder's choices change: old engines become stale

@@ -7,7 +7,7 @@
 | backend (`backends.BACKENDS`)         | pipeline    | object                                                 |
 |---------------------------------------|-------------|--------------------------------------------------------|
 | onnxruntime                           | cpu         | `pipeline.PoseEstimator` (ONNX Runtime)                 |
-| tensorrt, torch-cuda, onnxruntime-gpu | cuda-stream | `cuda.pipeline.GpuPoseEstimator`                        |
+| tensorrt, torch-cuda, onnxruntime-gpu | cuda-stream | `cuda.gpu_pipeline.GpuPoseEstimator`                        |
 | triton                                | remote      | `triton.client.TritonPoseEstimator`                     |
 | auto                                  | cuda-stream | when both models are TensorRT engines, the tensorrt     |
 |                                       |             | backend can run here (GPU, TensorRT, cuda-python) and   |
@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .backends import ENGINE_SUFFIXES, availability, get_backend
-from .cuda.pipeline import GpuPoseEstimator
+from .cuda.gpu_pipeline import GpuPoseEstimator
 from .engines import read_manifest
 from .errors import MissingDependencyError, UsageError
 from .onnx_meta import read_metadata

@@ -20,8 +20,8 @@ import tempfile
 from pathlib import Path
 
 from . import __version__
+from .downloads import sha256_file
 from .errors import RtmwEdgeError, UsageError, require
-from .hub import sha256_file
 from .onnx_meta import save_model_atomically, write_metadata
 from .outputs import check_output
 from .zoo import ModelSpec, get_spec

@@ -193,7 +193,7 @@ def resolve_model(spec: str | Path, role: str) -> Path:
 
             return sdk_model_file(spec)
         return Path(spec)
-    from .hub import fetch, home_dir
+    from .downloads import fetch, home_dir
 
     cached = home_dir() / "onnx" / f"{model.name}.onnx"
     if cached.is_file():

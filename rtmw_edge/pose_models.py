@@ -407,7 +407,7 @@ def import_pose_model(source: str | Path, output: str | Path, pose_spec: str | N
     the source is only read. Returns the metadata written."""
     import onnx
 
-    from .hub import sha256_file
+    from .downloads import sha256_file
     from .onnx_meta import save_model_atomically, write_metadata
     from .outputs import check_output
 

@@ -66,7 +66,7 @@ def cpu_name() -> str:
 
 def import_rtmlib():
     """rtmlib from the benchmark's own install folder (pip --target, made on first use)."""
-    from rtmw_edge.hub import home_dir
+    from rtmw_edge.downloads import home_dir
 
     target = home_dir() / "bench" / RTMLIB.replace("==", "-")
     if not (target / "rtmlib").is_dir():

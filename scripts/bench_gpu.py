@@ -93,8 +93,8 @@ def cpu_estimator(det, pose, det_engine, pose_engine, backend: str):
 def model_file(name_or_path: str, tmp: Path, role: str) -> Path:
     """A file as given, or a registered name exported here: from its cached official checkpoint when there is one
     (`rtmw-edge models download`), else with random weights."""
+    from rtmw_edge.downloads import checkpoints_dir
     from rtmw_edge.export import export_onnx
-    from rtmw_edge.hub import checkpoints_dir
     from rtmw_edge.zoo import get_spec
 
     path = Path(name_or_path)
@@ -199,7 +199,7 @@ def main() -> None:
     device = preflight(args.backend)
     persons = [int(p) for p in args.persons.split(",")]
 
-    from rtmw_edge.cuda.pipeline import GpuPoseEstimator
+    from rtmw_edge.cuda.gpu_pipeline import GpuPoseEstimator
 
     images = [cv2.imread(str(p)) for p in sorted((SHARED / "images").glob("*.jpg"))] or \
         [np.full((720, 1280, 3), 127, np.uint8)]

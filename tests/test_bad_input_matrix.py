@@ -243,7 +243,7 @@ NOT_APPLICABLE = {
     ("models download", "missing file"): "reads no local file",
     ("models download", "empty file"): "reads no local file",
     ("models download", "truncated file"): "reads no local file (a truncated download is resumed and hash-checked: "
-                                           "tests/test_hub.py)",
+                                           "tests/test_downloads.py)",
     ("models download", "wrong kind of model"): "the name picks the file",
     ("models download", "output = input"): "reads no local file",
     ("serve", "unwritable output"): "writes no file: logs go to stderr (journald), results to its clients",

@@ -16,8 +16,8 @@ import pytest
 
 from rtmw_edge import zoo
 from rtmw_edge.cli import main
+from rtmw_edge.downloads import hash_prefix_from_name
 from rtmw_edge.errors import RtmwEdgeError, UnknownModelError
-from rtmw_edge.hub import hash_prefix_from_name
 from rtmw_edge.keypoints import KEYPOINT_SETS
 
 # rtmw_facts §1.6: flip_indices of COCO-WholeBody, derived from the official `swap` fields (independent truth).

@@ -25,8 +25,8 @@ from onnx import TensorProto, helper
 
 from rtmw_edge import geometry as G
 from rtmw_edge.backends import tensorrt as trt_backend
+from rtmw_edge.cuda import gpu_pipeline as P
 from rtmw_edge.cuda import kernels as KK
-from rtmw_edge.cuda import pipeline as P
 from rtmw_edge.cuda import runtime as R
 from rtmw_edge.engines import EngineError, GpuInfo
 from rtmw_edge.errors import RtmwEdgeError

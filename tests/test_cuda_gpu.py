@@ -104,7 +104,7 @@ def open_gpu(models, pose_key: str = "pose", **options):
     """The CUDA-stream pipeline on the PyTorch engines: the detector is the shared RTMDet-nano's weights as a
     project export (the PyTorch engine runs the model an export was made from, never a foreign graph)."""
     from rtmw_edge.backends.torch_cuda import TorchCudaEngine
-    from rtmw_edge.cuda.pipeline import GpuPoseEstimator
+    from rtmw_edge.cuda.gpu_pipeline import GpuPoseEstimator
 
     path, det_model = models["det"]
     return GpuPoseEstimator(path, models[pose_key], backend="torch-cuda",
@@ -147,7 +147,7 @@ def test_gpu_pipeline_equals_the_cpu_pipeline_on_the_shared_photos(models, pose_
 
 
 def test_project_detector_runs_on_the_gpu_path(models):
-    from rtmw_edge.cuda.pipeline import GpuPoseEstimator
+    from rtmw_edge.cuda.gpu_pipeline import GpuPoseEstimator
 
     with GpuPoseEstimator(models["det_project"], models["pose"], backend="torch-cuda") as est:
         assert est.det.kind == "project" and est.num_candidates == 1000
@@ -218,7 +218,7 @@ def test_two_slots_overlap_frames(models):
 def test_device_frame_interop_with_pytorch(models):
     import torch
 
-    from rtmw_edge.cuda.pipeline import DeviceFrame
+    from rtmw_edge.cuda.gpu_pipeline import DeviceFrame
 
     image = _images()[0]
     with open_gpu(models) as est:

@@ -28,7 +28,7 @@ def model(tmp_path_factory):
     if not RAWHEAD.is_file():
         pytest.skip("shared RTMDet raw-head detector not found")
     from rtmw_edge.backends.torch_cuda import TorchCudaEngine
-    from rtmw_edge.cuda.pipeline import GpuPoseModel
+    from rtmw_edge.cuda.gpu_pipeline import GpuPoseModel
     from rtmw_edge.export import export_onnx
 
     folder = tmp_path_factory.mktemp("gpu_async")
@@ -67,7 +67,7 @@ def test_device_frames_from_a_busy_producer_stream(model):
     image = images()[0]
     want = stream(image)
     producer = torch.cuda.Stream()
-    from rtmw_edge.cuda.pipeline import DeviceFrame
+    from rtmw_edge.cuda.gpu_pipeline import DeviceFrame
 
     with torch.cuda.stream(producer):
         big = torch.randn(4096, 4096, device="cuda")
@@ -116,7 +116,7 @@ def test_two_cameras_at_once_on_one_model(model):
 def test_rotating_device_buffers_and_an_early_exit(model):
     import torch
 
-    from rtmw_edge.cuda.pipeline import DeviceFrame
+    from rtmw_edge.cuda.gpu_pipeline import DeviceFrame
 
     stream = model.open_stream()
     image = images()[1]

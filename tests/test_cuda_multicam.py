@@ -16,7 +16,7 @@ from emulated_cuda import Emulator, OrtDeviceEngine
 from fake_tensorrt import make_fake_tensorrt
 
 from rtmw_edge.backends import tensorrt as trt_backend
-from rtmw_edge.cuda import pipeline as P
+from rtmw_edge.cuda import gpu_pipeline as P
 from rtmw_edge.cuda.multicam import GpuCameraBatch
 from rtmw_edge.engines import GpuInfo
 

@@ -18,8 +18,8 @@ from emulated_cuda import Emulator, OrtDeviceEngine
 from kernel_devices import pipelines_agree
 
 from rtmw_edge import geometry as G
+from rtmw_edge.cuda import gpu_pipeline as P
 from rtmw_edge.cuda import kernels as KK
-from rtmw_edge.cuda import pipeline as P
 from rtmw_edge.pipeline import PoseEstimator, TopDownPose
 
 RAWHEAD = SHARED / "models" / "rtmdet-nano_person_320_rawhead.onnx"

@@ -138,7 +138,7 @@ sys.path.insert(0, sys.argv[1])
 import cuda.bindings.runtime as runtime
 assert runtime.__file__.startswith(sys.argv[2]), runtime.__file__
 from emulated_cuda import Emulator, OrtDeviceEngine
-from rtmw_edge.cuda import pipeline as P, runtime as R
+from rtmw_edge.cuda import gpu_pipeline as P, runtime as R
 from rtmw_edge.export import export_onnx
 mp = pytest.MonkeyPatch()
 emu = Emulator(seed=4).install(mp)

@@ -22,9 +22,9 @@ from rtmw_edge.backends import load_engine, run_chunked
 from rtmw_edge.backends.device import HostEngine
 from rtmw_edge.backends.torch_cuda import TorchCudaEngine
 from rtmw_edge.cli import main
+from rtmw_edge.downloads import checkpoints_dir
 from rtmw_edge.errors import RtmwEdgeError, UsageError
 from rtmw_edge.export import export_onnx
-from rtmw_edge.hub import checkpoints_dir
 from rtmw_edge.models import create_model
 from rtmw_edge.models.checkpoint import save_checkpoint
 from rtmw_edge.onnx_meta import read_metadata, write_metadata
@@ -81,8 +81,8 @@ def crops():
 
 
 def test_export_records_how_its_weights_are_rebuilt(made):
+    from rtmw_edge.downloads import sha256_file
     from rtmw_edge.export import weights_sha256
-    from rtmw_edge.hub import sha256_file
 
     flip, det, seeded = (read_metadata(made[k]) for k in ("flip", "det", "seeded"))
     assert flip["weights"] == {"from": "checkpoint", "seed": None, "sha256": weights_sha256(made["pose_model"])}

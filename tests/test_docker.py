@@ -443,7 +443,7 @@ def test_copy_sources_exist_in_the_build_context(name):
     for source in sources:
         assert (ROOT / source).exists(), f"{name}: COPY {source}: not in the repository"
         assert not dockerignore_excludes(source), f"{name}: COPY {source}: excluded by .dockerignore"
-    for inner in ("rtmw_edge/cli.py", "rtmw_edge/kernels"):
+    for inner in ("rtmw_edge/cli/__init__.py", "rtmw_edge/kernels"):
         assert not dockerignore_excludes(inner)
     for outside in (".venv", ".git", "engines/x.engine", "tests/test_docker.py", "rtmw_edge/__pycache__/a.pyc",
                     "model.onnx", "calibration/cache.bin"):

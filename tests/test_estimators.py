@@ -147,7 +147,7 @@ def test_host_engines_come_from_the_table(tmp_path, onnx_pair):
 
 # ------------------------------------------------------------------------------------------ the factory
 class RecordingGpuEstimator:
-    """Stands in for `cuda.pipeline.GpuPoseEstimator` where no GPU is: records how the factory built it and runs
+    """Stands in for `cuda.gpu_pipeline.GpuPoseEstimator` where no GPU is: records how the factory built it and runs
     the frames on the CPU pipeline over ONNX files (for `run`, which streams two frames in flight)."""
 
     built: list = []
@@ -247,7 +247,7 @@ def test_each_backend_name_reaches_its_pipeline(gpu_here, onnx_pair, tmp_path):
     assert gpu_here.built[-1][2] == "tensorrt" and len(gpu_here.built) == 2
     assert E.active_backends(est) == {"det": "tensorrt", "pose": "tensorrt", "pipeline": "cuda-stream"}
     assert E.backend_summary(E.active_backends(est)) == "tensorrt (cuda-stream)"
-    from rtmw_edge.cuda.pipeline import GpuPoseEstimator
+    from rtmw_edge.cuda.gpu_pipeline import GpuPoseEstimator
 
     assert E.pipeline_of(GpuPoseEstimator.__new__(GpuPoseEstimator)) == "cuda-stream"
     cpu = E.open_estimator(onnx_det, onnx_pose, "onnxruntime", threads=1)

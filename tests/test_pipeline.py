@@ -162,7 +162,7 @@ def test_registered_name_is_exported_once_into_the_cache(tmp_path, monkeypatch):
 
     monkeypatch.setenv("RTMW_EDGE_HOME", str(tmp_path))
     spec = get_spec("rtmw-m-256x192")  # its official file name carries no hash, so our stand-in passes
-    monkeypatch.setattr("rtmw_edge.hub.download", lambda url, dest, **kw: (_ for _ in ()).throw(
+    monkeypatch.setattr("rtmw_edge.downloads.download", lambda url, dest, **kw: (_ for _ in ()).throw(
         DownloadError(f"cannot download {url} (offline); without a network, download it elsewhere and place it "
                       f"at {dest}")))
     with pytest.raises(DownloadError, match="place it at .*checkpoints"):

@@ -16,9 +16,9 @@ from conftest import SHARED
 from foreign_layouts import foreign_copy, write_sdk_json
 
 from rtmw_edge.cli import main
+from rtmw_edge.downloads import sha256_file
 from rtmw_edge.errors import RtmwEdgeError, UsageError
 from rtmw_edge.export import export_onnx
-from rtmw_edge.hub import sha256_file
 from rtmw_edge.onnx_meta import read_metadata
 from rtmw_edge.pipeline import PoseEstimator
 from rtmw_edge.pose_models import (

@@ -227,7 +227,7 @@ def test_offline_first_run_names_every_missing_checkpoint(tmp_path, monkeypatch,
         raise DownloadError(f"cannot download {url} (offline); without a network, download it elsewhere and place "
                             f"it at {dest}")
 
-    monkeypatch.setattr("rtmw_edge.hub.download", offline)
+    monkeypatch.setattr("rtmw_edge.downloads.download", offline)
     assert main(["run", str(IMAGES / "000000000785.jpg"), "--det", "rtmdet-nano-person", "--pose",
                  "rtmw-m-256x192"]) == 1
     errors = _errors(capsys.readouterr().err)

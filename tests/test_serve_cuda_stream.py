@@ -18,7 +18,7 @@ from kernel_devices import pipelines_agree
 
 from rtmw_edge import backends as B
 from rtmw_edge import estimators as E
-from rtmw_edge.cuda import pipeline as P
+from rtmw_edge.cuda import gpu_pipeline as P
 from rtmw_edge.results import Person
 
 RAWHEAD = SHARED / "models" / "rtmdet-nano_person_320_rawhead.onnx"

@@ -3,7 +3,7 @@
 One row per name (`BACKENDS`). Each row knows
 
 - its **pipeline**: ``cpu`` (`pipeline.PoseEstimator`: letterbox, NMS, crops and decoding in numpy, engines fed
-  host arrays), ``cuda-stream`` (`cuda/pipeline.py`: the whole frame on the GPU, engines on device buffers and a
+  host arrays), ``cuda-stream`` (`cuda/gpu_pipeline.py`: the whole frame on the GPU, engines on device buffers and a
   CUDA stream) or ``remote`` (a Triton server's pipeline model); ``auto`` is decided per models and machine by
   `estimators.open_estimator`, the one place a backend becomes a pipeline;
 - whether it **can run here** (`availability(name)`: the version, or every missing piece — no GPU, a package not

@@ -25,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..downloads import checkpoints_dir, sha256_file
 from ..errors import RtmwEdgeError, UsageError, require
 from ..export import FP16_PREFIXES, build_weights, export_graph, weights_sha256
-from ..hub import checkpoints_dir, sha256_file
 from ..onnx_meta import read_metadata
 from ..zoo import get_spec, list_models
 

@@ -34,8 +34,8 @@ import cv2
 import numpy as np
 
 from .. import __version__
+from ..downloads import sha256_file
 from ..errors import RtmwEdgeError, UsageError
-from ..hub import sha256_file
 from ..onnx_meta import read_metadata
 from ..outputs import atomic_output, atomic_write_text
 

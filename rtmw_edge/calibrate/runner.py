@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
+from ..downloads import sha256_file
 from ..errors import RtmwEdgeError, UsageError
-from ..hub import sha256_file
 from ..onnx_meta import CALIBRATION_KEY, METADATA_KEY, read_metadata, save_model_atomically, write_metadata
 from ..outputs import atomic_path, atomic_write_text, check_output
 from .data import (
@@ -95,7 +95,7 @@ class CalibrateResult:
 def default_cache(model: Path) -> Path:
     """$RTMW_EDGE_HOME/calibration/<model stem>: the cache is hundreds of MB (crops as float32 tensors), so it does
     not land in whatever folder the command runs in; `--cache` chooses another."""
-    from ..hub import home_dir
+    from ..downloads import home_dir
 
     return home_dir() / "calibration" / Path(model).stem
 

@@ -32,7 +32,7 @@ from .. import geometry as G
 from ..errors import RtmwEdgeError
 from . import kernels as KK
 from . import runtime as R
-from .pipeline import FRAME_RESERVE, GpuPoseModel, camera_args, enqueue_detect, read_count
+from .gpu_pipeline import FRAME_RESERVE, GpuPoseModel, camera_args, enqueue_detect, read_count
 
 
 @dataclass

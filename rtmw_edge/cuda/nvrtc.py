@@ -143,7 +143,7 @@ def cache_key(source: str, options: tuple[str, ...], version: tuple[int, int], k
 
 
 def cache_dir() -> Path:
-    from ..hub import home_dir
+    from ..downloads import home_dir
 
     return home_dir() / "kernels"
 

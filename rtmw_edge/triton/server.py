@@ -147,7 +147,7 @@ def _run(cmd: list[str], what: str, log, timeout: float = 900.0) -> None:
 
 
 def env_root() -> Path:
-    from ..hub import home_dir
+    from ..downloads import home_dir
 
     return home_dir() / "triton"
 

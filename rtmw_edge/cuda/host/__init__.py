@@ -118,7 +118,7 @@ def library_key(sources: dict[Path, tuple[str, ...]], flags: tuple[str, ...], cx
 
 
 def cache_dir() -> Path:
-    from ...hub import home_dir
+    from ...downloads import home_dir
 
     return home_dir() / "host-kernels"
 

@@ -1,4 +1,4 @@
-"""`rtmw-edge triton export | serve | setup` (registered by cli.py; docs/triton.md)."""
+"""`rtmw-edge triton export | serve | setup` (registered by cli/__init__.py; docs/triton.md)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from . import signals
-from .progress import status
-from .triton import DET_MODEL, PIPELINE_MODEL, POSE_MODEL
-from .zoo import POSE_SPEC_HELP
+from .. import signals
+from ..progress import status
+from ..triton import DET_MODEL, PIPELINE_MODEL, POSE_MODEL
+from ..zoo import POSE_SPEC_HELP
 
 out = Console(width=max(Console().width, 110))
 triton_app = typer.Typer(help="Triton Inference Server: model repository, server, remote backend (docs/triton.md).",
@@ -43,7 +43,7 @@ def export_cmd(det: str = typer.Option(..., "--det", help="Detector: .onnx, .eng
                force: bool = typer.Option(False, "--force", help="Replace an existing repository."),
                pose_spec: str | None = typer.Option(None, "--pose-spec", help=POSE_SPEC_HELP)) -> None:
     """Write a Triton model repository: detector + pose models and the BLS pipeline model."""
-    from .triton.repository import export_repository, preferred_batch_sizes
+    from ..triton.repository import export_repository, preferred_batch_sizes
 
     result = export_repository(det, pose, output, cpu=cpu, pose_batch=pose_batch, flip_test=flip_test,
                                det_threshold=det_threshold, nms_iou=nms_iou, max_persons=max_persons,
@@ -86,10 +86,10 @@ def serve_cmd(repository: Path = typer.Option(..., "--repository", help="Model r
               log: Path | None = typer.Option(None, "--log", help="Server log file (default: a temporary file)."),
               check_every: float = typer.Option(5.0, "--check-every", help="Seconds between health checks.")) -> None:
     """Run tritonserver (from the nvidia-pytriton wheel) on a repository, with health checks; stop: Ctrl-C/SIGTERM."""
-    from .errors import RtmwEdgeError, UsageError
-    from .outputs import check_output
-    from .ports import check_ports_free
-    from .triton.server import TritonServer, TritonServerError
+    from ..errors import RtmwEdgeError, UsageError
+    from ..outputs import check_output
+    from ..ports import check_ports_free
+    from ..triton.server import TritonServer, TritonServerError
 
     ports = (grpc_port, http_port, metrics_port)
     if min(ports) < 0 or max(ports) > 65535:
@@ -136,7 +136,7 @@ def serve_cmd(repository: Path = typer.Option(..., "--repository", help="Model r
 
 def _server_env(python: Path | None):
     """The cached server venv; building it (about a minute, once) shows each step under a spinner."""
-    from .triton.server import ensure_server_env
+    from ..triton.server import ensure_server_env
 
     with status(out, "checking the Triton server environment …") as spinner:
         def step(text: str) -> None:

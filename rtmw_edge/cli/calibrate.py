@@ -6,8 +6,8 @@ from pathlib import Path
 
 import typer
 
-from .errors import UsageError
-from .zoo import POSE_SPEC_HELP
+from ..errors import UsageError
+from ..zoo import POSE_SPEC_HELP
 
 EXIT_TARGET_MISSED = 3  # the INT8 model and report are written, but the fidelity target was not met
 
@@ -68,14 +68,14 @@ def calibrate_cmd(
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
-    from .calibrate.data import Source
-    from .calibrate.fidelity import Target
-    from .calibrate.ranges import METHODS
-    from .calibrate.report import next_steps
-    from .calibrate.runner import CalibrateOptions, calibrate
-    from .engines import format_bytes
-    from .native_stderr import captured
-    from .progress import progress_bar
+    from ..calibrate.data import Source
+    from ..calibrate.fidelity import Target
+    from ..calibrate.ranges import METHODS
+    from ..calibrate.report import next_steps
+    from ..calibrate.runner import CalibrateOptions, calibrate
+    from ..engines import format_bytes
+    from ..native_stderr import captured
+    from ..progress import progress_bar
 
     if method not in METHODS:
         raise UsageError(f"--method must be one of {', '.join(METHODS)}, not {method!r}")

@@ -9,9 +9,10 @@ from __future__ import annotations
 import os
 import sys
 
-from . import signals
+from .. import signals
 
-if __name__ == "__main__" or os.path.basename(sys.argv[0] if sys.argv else "") == "rtmw-edge":
+if os.path.basename(sys.argv[0] if sys.argv else "") == "rtmw-edge" or \
+        list(getattr(sys, "orig_argv", [])[1:3]) == ["-m", "rtmw_edge.cli"]:
     # the process is the command line: from here on a SIGTERM / Ctrl-C during the imports below is a flag that
     # main() acts on (an exit code, never a traceback from inside an import)
     signals.install()
@@ -24,10 +25,10 @@ import typer  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from . import __version__, native_stderr  # noqa: E402
-from .backends import backend_names, backends_of  # noqa: E402
-from .errors import RtmwEdgeError  # noqa: E402
-from .zoo import POSE_SPEC_HELP  # noqa: E402
+from .. import __version__, native_stderr  # noqa: E402
+from ..backends import backend_names, backends_of  # noqa: E402
+from ..errors import RtmwEdgeError  # noqa: E402
+from ..zoo import POSE_SPEC_HELP  # noqa: E402
 
 app = typer.Typer(help="Real-time whole-body pose estimation (RTMW / RTMW3D / RTMPose) on NVIDIA edge devices.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -73,8 +74,8 @@ def _headline_ap(spec) -> str:
 def models_list(task: str | None = typer.Option(None, help="Only pose2d, pose3d, detector or pose."),
                 as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
     """Table of registered models: task, keypoints, input size, parameters, published AP."""
-    from .errors import UsageError
-    from .zoo import get_spec, list_models
+    from ..errors import UsageError
+    from ..zoo import get_spec, list_models
 
     if task is not None and task not in TASKS:
         raise UsageError(f"--task must be one of {', '.join(TASKS)}, not {task!r}")
@@ -96,8 +97,8 @@ def models_list(task: str | None = typer.Option(None, help="Only pose2d, pose3d,
 @models_app.command("info")
 def models_info(name: str = typer.Argument(..., help="Registered model name.")) -> None:
     """Everything the registry knows about one model (JSON)."""
-    from .hub import checkpoints_dir
-    from .zoo import get_spec
+    from ..downloads import checkpoints_dir
+    from ..zoo import get_spec
 
     spec = get_spec(name)
     info = spec.as_dict()
@@ -113,9 +114,9 @@ def models_download(name: str = typer.Argument(..., help="Registered model name.
                     directory: Path | None = typer.Option(None, "--dir", help="Where to keep it "
                                                              "(default: $RTMW_EDGE_HOME/checkpoints).")) -> None:
     """Download the official checkpoint (resumable, hash-checked) into the cache."""
-    from .hub import checkpoints_dir, fetch
-    from .outputs import check_output
-    from .zoo import get_spec
+    from ..downloads import checkpoints_dir, fetch
+    from ..outputs import check_output
+    from ..zoo import get_spec
 
     spec = get_spec(name)
     folder = check_output(directory or checkpoints_dir(), option="--dir", kind="dir")
@@ -134,7 +135,7 @@ def models_import(source: Path = typer.Argument(..., help="Foreign pose ONNX (mm
 
     The input is only read. Settings come from --spec or the mmdeploy SDK JSON beside the file, and are
     checked against the graph (input size, keypoints, SimCC bins)."""
-    from .pose_models import import_pose_model
+    from ..pose_models import import_pose_model
 
     meta = import_pose_model(source, output, spec)
     how = f"--spec {meta['name']}" if meta["imported"]["from"] == "pose-spec" else "the SDK's pipeline.json"
@@ -159,8 +160,8 @@ def export_cmd(name: str = typer.Argument(..., help="Registered model name (see 
                trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint",
                                                      help="Allow any pickled object in it.")) -> None:
     """Export a registered model to a self-describing ONNX graph for ONNX Runtime and TensorRT."""
-    from .errors import UsageError
-    from .export import export_onnx
+    from ..errors import UsageError
+    from ..export import export_onnx
 
     if batch != "dynamic":
         if not batch.isdigit():
@@ -188,9 +189,9 @@ def check_cmd(candidate: Path = typer.Argument(..., help="The converted model (.
               trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint"),
               pose_spec: str | None = POSE_SPEC_OPTION) -> None:
     """Compare a converted model with its reference on real photos; exit 3 past the tolerances (a verdict)."""
-    from .check import Tolerances, check_model
-    from .errors import UsageError
-    from .outputs import atomic_output, check_output
+    from ..check import Tolerances, check_model
+    from ..errors import UsageError
+    from ..outputs import atomic_output, check_output
 
     if max_samples < 1:
         raise UsageError(f"--max-samples must be at least 1, not {max_samples}")
@@ -265,7 +266,7 @@ def run_cmd(source: str = typer.Argument(..., help="Image, folder, video, camera
     """Detect people and estimate their keypoints (2D, or 3D with RTMW3D) on images, videos and cameras.
 
     Progress, warnings and the summary go to standard error; standard output carries only `--out -`."""
-    from .run import RunOptions, run_source
+    from ..run import RunOptions, run_source
 
     opts = RunOptions(source=source, det=det, pose=pose, backend=backend, triton_url=triton_url,
                       triton_model=triton_model, out_jsonl=None if out_jsonl is None else Path(out_jsonl), coco=coco,
@@ -304,9 +305,9 @@ def eval_cmd(ann: Path = typer.Option(..., "--ann", help="COCO / COCO-WholeBody 
     tensorrt, torch-cuda, onnxruntime-gpu: the CUDA-stream pipeline; auto: the CUDA-stream pipeline when a GPU
     and TensorRT engines are there, else the CPU one. With --gt-boxes: the CPU pipeline's pose stage (crops,
     pose model, SimCC decode) on the backend's host engine, the only one that takes boxes from outside."""
-    from .errors import UsageError
-    from .evaluate import METRICS, evaluate_predictions, run_eval
-    from .outputs import atomic_output, check_output
+    from ..errors import UsageError
+    from ..evaluate import METRICS, evaluate_predictions, run_eval
+    from ..outputs import atomic_output, check_output
 
     out_json = check_output(out_json, option="--out", inputs=[ann, images, pose, det, predictions])
     if predictions is not None:
@@ -359,9 +360,9 @@ def bench_cmd(det: str = typer.Option("rtmdet-nano-person", "--det", help="Detec
               json_out: Path | None = typer.Option(None, "--out", help="Write the report as JSON."),
               plot_out: Path | None = typer.Option(None, "--plot", help="Write the stage/person plot as PNG.")) -> None:
     """Per-stage latency (p50/p90/p99), end-to-end FPS and the cost of each extra person."""
-    from .bench import Config, benchmark, person_tiles, plot
-    from .errors import UsageError
-    from .outputs import atomic_output, check_output
+    from ..bench import Config, benchmark, person_tiles, plot
+    from ..errors import UsageError
+    from ..outputs import atomic_output, check_output
 
     try:
         counts = sorted({int(v) for v in persons.split(",")})
@@ -427,20 +428,11 @@ def bench_cmd(det: str = typer.Option("rtmdet-nano-person", "--det", help="Detec
         plot(report, plot_out)
 
 
-# Command groups that live in their own modules (each defines `register(app)`), keeping this file small.
-COMMAND_MODULES = ("cli_calibrate", "cli_engines", "cli_serve", "cli_triton")
+# Command groups that live in modules of their own (each defines `register(app)`), keeping this file small.
+from . import calibrate, engines, serve, triton  # noqa: E402
 
-
-def _register_command_modules() -> None:
-    import importlib
-    import importlib.util
-
-    for name in COMMAND_MODULES:
-        if importlib.util.find_spec(f"{__package__}.{name}") is not None:
-            importlib.import_module(f"{__package__}.{name}").register(app)
-
-
-_register_command_modules()
+for _commands in (calibrate, engines, serve, triton):
+    _commands.register(app)
 
 
 def _one_line(text: str) -> str:
@@ -461,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
     import typer.core
     from rich.markup import escape
 
-    from .errors import ReaderGone, Terminated
+    from ..errors import ReaderGone, Terminated
 
     click = getattr(typer.core, "_click", None) or typer.core.click  # typer ≥ 0.22 vendors click as _click
     err = Console(stderr=True)
@@ -517,7 +509,3 @@ def main(argv: list[str] | None = None) -> int:
             restore()
         else:  # the process is ending on a stop: a second one during the interpreter's own exit changes nothing
             signals.ignore_further()
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

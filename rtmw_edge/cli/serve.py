@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from . import signals
+from .. import signals
 
 
 def register(app: typer.Typer) -> None:
@@ -22,20 +22,20 @@ def register(app: typer.Typer) -> None:
                   insecure: bool = typer.Option(False, "--insecure", help="Allow listening beyond loopback "
                                                 "without a token (anyone on the network can connect).")) -> None:
         """Run the pose daemon: cameras → pose → WebSocket, HTTP, MQTT, /metrics (stop: SIGTERM/Ctrl-C)."""
-        from .errors import require
-        from .serve.config import check_sources, load_config
+        from ..errors import require
+        from ..serve.config import check_sources, load_config
 
         settings = load_config(config, insecure=insecure)
         check_sources(settings)  # a camera file that is not there: one line, with --check too
         m = settings.model
         if not check:  # a taken port: one line before any model is loaded
-            from .ports import check_ports_free
+            from ..ports import check_ports_free
 
             check_ports_free(settings.server.host, {"port": settings.server.port},
                              " (another rtmw-edge serve?): stop it, or choose another [server] port")
         with _config_keys():  # messages name the configuration's keys, not run's options
             if m.backend != "triton":  # the server decides det and pose there
-                from .pipeline import check_models
+                from ..pipeline import check_models
 
                 # before listening: unknown names, models of the wrong role, missing files, a foreign pose ONNX
                 # without its settings
@@ -49,7 +49,7 @@ def register(app: typer.Typer) -> None:
                 return
             require("aiohttp", "serve")
             require("prometheus_client", "serve")
-            from .serve.daemon import run_daemon
+            from ..serve.daemon import run_daemon
 
             code = run_daemon(settings, reloader=lambda: load_config(config, insecure=insecure))
         if code:
@@ -63,7 +63,7 @@ _OPTION_KEYS = ((re.compile(r"--pose-spec\b"), "[model] pose_spec"), (re.compile
 @contextlib.contextmanager
 def _config_keys():
     """Errors of the model code name `run`'s options (--pose-spec ...); the daemon has configuration keys."""
-    from .errors import RtmwEdgeError
+    from ..errors import RtmwEdgeError
 
     try:
         yield
@@ -80,11 +80,11 @@ def _check_pose_settings(pose: str, pose_spec: str | None) -> None:
     before the daemon listens (and by --check), not when the worker loads it."""
     path = Path(pose)
     if path.is_dir():
-        from .pose_models import sdk_model_file
+        from ..pose_models import sdk_model_file
 
         path = sdk_model_file(path)
     if path.suffix.lower() != ".onnx" or not path.is_file():
         return
-    from .pose_models import pose_metadata
+    from ..pose_models import pose_metadata
 
     pose_metadata(path, pose_spec)

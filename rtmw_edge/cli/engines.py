@@ -1,4 +1,4 @@
-"""CLI commands around TensorRT engines: `build`, `doctor`, `selftest` (registered by cli.py).
+"""CLI commands around TensorRT engines: `build`, `doctor`, `selftest` (registered by cli/__init__.py).
 
 Thin layer: parse options, call `rtmw_edge.backends.tensorrt`, print. Without TensorRT, `build` and
 `selftest` stop with one line (exit 1; without a GPU it says so first); `doctor` always reports and exits 0.
@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .zoo import POSE_SPEC_HELP
+from ..zoo import POSE_SPEC_HELP
 
 EXIT_STALE = 3
 
@@ -46,11 +46,11 @@ def build_cmd(onnx: Path = typer.Argument(..., help="The ONNX to build (from `rt
                                                   "serves at once (one optimization profile each; the GPU "
                                                   "pipeline uses 2 per camera stream). Default 4.")) -> None:
     """Build a TensorRT engine from an ONNX (cached: skipped when a matching engine exists)."""
-    from .backends.tensorrt import build_engine, check_engine
-    from .engines import EngineError, default_engine_path, manifest_path, parse_batch
-    from .errors import UsageError
-    from .onnx_meta import read_metadata
-    from .outputs import check_output
+    from ..backends.tensorrt import build_engine, check_engine
+    from ..engines import EngineError, default_engine_path, manifest_path, parse_batch
+    from ..errors import UsageError
+    from ..onnx_meta import read_metadata
+    from ..outputs import check_output
 
     try:
         parse_batch(batch)
@@ -65,7 +65,7 @@ def build_cmd(onnx: Path = typer.Argument(..., help="The ONNX to build (from `rt
         if timing_cache is not None and not no_timing_cache:
             check_output(timing_cache, option="--timing-cache", inputs=[onnx], others=[engine])
     if contexts is not None:
-        from .engines import parse_contexts
+        from ..engines import parse_contexts
 
         try:
             parse_contexts(contexts)
@@ -93,9 +93,9 @@ def doctor_cmd(as_json: bool = typer.Option(False, "--json", help="Machine-reada
     try:
         from dataclasses import asdict
 
-        from .backends import availability, backend_names
-        from .backends.tensorrt import probe_environment
-        from .engines import install_hints
+        from ..backends import availability, backend_names
+        from ..backends.tensorrt import probe_environment
+        from ..engines import install_hints
 
         env = probe_environment(engines)
         env["missing"] = install_hints(env)
@@ -155,10 +155,10 @@ def selftest_cmd(workdir: Path | None = typer.Option(None, "--workdir", help="Ke
 
     Exports rtmpose-t and rtmdet-nano (random weights), builds their engines on this GPU and compares them
     with ONNX Runtime through `check`. Exit 0 when every engine matches, 3 (a verdict) otherwise."""
-    from .backends.tensorrt import import_tensorrt
-    from .check import list_images, read_image
-    from .outputs import check_output
-    from .selftest import selftest
+    from ..backends.tensorrt import import_tensorrt
+    from ..check import list_images, read_image
+    from ..outputs import check_output
+    from ..selftest import selftest
 
     if images is not None:
         for path in list_images(images):  # unreadable photos: one line now, not after the builds

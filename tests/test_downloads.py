@@ -1,4 +1,4 @@
-"""Tests of rtmw_edge.hub against a real local HTTP server (no external network, a few seconds in all)."""
+"""Tests of rtmw_edge.downloads against a real local HTTP server (no external network, a few seconds in all)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from rtmw_edge import hub
+from rtmw_edge import downloads as hub
 from rtmw_edge.errors import DownloadError, RtmwEdgeError, UsageError
 
 PAYLOAD = os.urandom(300 * 1024)
