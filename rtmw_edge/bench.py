@@ -10,8 +10,10 @@ On the CPU pipeline the frame goes through the same stages as `PoseEstimator`, e
 
 On the CUDA-stream and remote pipelines the stages run on the GPU or the server: end-to-end time only.
 
-Frames with N people are made by tiling person crops of real photos (the GT boxes of the COCO test
-photos) into one picture, so the real detector finds them; the number it actually finds is reported.
+Frames with N people are made by tiling person crops of real photos into one picture, so the real detector finds
+them; the number it actually finds is reported. The people come from your photos: the detector's confident,
+isolated persons (`--images DIR`), or a COCO annotation file's people (`--ann FILE`, photos beside it or in
+`--images`).
 """
 
 from __future__ import annotations
@@ -36,6 +38,21 @@ DET_THRESHOLD = 0.5
 STAGES = ("decode", "det_preprocess", "det_inference", "nms", "crops", "pose_inference", "decode_keypoints", "draw")
 
 
+def _tile(image: np.ndarray, box, others, tile_wh: tuple[int, int]) -> np.ndarray | None:
+    """The person in BOX as one tile (padded box, white border), or None when another person would show in it."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    c, s = G.box_to_center_scale(np.array([[x1, y1, x2, y2]], np.float32), tile_wh, padding=1.15)
+    tile_box = np.concatenate([c - s / 2, c + s / 2], axis=1)
+    if len(others):
+        o = np.asarray(others, np.float32).reshape(-1, 4)
+        inter = np.prod(np.clip(np.minimum(o[:, 2:], tile_box[:, 2:]) - np.maximum(o[:, :2], tile_box[:, :2]),
+                                0, None), axis=1)
+        if (inter / np.maximum(np.prod(o[:, 2:] - o[:, :2], axis=1), 1e-6)).max() > 0.05:
+            return None  # another person would show in the tile: the detector would find two
+    return cv2.warpAffine(image, G.warp_matrix(c[0], s[0], tile_wh), tile_wh, flags=cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=(255, 255, 255))
+
+
 def person_tiles(ann_path: Path, images_dir: Path, tile_wh: tuple[int, int] = (96, 192)) -> list[np.ndarray]:
     """Person crops (padded GT boxes, resized to one tile size) from a COCO annotation file's photos."""
     data = json.loads(Path(ann_path).read_text())
@@ -52,19 +69,42 @@ def person_tiles(ann_path: Path, images_dir: Path, tile_wh: tuple[int, int] = (9
         if image is None:
             continue
         x, y, w, h = ann["bbox"]
-        c, s = G.box_to_center_scale(np.array([[x, y, x + w, y + h]], np.float32), tile_wh, padding=1.15)
-        tile_box = np.concatenate([c - s / 2, c + s / 2], axis=1)
         others = [b for b in boxes_by_image[ann["image_id"]] if b != [x, y, x + w, y + h]]
-        if others:
-            o = np.array(others, np.float32)
-            inter = np.prod(np.clip(np.minimum(o[:, 2:], tile_box[:, 2:]) - np.maximum(o[:, :2], tile_box[:, :2]),
-                                    0, None), axis=1)
-            if (inter / np.prod(o[:, 2:] - o[:, :2], axis=1)).max() > 0.05:
-                continue  # another person would show in the tile: the detector would find two
-        tiles.append(cv2.warpAffine(image, G.warp_matrix(c[0], s[0], tile_wh), tile_wh, flags=cv2.INTER_LINEAR,
-                                    borderMode=cv2.BORDER_CONSTANT, borderValue=(255, 255, 255)))
+        tile = _tile(image, (x, y, x + w, y + h), others, tile_wh)
+        if tile is not None:
+            tiles.append(tile)
     if not tiles:
         raise RtmwEdgeError(f"no usable person annotations in {ann_path}")
+    return tiles
+
+
+def detected_person_tiles(images_dir: Path, det, tile_wh: tuple[int, int] = (96, 192),
+                          min_score: float = DET_THRESHOLD, min_height: int = 64) -> list[np.ndarray]:
+    """Person crops from your own photos: the persons the detector finds with a confident score, at least
+    MIN_HEIGHT pixels tall, with nobody else inside their tile."""
+    from .check import list_images
+    from .detectors import OnnxDetector
+    from .pipeline import resolve_model
+
+    path = resolve_model(det, "det")
+    if path.suffix.lower() != ".onnx":
+        raise RtmwEdgeError(f"--images finds the people with an ONNX detector, not {path.name}: give --det an .onnx "
+                            "file or a registered name (or --ann with annotated people)")
+    detector = OnnxDetector(path, score_threshold=min_score, nms_iou=0.6, max_detections=100)
+    tiles = []
+    for photo in list_images(images_dir):
+        image = cv2.imread(str(photo))
+        if image is None:
+            continue
+        boxes, _scores = detector(image)
+        boxes = [b for b in np.asarray(boxes, np.float32).reshape(-1, 4) if b[3] - b[1] >= min_height]
+        for i, box in enumerate(boxes):
+            tile = _tile(image, box, [b for j, b in enumerate(boxes) if j != i], tile_wh)
+            if tile is not None:
+                tiles.append(tile)
+    if not tiles:
+        raise RtmwEdgeError(f"the detector found no isolated person of {min_height}+ px in {images_dir}: give photos "
+                            "with people (or --ann with annotated people)")
     return tiles
 
 

@@ -21,6 +21,7 @@ CLASSES = ("missing file", "empty file", "truncated file", "wrong kind of model"
            "unwritable output", "output = input", "non-existent model name", "invalid option value")
 
 UNWRITABLE = "/proc/rtmw-edge-matrix/out"  # no one can create files under /proc, root included
+BENCH = ["bench", "--images", "{images}"]  # the people bench tiles: the detector finds them in the photos
 
 # (command, class) → (argv with {placeholders}, exit code, a piece of the error line)
 MATRIX: dict[tuple[str, str], tuple[list[str], int, str]] = {
@@ -96,24 +97,25 @@ MATRIX: dict[tuple[str, str], tuple[list[str], int, str]] = {
                                            "rtmw-q-256x192", "--gt-boxes"], 2, "rtmw-q-256x192"),
     ("eval", "invalid option value"): (["eval", "--ann", "{ann}", "--predictions", "{preds}", "--gt-boxes"], 2,
                                        "drop --gt-boxes"),
-    # bench --det --pose --ann --images --out
-    ("bench", "missing file"): (["bench", "--det", "{det}", "--pose", "{missing}.onnx", "--persons", "1",
+    # bench --det --pose --ann --images --out (the people to tile: found in --images)
+    ("bench", "missing file"): ([*BENCH, "--det", "{det}", "--pose", "{missing}.onnx", "--persons", "1",
                                  "--frames", "1"], 1, "not found"),
-    ("bench", "empty file"): (["bench", "--det", "{det}", "--pose", "{empty}.onnx", "--persons", "1", "--frames",
+    ("bench", "empty file"): ([*BENCH, "--det", "{det}", "--pose", "{empty}.onnx", "--persons", "1", "--frames",
                                "1"], 1, "{empty}.onnx"),
-    ("bench", "truncated file"): (["bench", "--det", "{det}", "--pose", "{truncated}.onnx", "--persons", "1",
+    ("bench", "truncated file"): ([*BENCH, "--det", "{det}", "--pose", "{truncated}.onnx", "--persons", "1",
                                    "--frames", "1"], 1, "{truncated}.onnx"),
-    ("bench", "wrong kind of model"): (["bench", "--det", "{pose}", "--pose", "{pose}", "--persons", "1",
+    ("bench", "wrong kind of model"): ([*BENCH, "--det", "{pose}", "--pose", "{pose}", "--persons", "1",
                                         "--frames", "1"], 1, "pose model"),
-    ("bench", "directory instead of file"): (["bench", "--det", "{det}", "--pose", "{dir}", "--persons", "1",
+    ("bench", "directory instead of file"): ([*BENCH, "--det", "{det}", "--pose", "{dir}", "--persons", "1",
                                               "--frames", "1"], 1, "is a folder"),
-    ("bench", "unwritable output"): (["bench", "--det", "{det}", "--pose", "{pose}", "--out",
+    ("bench", "unwritable output"): ([*BENCH, "--det", "{det}", "--pose", "{pose}", "--out",
                                       UNWRITABLE + ".json"], 2, "cannot create files in /proc"),
-    ("bench", "output = input"): (["bench", "--det", "{det}", "--pose", "{pose}", "--out", "{pose}"], 2,
+    ("bench", "output = input"): ([*BENCH, "--det", "{det}", "--pose", "{pose}", "--out", "{pose}"], 2,
                                   "is an input of this command"),
-    ("bench", "non-existent model name"): (["bench", "--det", "{det}", "--pose", "rtmw-q-256x192", "--persons",
+    ("bench", "non-existent model name"): ([*BENCH, "--det", "{det}", "--pose", "rtmw-q-256x192", "--persons",
                                             "1", "--frames", "1"], 2, "rtmw-q-256x192"),
-    ("bench", "invalid option value"): (["bench", "--det", "{det}", "--pose", "{pose}", "--persons", "0"], 2,
+    ("bench", "invalid option value"): ([*BENCH, "--det", "{det}", "--pose", "{pose}", "--persons",
+                                         "0"], 2,
                                         "--persons values and --frames must be at least 1"),
     # calibrate MODEL -o --images
     ("calibrate", "missing file"): (["calibrate", "{missing}.onnx", "-o", "{out}.onnx", "--images", "{images}"], 1,

@@ -465,13 +465,13 @@ def test_bench_times_the_remote_path_beside_the_local_one(server, models, tmp_pa
     out = tmp_path / "bench.json"
     assert main(["bench", "--det", str(RAWHEAD), "--pose", str(models["pose"]), "--backend", "auto", "--backend",
                  "triton", "--triton-url", server.grpc_url, "--persons", "1,2", "--frames", "2", "--out",
-                 str(out)]) == 0
+                 str(out), "--ann", str(SHARED / "images" / "test_coco.json")]) == 0
     local_cfg, remote_cfg = json.loads(out.read_text())["configs"]
     assert remote_cfg["backend"] == "triton" and remote_cfg["pose_model"] == local_cfg["pose_model"]
     assert [p["persons_detected"] for p in remote_cfg["curve"]] == [p["persons_detected"] for p in
                                                                     local_cfg["curve"]] == [1, 2]
     assert all(p["stages_ms"] == {} and p["end_to_end_ms"]["p50"] > 0 for p in remote_cfg["curve"])
-    assert main(["bench", "--backend", "triton"]) == 2  # no server given
+    assert main(["bench", "--backend", "triton", "--images", str(SHARED / "images")]) == 2  # no server given
 
 
 def test_daemon_cameras_go_to_the_server(server, local, tmp_path):

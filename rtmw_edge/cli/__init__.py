@@ -353,14 +353,15 @@ def bench_cmd(det: str = typer.Option("rtmdet-nano-person", "--det", help="Detec
                                                     "--backend triton."),
               persons: str = typer.Option("1,2,4,8,16,32", help="People per synthetic frame, comma-separated."),
               frames: int = typer.Option(20, help="Timed frames per point (after 2 warm-up frames)."),
-              ann: Path | None = typer.Option(None, help="COCO annotation file whose people are tiled "
-                                              "(default: ../shared/images/test_coco.json next to the repo)."),
-              images: Path | None = typer.Option(None, help="Folder of the annotation file's photos."),
+              ann: Path | None = typer.Option(None, help="COCO annotation file whose people are tiled (its photos "
+                                              "beside it, or in --images)."),
+              images: Path | None = typer.Option(None, help="Photos of people: the detector finds them and they are "
+                                                 "tiled into frames of N people (or the folder of --ann's photos)."),
               threads: int | None = typer.Option(None, help="ONNX Runtime intra-op threads."),
               json_out: Path | None = typer.Option(None, "--out", help="Write the report as JSON."),
               plot_out: Path | None = typer.Option(None, "--plot", help="Write the stage/person plot as PNG.")) -> None:
     """Per-stage latency (p50/p90/p99), end-to-end FPS and the cost of each extra person."""
-    from ..bench import Config, benchmark, person_tiles, plot
+    from ..bench import Config, benchmark, detected_person_tiles, person_tiles, plot
     from ..errors import UsageError
     from ..outputs import atomic_output, check_output
 
@@ -377,11 +378,14 @@ def bench_cmd(det: str = typer.Option("rtmdet-nano-person", "--det", help="Detec
     inputs = [det, *pose, ann, images]
     json_out = check_output(json_out, option="--out", inputs=inputs, others=[plot_out])
     plot_out = check_output(plot_out, option="--plot", inputs=inputs, others=[json_out])
-    shared = Path(__file__).resolve().parents[2] / "shared" / "images"
-    ann = ann or shared / "test_coco.json"
-    images = images or ann.parent
-    if not ann.is_file():
-        raise RtmwEdgeError(f"annotation file not found: {ann} (give --ann and --images)")
+    if ann is None and images is None:
+        raise UsageError("bench needs photos of people to tile into frames: --images DIR (the detector finds them) "
+                         "or --ann COCO.json (its annotated people; photos beside it or in --images)")
+    if ann is not None and not ann.is_file():
+        raise RtmwEdgeError(f"annotation file not found: {ann}")
+    images = images if images is not None else ann.parent
+    if not images.is_dir():
+        raise RtmwEdgeError(f"--images {images}: no such folder")
     configs = []
     unknown = [b for b in backend if b not in backend_names()]
     if unknown:
@@ -399,7 +403,8 @@ def bench_cmd(det: str = typer.Option("rtmdet-nano-person", "--det", help="Detec
             while label in (c.name for c in configs):
                 label += "'"
             configs.append(Config(label, det, p, b, pose_spec=pose_spec))
-    report = benchmark(configs, person_tiles(ann, images), counts, frames=frames, threads=threads)
+    tiles = person_tiles(ann, images) if ann is not None else detected_person_tiles(images, det)
+    report = benchmark(configs, tiles, counts, frames=frames, threads=threads)
     table = Table(title=f"bench: ms per frame (mean), {frames} frames per point")
     table.add_column("config")
     table.add_column("persons", justify="right")
