@@ -290,26 +290,27 @@ def backends_help() -> str:
     return "; ".join(f"{b.name}: {b.summary}" for b in BACKENDS.values())
 
 
+def _model_file(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise RtmwEdgeError(f"model file not found: {path}")
+    return path
+
+
 def load_engine(path: str | Path, backend: str = "auto", **options) -> Engine:
     """Open a model file as a host engine of BACKEND ('auto' decides by the file suffix)."""
     row = get_backend(backend)
-    path = Path(path)
     if row.host_engine is None:
         raise RtmwEdgeError(f"--backend {backend} has no host engine ({row.summary})")
-    if not path.is_file():
-        raise RtmwEdgeError(f"model file not found: {path}")
-    return row.host_engine(path, **options)
+    return row.host_engine(_model_file(path), **options)
 
 
 def load_device_engine(path: str | Path, backend: str, device: int = 0, **options):
     """Open a model file as a device engine of BACKEND for the CUDA-stream pipeline."""
     row = get_backend(backend)
-    path = Path(path)
     if row.device_engine is None:
         raise RtmwEdgeError(f"--backend {backend} has no device engine for the CUDA-stream pipeline")
-    if not path.is_file():
-        raise RtmwEdgeError(f"model file not found: {path}")
-    return row.device_engine(path, device=device, **options)
+    return row.device_engine(_model_file(path), device=device, **options)
 
 
 def run_chunked(engine: Engine, x: np.ndarray) -> dict[str, np.ndarray]:

@@ -71,6 +71,24 @@ class DeviceEngine(Protocol):
     def close(self) -> None: ...
 
 
+class FixedShapes:
+    """The shape half of a device engine whose per-item shapes are fixed: the engine sets `_chw` (C, H, W),
+    `_per_item` (output name → dims after the batch) and `_dtypes` (output name → numpy dtype name)."""
+
+    _chw: tuple[int, ...]
+    _per_item: dict[str, tuple[int, ...]]
+    _dtypes: dict[str, str]
+
+    def input_shape(self, batch: int) -> tuple[int, ...]:
+        return (int(batch), *self._chw)
+
+    def output_shape(self, name: str, batch: int) -> tuple[int, ...]:
+        return (int(batch), *self._per_item[name])
+
+    def output_dtype(self, name: str) -> str:
+        return self._dtypes[name]
+
+
 class HostEngine:
     """The host `Engine` interface (`run(x)`, `input_dims` a tuple with None for a dynamic batch, `max_batch`) of
     a device engine that implements `run`: the CPU pipeline over a device engine."""

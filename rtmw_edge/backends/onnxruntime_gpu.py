@@ -23,6 +23,7 @@ import numpy as np
 
 from ..errors import MissingDependencyError, RtmwEdgeError
 from ..onnx_meta import read_metadata
+from .device import FixedShapes
 from .onnxruntime import session_options
 
 DEFAULT_MAX_BATCH = 64
@@ -89,7 +90,7 @@ def _import_ort(device):
     return ort
 
 
-class OrtGpuEngine:
+class OrtGpuEngine(FixedShapes):
     """DeviceEngine on ONNX Runtime's CUDA execution provider (see the module docstring). `device`: a CUDA index,
     or "cpu" (the CPU provider over host pointers, for tests)."""
 
@@ -152,16 +153,7 @@ class OrtGpuEngine:
                                 "cuDNN 9 libraries on the library path?); it fell back to the CPU")
         return session
 
-    # -- DeviceEngine
-    def input_shape(self, batch: int) -> tuple[int, ...]:
-        return (int(batch), *self._chw)
-
-    def output_shape(self, name: str, batch: int) -> tuple[int, ...]:
-        return (int(batch), *self._per_item[name])
-
-    def output_dtype(self, name: str) -> str:
-        return self._dtypes[name]
-
+    # -- DeviceEngine (shapes: device.FixedShapes)
     def check_batch(self, batch: int) -> None:
         if not self.min_batch <= batch <= self.max_batch:
             raise RtmwEdgeError(f"{self.name}: batch {batch} outside [{self.min_batch}, {self.max_batch}]")

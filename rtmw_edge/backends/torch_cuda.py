@@ -30,6 +30,7 @@ from ..errors import RtmwEdgeError, UsageError, require
 from ..export import FP16_PREFIXES, build_weights, export_graph, weights_sha256
 from ..onnx_meta import read_metadata
 from ..zoo import get_spec, list_models
+from .device import FixedShapes
 
 DEFAULT_MAX_BATCH = 64
 ELEMENT_TYPES = {1: "float32", 6: "int32", 7: "int64", 9: "bool", 10: "float16", 11: "float64"}  # ONNX → numpy
@@ -152,7 +153,7 @@ class _CudaArray:
                                          "data": (int(ptr), False), "version": 3, "strides": None}
 
 
-class TorchCudaEngine:
+class TorchCudaEngine(FixedShapes):
     """DeviceEngine running the PyTorch model a project export was made from (see the module docstring).
     `device`: a CUDA index, or "cpu" (tests: host pointers, work done at once)."""
 
@@ -207,16 +208,7 @@ class TorchCudaEngine:
         self.half_regions = half_regions(module) if meta.get("precision") == "fp16" else []
         self.module = module.eval().to(self.torch_device)
 
-    # -- DeviceEngine
-    def input_shape(self, batch: int) -> tuple[int, ...]:
-        return (int(batch), *self._chw)
-
-    def output_shape(self, name: str, batch: int) -> tuple[int, ...]:
-        return (int(batch), *self._per_item[name])
-
-    def output_dtype(self, name: str) -> str:
-        return self._dtypes[name]
-
+    # -- DeviceEngine (shapes: device.FixedShapes)
     def create_context(self, stream: int, scratch: int | None = None) -> TorchContext:
         return TorchContext(self, stream)
 

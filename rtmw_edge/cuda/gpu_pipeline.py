@@ -267,6 +267,21 @@ class GpuPoseModel:
         self._own_engines = []
 
 
+def grow_frame_buffers(holder, nbytes: int, zero_copy: bool) -> None:
+    """Grow a slot's or lane's frame buffers (`frame_host`, `frame_dev`) to NBYTES (at least 1080p; cudaFree and
+    cudaMalloc synchronise, so grow rarely). Zero-copy: one mapped pinned buffer the kernels read directly;
+    otherwise pinned staging + a device copy."""
+    nbytes = max(nbytes, FRAME_RESERVE)
+    if holder.frame_host is None or holder.frame_host.nbytes < nbytes:
+        if holder.frame_host is not None:
+            holder.frame_host.free()
+        holder.frame_host = R.PinnedBuffer(nbytes, mapped=zero_copy)
+    if not zero_copy and (holder.frame_dev is None or holder.frame_dev.nbytes < nbytes):
+        if holder.frame_dev is not None:
+            holder.frame_dev.free()
+        holder.frame_dev = R.DeviceBuffer(nbytes)
+
+
 class _Slot:
     """One frame in flight: its stream, events, device buffers, pinned host buffers and one execution context
     per engine — bound to this slot's stream only, sharing the slot's scratch block (they run one after the
@@ -314,17 +329,7 @@ class _Slot:
             self.marks[name].record(self.stream)
 
     def frame_buffers(self, nbytes: int, zero_copy: bool) -> None:
-        """Grow the frame buffers (at least 1080p; cudaFree/cudaMalloc synchronise, so grow rarely). Zero-copy:
-        one mapped pinned buffer the kernels read directly; otherwise pinned staging + a device copy."""
-        nbytes = max(nbytes, FRAME_RESERVE)
-        if self.frame_host is None or self.frame_host.nbytes < nbytes:
-            if self.frame_host is not None:
-                self.frame_host.free()
-            self.frame_host = R.PinnedBuffer(nbytes, mapped=zero_copy)
-        if not zero_copy and (self.frame_dev is None or self.frame_dev.nbytes < nbytes):
-            if self.frame_dev is not None:
-                self.frame_dev.free()
-            self.frame_dev = R.DeviceBuffer(nbytes)
+        grow_frame_buffers(self, nbytes, zero_copy)
 
     def close(self) -> None:
         self.stream.synchronize()

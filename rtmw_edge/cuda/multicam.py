@@ -32,7 +32,7 @@ from .. import geometry as G
 from ..errors import RtmwEdgeError
 from . import kernels as KK
 from . import runtime as R
-from .gpu_pipeline import FRAME_RESERVE, GpuPoseModel, camera_args, enqueue_detect, read_count
+from .gpu_pipeline import GpuPoseModel, camera_args, enqueue_detect, grow_frame_buffers, read_count
 
 
 @dataclass
@@ -84,15 +84,7 @@ class _Lane:
         pass
 
     def frame_buffers(self, nbytes: int, zero_copy: bool) -> None:
-        nbytes = max(nbytes, FRAME_RESERVE)
-        if self.frame_host is None or self.frame_host.nbytes < nbytes:
-            if self.frame_host is not None:
-                self.frame_host.free()
-            self.frame_host = R.PinnedBuffer(nbytes, mapped=zero_copy)
-        if not zero_copy and (self.frame_dev is None or self.frame_dev.nbytes < nbytes):
-            if self.frame_dev is not None:
-                self.frame_dev.free()
-            self.frame_dev = R.DeviceBuffer(nbytes)
+        grow_frame_buffers(self, nbytes, zero_copy)
 
     def close(self) -> None:
         self.stream.synchronize()
