@@ -79,6 +79,9 @@ class StepCameraBatch:
 
     batched = False
 
+    def reserve(self, cameras: int) -> None:
+        """Room for CAMERAS cameras per tick (the GPU batch makes its lanes; nothing to make here)."""
+
     def tick(self, items: list[TickItem]) -> TickReport:
         t0 = time.perf_counter()
         outcomes = []
@@ -135,6 +138,12 @@ class CpuCameraBatch:
 
     def __init__(self, model) -> None:
         self.model = model
+
+    def reserve(self, cameras: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
     def tick(self, items: list[TickItem]) -> TickReport:
         t0 = time.perf_counter()
@@ -271,10 +280,16 @@ class GpuStreamBatch:
         self.model = model
         self.batch = None
         self.profile = False
+        self.lanes = 1
+
+    def reserve(self, cameras: int) -> None:
+        """Lanes for CAMERAS cameras (made at the next tick: a lane per camera the daemon serves, not per tick)."""
+        self.lanes = max(self.lanes, int(cameras))
 
     def _lanes(self, n: int, profile: bool):
         from .cuda.multicam import GpuCameraBatch
 
+        n = max(n, self.lanes)
         if self.batch is None or self.batch.cameras < n or self.profile != profile:
             if self.batch is not None:
                 self.batch.close()

@@ -98,7 +98,8 @@ def test_the_daemon_on_the_cuda_stream_pipeline_equals_the_cpu_daemon(tmp_path, 
     estimators = {type(e).__name__ for e in made}
     assert estimators == {"Deferred"} and len(made) == 2                         # one shared model
     contexts = [c for e in made for c in e.contexts]
-    assert len({c.stream for c in contexts}) == 2 and len(contexts) == 4         # each camera: its own stream
+    assert len({c.stream for c in contexts}) == 3 and len(contexts) == 3         # a lane per camera (its stream and
+    assert [len(e.contexts) for e in made] == [2, 1]                              # detector context), one pose side
     stage = [v for (name, labels), v in samples.items() if name == "rtmw_edge_pipeline_stage_median_seconds"
              and dict(labels).get("stage") == "detector"]
     assert len(stage) == 2 and all(v > 0 for v in stage)                         # per camera, from CUDA events

@@ -3,17 +3,18 @@
 The worker asks `Scheduler.plan(now, views)` before each tick, with a `CameraView` of every camera (its latest
 frame's capture time, since when it has been owed a result, its budget and frame period). The answer (`Plan`):
 
-- **take**, in tick order: the cameras holding a frame, **oldest-due first** — the camera owed a result the
-  longest (`owed_since`: the capture time of the first frame it has waited with since it was last served; a
-  frame replaced by a newer one keeps the camera's place), ties in round-robin turn (served least recently
-  first), then in configuration order;
-- **defer**: cameras left for a later tick, so that the others stay within budget. A camera is admitted while
-  the tick's predicted end (now + Σ predicted costs) keeps every admitted frame within its deadline (capture +
-  `budget`). A frame that would miss its deadline even alone (already late, or a budget under the cost) sets no
-  limit — it is served as soon as possible — but it is not admitted when it would push an attainable frame
-  past its deadline. The first camera in order is always taken (progress). A deferred camera is first in the
-  next tick (it is owed the longest), so a device that cannot serve every camera at its rate serves them in
-  turn: each camera gets an equal share, and its frames replaced meanwhile are counted as ``throttled`` drops;
+- **take**, in tick order: the cameras holding a frame, **oldest-due first** — a camera's next result is due
+  one frame period after it was last served, and not before it had a frame (`owed_since`: the capture time of
+  the first frame it has waited with since it was last served; a frame replaced by a newer one keeps the
+  camera's place) — ties in round-robin turn (served least recently first), then in configuration order. A
+  camera sending faster than its rate is thus never ahead of one that is due;
+- **defer**: cameras left for a later tick. A tick never runs longer than the smallest budget among its
+  cameras: cameras are admitted in order while the tick's predicted time (Σ predicted costs) stays within the
+  budget of every admitted camera, so a frame that arrives as a tick starts is published within its budget. The
+  first camera in order is always taken (progress; a budget under one camera's cost then means one camera per
+  tick). A deferred camera is first in the next tick (it is owed the longest), so a device that cannot serve
+  every camera at its rate serves them in turn: each camera gets an equal share, and its frames replaced
+  meanwhile are counted as ``throttled`` drops;
 - **wait_s**: how long to wait first for cameras whose next frame is due before the admitted frames' budgets
   would run out (DeepStream's ``batched-push-timeout``, bounded by the others' budgets): only cameras whose
   frame is expected (last capture + its frame period) within the slack of every admitted frame, and not late
@@ -26,9 +27,66 @@ start-up), else the average of the cameras known.
 
 from __future__ import annotations
 
+import logging
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
+from ..streams import open_stream
+from .config import CameraConfig, ConfigError
+
+log = logging.getLogger("rtmw_edge.serve.scheduler")
+
 COST_ALPHA = 0.3         # weight of the newest tick in a camera's cost average
+WARMUP_FRAME = (480, 640)  # the start-up measurement's frame (h, w): a gray picture, one person box
+
+
+def measure_inference(estimator) -> float | None:
+    """One inference of ESTIMATOR, in seconds: the detector on a 640×480 frame plus the pose of one person, the
+    fastest of two runs after a first (warm-up) one. Estimators without separate detect and pose (the GPU
+    pipeline, the Triton client, plain callables) run one frame on a throwaway stream (no person on the gray
+    frame: the detector side only). None when it cannot run (a Triton server that is down): nothing to check."""
+    image = np.full((*WARMUP_FRAME, 3), 114, np.uint8)
+    box = np.array([[200, 80, 440, 420]], np.float32)
+    split = callable(getattr(estimator, "detect", None)) and callable(getattr(estimator, "pose", None))
+    stream = None
+    try:
+        if split:
+            def once() -> float:
+                t = time.perf_counter()
+                estimator.detect(image)
+                estimator.pose(image, box)
+                return time.perf_counter() - t
+        else:
+            stream = open_stream(estimator)
+
+            def once() -> float:
+                t = time.perf_counter()
+                stream.step(image)
+                return time.perf_counter() - t
+        once()
+        return min(once(), once())
+    except Exception as exc:  # noqa: BLE001 - no measurement: the budgets are not checked
+        log.warning("could not measure one inference at start-up (%s: %s): latency budgets are not checked",
+                    type(exc).__name__, exc, extra={"event": "warmup_failed"})
+        return None
+    finally:
+        if stream is not None:
+            stream.close()
+
+
+def check_budgets(cameras: Sequence[CameraConfig], inference_s: float | None, where: str) -> None:
+    """A camera whose `max_latency_ms` is under one inference can never be served within it: one line naming the
+    camera, its budget and the measured time (ConfigError: exit 2 at start, a failed reload on SIGHUP)."""
+    if inference_s is None:
+        return
+    for cam in cameras:
+        if cam.max_latency_ms and cam.max_latency_ms / 1000.0 < inference_s:
+            raise ConfigError(f"{where}: cameras.{cam.name}.max_latency_ms = {cam.max_latency_ms:g} is under one "
+                              f"inference of the model ({inference_s * 1000:.1f} ms, measured at start-up): raise "
+                              "it, or leave it out (default: one frame period at the camera's rate)")
 
 
 @dataclass
@@ -54,6 +112,7 @@ class Scheduler:
         self.inference_s = inference_s           # one inference (detector + pose of one person), measured
         self.costs: dict[str, float] = {}        # camera → its predicted share of a tick (seconds)
         self.turn: dict[str, int] = {}           # camera → the tick number it was last served in
+        self.last_served: dict[str, float] = {}  # camera → when the tick it was last served in started
         self.ticks = 0
 
     # -- costs
@@ -64,17 +123,30 @@ class Scheduler:
             return self.inference_s
         return sum(self.costs.values()) / len(self.costs) if self.costs else 0.0
 
-    def served(self, names: list[str], shares: list[float]) -> None:
-        """After a tick: these cameras were in it, with these shares of its time."""
+    def one_camera_s(self) -> float | None:
+        """The smallest cost learned for a camera (one camera's share of a tick: about one inference), or None
+        before any tick — what a reload checks new budgets against when nothing was measured at start-up."""
+        return min(self.costs.values()) if self.costs else None
+
+    def due(self, v: CameraView) -> float:
+        """When camera V's next result is due: one frame period after it was last served, and not before it had a
+        frame (`owed_since`: kept while its waiting frame is replaced by newer ones)."""
+        owed = v.owed_since if v.owed_since is not None else v.captured
+        last = self.last_served.get(v.name)
+        return owed if last is None else max(owed, last + (v.period_s or 0.0))
+
+    def served(self, names: list[str], shares: list[float], now: float) -> None:
+        """After a tick that started at NOW: these cameras were in it, with these shares of its time."""
         self.ticks += 1
         for name, share in zip(names, shares):
             old = self.costs.get(name)
             self.costs[name] = share if old is None else old + COST_ALPHA * (share - old)
             self.turn[name] = self.ticks
+            self.last_served[name] = now
 
     def forget(self, keep: set[str]) -> None:
         """Drop the state of cameras not in KEEP (removed by a reload)."""
-        for table in (self.costs, self.turn):
+        for table in (self.costs, self.turn, self.last_served):
             for name in [n for n in table if n not in keep]:
                 del table[name]
 
@@ -82,28 +154,25 @@ class Scheduler:
     def plan(self, now: float, views: list[CameraView]) -> Plan:
         order = {v.name: i for i, v in enumerate(views)}
         ready = [v for v in views if v.captured is not None]
-        ready.sort(key=lambda v: (v.owed_since if v.owed_since is not None else v.captured,
-                                  self.turn.get(v.name, 0), order[v.name]))
+        ready.sort(key=lambda v: (self.due(v), self.turn.get(v.name, 0), order[v.name]))
         plan = Plan()
-        limit = float("inf")          # the earliest deadline among the attainable admitted frames
+        cap = float("inf")            # the smallest budget among the admitted cameras: the longest tick allowed
+        limit = float("inf")          # the earliest deadline (capture + budget) among the admitted frames
         total = 0.0
         for v in ready:
             cost = self.cost(v.name)
-            deadline = v.captured + v.budget_s if v.budget_s is not None else float("inf")
-            attainable = now + cost <= deadline
-            end = now + total + cost
-            if plan.take and (end > limit or (attainable and end > deadline)):
-                plan.defer.append(v.name)
-                continue
+            budget = v.budget_s if v.budget_s is not None else float("inf")
+            if plan.take and total + cost > min(cap, budget):
+                plan.defer += [w.name for w in ready[len(plan.take):]]
+                break
             plan.take.append(v.name)
             total += cost
-            if attainable:
-                limit = min(limit, deadline)
+            cap, limit = min(cap, budget), min(limit, v.captured + budget)
         plan.predicted_s = total
         if plan.defer:   # the device is full: nothing to wait for
             return plan
         slack = limit - now - total
-        if not plan.take or slack <= 0 or slack == float("inf"):
+        if slack <= 0 or slack == float("inf"):
             return plan
         expected = []
         for v in views:
@@ -114,8 +183,9 @@ class Scheduler:
         until, used = now, 0.0
         for due, v in sorted(expected, key=lambda e: e[0]):
             cost = self.cost(v.name)
-            if max(due - now, 0.0) + used + cost > slack:  # it would not fit before the others' budgets run out
-                break
+            budget = v.budget_s if v.budget_s is not None else float("inf")
+            if max(due - now, 0.0) + used + cost > slack or total + used + cost > min(cap, budget):
+                break                                      # it would not fit the others' budgets, or the tick's
             used += cost
             until = max(until, due + v.period_s / 4)       # a quarter period of grace (its frame wakes us anyway)
         plan.wait_s = max(0.0, min(until - now, slack - used))

@@ -162,7 +162,10 @@ class InferenceWorker:
         finally:
             self._close_streams(keep=())
             if self._batch is not None:
-                self._batch.close()
+                try:
+                    self._batch.close()
+                except Exception as exc:  # noqa: BLE001 - logged, never fatal
+                    log.warning("closing the camera batch failed: %s: %s", type(exc).__name__, exc)
 
     def _sleep(self, seconds: float) -> None:
         """Wait until a grabber stores a frame (or SECONDS pass)."""
@@ -219,6 +222,7 @@ class InferenceWorker:
         """One tick over the cameras PLAN takes: their frames through the camera batch, then each one published."""
         if self._batch is None:
             self._batch = open_camera_batch(self.estimator, batched=self.batched)
+        self._batch.reserve(len(cameras))
         by_name = {c.name: c for c in cameras}
         taken: list[tuple[Camera, CapturedFrame]] = []
         items: list[TickItem] = []
@@ -244,7 +248,7 @@ class InferenceWorker:
         self.metrics.pose_calls.inc(report.pose_calls)
         self.metrics.tick_cameras.observe(len(items))
         self.metrics.tick_seconds.observe(report.seconds)
-        self.scheduler.served([cam.name for cam, _ in taken], report.shares())
+        self.scheduler.served([cam.name for cam, _ in taken], report.shares(), start)
         for (cam, frame), outcome in zip(taken, report.outcomes):
             if outcome.error is not None:
                 self._error(cam.name, outcome.error)
