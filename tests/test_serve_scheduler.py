@@ -30,43 +30,52 @@ def view(name, captured=None, owed=None, last=None, period=0.1, budget=0.1) -> C
                       last if last is not None else captured, period, budget)
 
 
+def serve(s: Scheduler, names, costs, now: float, period: float = 0.1) -> None:
+    s.served([view(n, now, period=period) for n in names], costs, now)
+
+
 # ------------------------------------------------------------------------------------------ the plan, by hand
-def test_oldest_due_first_then_round_robin_then_configuration_order():
+def test_oldest_due_first_is_round_robin_with_configuration_order_last():
     s = Scheduler()
     views = [view("a", 1.00, owed=0.95), view("b", 1.00, owed=0.90), view("c", 1.00), view("d", 1.00)]
-    assert s.plan(1.0, views).take == ["b", "a", "c", "d"]     # b waited longest (its first frame was replaced)
-    s.served(["c"], [0.0], 0.0)                                    # c was served: d's turn comes first on a tie
-    assert s.plan(1.0, views).take == ["b", "a", "d", "c"]
+    assert s.plan(1.0, views).take == ["b", "a", "c", "d"]     # never served: waiting longest first (b's first
+    serve(s, ["c"], [0.0], 1.0)                                 # frame was replaced), then configuration order
+    serve(s, ["a", "d"], [0.0, 0.0], 1.1)
+    views = [view(n, 1.3) for n in "abcd"]
+    assert s.plan(1.3, views).take == ["c", "a", "d", "b"]      # c served at 1.0, a and d at 1.1, b waits since 1.3
+    views[1] = view("b", 1.3, owed=0.9)
+    assert s.plan(1.3, views).take[0] == "b"                    # ... or since 0.9 (its first frame was replaced)
 
 
 def test_admission_keeps_every_admitted_frame_within_its_budget():
     s = Scheduler()
-    s.served(["a", "b", "c"], [0.04, 0.04, 0.04], 0.0)
+    serve(s, ["a", "b", "c"], [0.04, 0.04, 0.04], 0.0)
     views = [view("a", 1.00), view("b", 1.00), view("c", 1.00)]
     plan = s.plan(1.01, views)                   # 10 ms old, 100 ms budgets: two cameras of 40 ms fit, not three
     assert plan.take == ["a", "b"] and plan.defer == ["c"] and plan.predicted_s == pytest.approx(0.08)
     assert plan.wait_s == 0.0                    # a full device waits for nobody
-    s.served(["a", "b"], [0.04, 0.04], 1.01)
+    serve(s, ["a", "b"], [0.04, 0.04], 1.01)
     plan = s.plan(1.10, [view("a", 1.09), view("b", 1.09), view("c", 1.08, owed=1.00)])
     assert plan.take[0] == "c"                   # the deferred camera is owed the longest: first in the next tick
 
 
 def test_a_tick_never_runs_longer_than_the_smallest_budget_of_its_cameras():
     s = Scheduler()
-    s.served(["a", "b", "c"], [0.04, 0.04, 0.04], 0.0)
+    serve(s, ["a", "b", "c"], [0.04, 0.04, 0.04], 0.0)
     late = [view("a", 0.50), view("b", 0.50), view("c", 0.50)]          # frames already past their budgets
     assert s.plan(1.0, late).take == ["a", "b"]                        # still 80 ms ticks at most
     tight = [view("a", 0.99, budget=0.5), view("b", 0.99, budget=0.05), view("c", 0.99, budget=0.5)]
     plan = s.plan(1.0, tight)                    # b's 50 ms budget caps the tick it is in: a + b is 80 ms
     assert plan.take == ["a"] and plan.defer == ["b", "c"]
-    s.served(["x"], [0.5], 0.0)                       # a camera whose cost exceeds its budget is still served, alone
-    plan = s.plan(1.0, [view("x", 0.99, owed=0.9), view("a", 0.99)])
+    s = Scheduler()
+    serve(s, ["x"], [0.5], 0.0)                  # a camera whose cost exceeds its budget is still served, alone
+    plan = s.plan(1.0, [view("a", 0.99), view("x", 0.99)])
     assert plan.take == ["x"] and plan.defer == ["a"]
 
 
 def test_the_tick_waits_for_a_camera_about_to_deliver_but_never_past_the_budgets_nor_for_a_stalled_one():
     s = Scheduler()
-    s.served(["a", "b"], [0.01, 0.01], 0.0)
+    serve(s, ["a", "b"], [0.01, 0.01], 0.0)
     # a holds a frame captured at 1.000 (budget 200 ms); b's last frame was at 0.970, its next is due at 1.070
     plan = s.plan(1.000, [view("a", 1.000, budget=0.2), view("b", last=0.970)])
     assert plan.take == ["a"] and plan.wait_s == pytest.approx(0.070 + 0.025)   # until due + a quarter period
@@ -82,11 +91,25 @@ def test_the_tick_waits_for_a_camera_about_to_deliver_but_never_past_the_budgets
     assert plan.wait_s == 0.0
 
 
+def test_a_camera_faster_than_its_rate_gets_its_rate():
+    s = Scheduler()
+    serve(s, ["f"], [0.01], 1.0)                     # its frame of 1.00 served, period 100 ms: next slot 1.10
+    plan = s.plan(1.03, [view("f", 1.02), view("a", 1.02)])
+    assert plan.take == ["a"] and plan.early == ["f"]            # 1.02 is more than half a period early
+    assert s.plan(1.06, [view("f", 1.05)]).take == ["f"]         # half a period early: due (jitter)
+    serve(s, ["f"], [0.01], 1.05)                    # on schedule: the next slot is 1.20, not 1.05 + 0.1
+    assert s.next_due["f"] == pytest.approx(1.2)
+    serve(s, ["f"], [0.01], 1.23)
+    assert s.next_due["f"] == pytest.approx(1.3)
+    serve(s, ["f"], [0.01], 3.0)                     # after an idle spell: the schedule restarts, no burst
+    assert s.next_due["f"] == pytest.approx(3.05)
+
+
 def test_costs_are_learned_per_camera_and_forgotten_with_the_camera():
     s = Scheduler(inference_s=0.05)
     assert s.cost("new") == 0.05                  # before any tick: one measured inference
-    s.served(["a"], [0.02], 0.0)
-    s.served(["a"], [0.04], 0.1)
+    serve(s, ["a"], [0.02], 0.0)
+    serve(s, ["a"], [0.04], 0.1)
     assert s.cost("a") == pytest.approx(0.02 + 0.3 * 0.02) and s.one_camera_s() == pytest.approx(0.026)
     s.forget({"b"})
     assert s.costs == {} and s.cost("a") == 0.05
@@ -115,12 +138,14 @@ def simulate(cameras: dict, seconds: float = 20.0) -> dict:
     def plan(now):
         views = [CameraView(n, held.get(n), owed.get(n), last.get(n), c.get("declared", c["period"]),
                             c.get("budget")) for n, c in cameras.items()]
-        return s.plan(now, views)
+        p = s.plan(now, views)
+        p.views = views
+        return p
 
     while t < seconds:
         deliver(t)
         p = plan(t)
-        if not p.take:
+        if not p.take:   # as the worker: until the next frame
             if i >= len(arrivals):
                 break
             t = arrivals[i][0]
@@ -128,16 +153,17 @@ def simulate(cameras: dict, seconds: float = 20.0) -> dict:
         until = t + p.wait_s
         while p.wait_s > 0:
             nxt = arrivals[i][0] if i < len(arrivals) else float("inf")
-            t = min(t + p.wait_s, nxt, until)
+            was, t = t, min(t + p.wait_s, nxt, until)
             deliver(t)
             p = plan(t)
-            if t >= until:
+            if t >= until or t <= was:
                 break
         cost = sum(cameras[n]["cost"] for n in p.take)
+        views = {v.name: v for v in p.views}
         for n in p.take:
             out[n].append((held.pop(n), t + cost))
             owed.pop(n, None)
-        s.served(p.take, [cameras[n]["cost"] for n in p.take], t)
+        s.served([views[n] for n in p.take], [cameras[n]["cost"] for n in p.take], t)
         t += cost
     return out
 

@@ -80,7 +80,7 @@ class Camera:
         self._taken = threading.Condition(self._lock)  # notified when inference takes the frame
         self._latest: CapturedFrame | None = None
         self.pending_since: float | None = None  # monotonic: since when a frame has waited for inference
-        self.deferred = False  # the scheduler left its frame for a later tick: a replaced frame is "throttled"
+        self.held: str | None = None  # why the scheduler keeps its frame waiting: a replaced frame's drop reason
         self.frame_period: float | None = None  # seconds between its frames (None: unknown), once open
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -103,7 +103,7 @@ class Camera:
         with self._lock:
             frame, self._latest = self._latest, None
             self.pending_since = None
-            self.deferred = False
+            self.held = None
             self._taken.notify_all()
         return frame
 
@@ -306,7 +306,7 @@ class Camera:
         self.metrics.captured.labels(self.name).inc()
         with self._lock:
             if self._latest is not None:
-                self.metrics.dropped.labels(self.name, "throttled" if self.deferred else "stale").inc()
+                self.metrics.dropped.labels(self.name, self.held or "stale").inc()
             elif self.pending_since is None:
                 self.pending_since = frame.mono
             self._latest = frame

@@ -1,24 +1,29 @@
-"""Which cameras go into the next tick: latency budgets, fair throttling, a bounded wait for the batch to fill.
+"""Which cameras go into the next tick: a rate per camera, latency budgets, fair throttling, a bounded wait.
 
 The worker asks `Scheduler.plan(now, views)` before each tick, with a `CameraView` of every camera (its latest
 frame's capture time, since when it has been owed a result, its budget and frame period). The answer (`Plan`):
 
-- **take**, in tick order: the cameras holding a frame, **oldest-due first** — a camera's next result is due
-  one frame period after it was last served, and not before it had a frame (`owed_since`: the capture time of
-  the first frame it has waited with since it was last served; a frame replaced by a newer one keeps the
-  camera's place) — ties in round-robin turn (served least recently first), then in configuration order. A
-  camera sending faster than its rate is thus never ahead of one that is due;
-- **defer**: cameras left for a later tick. A tick never runs longer than the smallest budget among its
+- **take**, in tick order: the cameras that hold a frame and are **due**, oldest-due first. A camera's results
+  follow a schedule of capture times at its rate: the k-th at the first one's capture + k periods (restarted
+  after an idle spell, so no burst builds up); a frame captured half a period or less before its slot is due.
+  A camera at its rate with jitter under half a period thus loses no frame, and one sending faster than its
+  rate (a flooding source) gets its rate and no more: its frames that are not due wait and are replaced by
+  newer ones (``rate`` drops). Due cameras go oldest-due first: the one owed its turn the longest — since it
+  was last served, or, never served yet, since its first waiting frame (`owed_since`; a frame replaced by a
+  newer one keeps its place) — which is round-robin when every camera has frames; ties in configuration order;
+- **defer**: due cameras left for a later tick. A tick never runs longer than the smallest budget among its
   cameras: cameras are admitted in order while the tick's predicted time (Σ predicted costs) stays within the
   budget of every admitted camera, so a frame that arrives as a tick starts is published within its budget. The
   first camera in order is always taken (progress; a budget under one camera's cost then means one camera per
   tick). A deferred camera is first in the next tick (it is owed the longest), so a device that cannot serve
   every camera at its rate serves them in turn: each camera gets an equal share, and its frames replaced
   meanwhile are counted as ``throttled`` drops;
-- **wait_s**: how long to wait first for cameras whose next frame is due before the admitted frames' budgets
-  would run out (DeepStream's ``batched-push-timeout``, bounded by the others' budgets): only cameras whose
-  frame is expected (last capture + its frame period) within the slack of every admitted frame, and not late
-  by more than half a period (a stalled source is never waited for). 0 when nothing is worth waiting for.
+- **early**: cameras holding a frame that is not due yet (their replaced frames are ``rate`` drops);
+- **wait_s**: how long to wait first for cameras due soon, before the admitted frames' budgets would run out
+  (DeepStream's ``batched-push-timeout``, bounded by the others' budgets): a camera whose frame is expected
+  (last capture + its frame period; a held frame: its due time) within the slack of every admitted frame and
+  within the tick's cap, and not late by more than half a period (a stalled source is never waited for). 0 when
+  nothing is worth waiting for, or when cameras were deferred (the device is full).
 
 Costs are learned per camera (`served`: its share of each tick it was in, `multicam.TickReport.shares`, an
 exponential average); a camera never served yet is assumed to cost one inference (`inference_s`, measured at
@@ -103,6 +108,7 @@ class CameraView:
 class Plan:
     take: list[str] = field(default_factory=list)
     defer: list[str] = field(default_factory=list)
+    early: list[str] = field(default_factory=list)
     wait_s: float = 0.0
     predicted_s: float = 0.0        # the predicted tick time of `take`
 
@@ -111,8 +117,8 @@ class Scheduler:
     def __init__(self, inference_s: float | None = None) -> None:
         self.inference_s = inference_s           # one inference (detector + pose of one person), measured
         self.costs: dict[str, float] = {}        # camera → its predicted share of a tick (seconds)
-        self.turn: dict[str, int] = {}           # camera → the tick number it was last served in
-        self.last_served: dict[str, float] = {}  # camera → when the tick it was last served in started
+        self.next_due: dict[str, float] = {}     # camera → the capture time its next result is due at
+        self.last_served: dict[str, float] = {}  # camera → when the last tick it was in started
         self.ticks = 0
 
     # -- costs
@@ -128,65 +134,79 @@ class Scheduler:
         before any tick — what a reload checks new budgets against when nothing was measured at start-up."""
         return min(self.costs.values()) if self.costs else None
 
-    def due(self, v: CameraView) -> float:
-        """When camera V's next result is due: one frame period after it was last served, and not before it had a
-        frame (`owed_since`: kept while its waiting frame is replaced by newer ones)."""
-        owed = v.owed_since if v.owed_since is not None else v.captured
-        last = self.last_served.get(v.name)
-        return owed if last is None else max(owed, last + (v.period_s or 0.0))
+    def earliest(self, v: CameraView) -> float:
+        """The earliest capture time of camera V's next result at its rate: half a period before its schedule
+        (`next_due`: one period after the previous result's frame), so a camera at its rate with jitter under half a
+        period never loses a frame, and one sending faster gets no more than its rate."""
+        due = self.next_due.get(v.name)
+        return float("-inf") if due is None else due - (v.period_s or 0.0) / 2
 
-    def served(self, names: list[str], shares: list[float], now: float) -> None:
+    def due(self, v: CameraView) -> float:
+        """Since when camera V (due now) has been owed its turn: since it was last served, or — never served yet —
+        since it has waited (`owed_since`: kept while its waiting frame is replaced by newer ones)."""
+        if v.name in self.last_served:
+            return self.last_served[v.name]
+        return v.owed_since if v.owed_since is not None else v.captured
+
+    def served(self, views: list[CameraView], shares: list[float], now: float) -> None:
         """After a tick that started at NOW: these cameras were in it, with these shares of its time."""
         self.ticks += 1
-        for name, share in zip(names, shares):
-            old = self.costs.get(name)
-            self.costs[name] = share if old is None else old + COST_ALPHA * (share - old)
-            self.turn[name] = self.ticks
-            self.last_served[name] = now
+        for v, share in zip(views, shares):
+            old = self.costs.get(v.name)
+            self.costs[v.name] = share if old is None else old + COST_ALPHA * (share - old)
+            self.last_served[v.name] = now
+            if v.captured is not None:   # a schedule of captures: k-th result at the first + k periods, restarted
+                period = v.period_s or 0.0  # after an idle spell (no burst to catch up); no rate: its last capture
+                due = self.next_due.get(v.name)
+                self.next_due[v.name] = v.captured + period if due is None else \
+                    max(due + period, v.captured + period / 2)
 
     def forget(self, keep: set[str]) -> None:
         """Drop the state of cameras not in KEEP (removed by a reload)."""
-        for table in (self.costs, self.turn, self.last_served):
+        for table in (self.costs, self.next_due, self.last_served):
             for name in [n for n in table if n not in keep]:
                 del table[name]
 
     # -- the plan
     def plan(self, now: float, views: list[CameraView]) -> Plan:
         order = {v.name: i for i, v in enumerate(views)}
-        ready = [v for v in views if v.captured is not None]
-        ready.sort(key=lambda v: (self.due(v), self.turn.get(v.name, 0), order[v.name]))
         plan = Plan()
+        ready, soon = [], []      # due now; (expected, view) of cameras due or delivering soon
+        for v in views:
+            if v.captured is not None and v.captured >= self.earliest(v):
+                ready.append((self.due(v), v))
+                continue
+            if v.captured is not None:              # faster than its rate: its next frame will be due
+                plan.early.append(v.name)
+                soon.append((max(now, self.earliest(v)), v))
+            elif v.period_s and v.last_capture is not None:
+                arrives = v.last_capture + v.period_s
+                if now - arrives <= v.period_s / 2:   # later than that: stalled, not waited for
+                    soon.append((max(arrives, self.earliest(v)), v))
+        ready.sort(key=lambda e: (e[0], order[e[1].name]))
         cap = float("inf")            # the smallest budget among the admitted cameras: the longest tick allowed
         limit = float("inf")          # the earliest deadline (capture + budget) among the admitted frames
         total = 0.0
-        for v in ready:
+        for k, (_, v) in enumerate(ready):
             cost = self.cost(v.name)
             budget = v.budget_s if v.budget_s is not None else float("inf")
             if plan.take and total + cost > min(cap, budget):
-                plan.defer += [w.name for w in ready[len(plan.take):]]
+                plan.defer = [w.name for _, w in ready[k:]]
                 break
             plan.take.append(v.name)
             total += cost
             cap, limit = min(cap, budget), min(limit, v.captured + budget)
         plan.predicted_s = total
-        if plan.defer:   # the device is full: nothing to wait for
-            return plan
         slack = limit - now - total
-        if slack <= 0 or slack == float("inf"):
-            return plan
-        expected = []
-        for v in views:
-            if v.captured is None and v.period_s and v.last_capture is not None:
-                due = v.last_capture + v.period_s
-                if now - due <= v.period_s / 2:            # late by more than half a period: stalled, not waited for
-                    expected.append((due, v))
+        if plan.defer or not plan.take or slack <= 0 or slack == float("inf"):
+            return plan   # a full device waits for nobody; without a budget there is nothing to spend
         until, used = now, 0.0
-        for due, v in sorted(expected, key=lambda e: e[0]):
+        for expected, v in sorted(soon, key=lambda e: e[0]):
             cost = self.cost(v.name)
             budget = v.budget_s if v.budget_s is not None else float("inf")
-            if max(due - now, 0.0) + used + cost > slack or total + used + cost > min(cap, budget):
+            if max(expected - now, 0.0) + used + cost > slack or total + used + cost > min(cap, budget):
                 break                                      # it would not fit the others' budgets, or the tick's
             used += cost
-            until = max(until, due + v.period_s / 4)       # a quarter period of grace (its frame wakes us anyway)
+            until = max(until, expected + v.period_s / 4)  # a quarter period of grace (its frame wakes us anyway)
         plan.wait_s = max(0.0, min(until - now, slack - used))
         return plan

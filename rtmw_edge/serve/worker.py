@@ -77,6 +77,7 @@ class InferenceWorker:
         self.batched = bool(batched)   # one pose call per tick (else each camera's own calls)
         self.scheduler = Scheduler(inference_s)
         self._batch = None             # made by the inference thread (GPU lanes belong to it)
+        self._views: dict[str, CameraView] = {}   # the cameras as the last plan saw them
         self.cameras = list(cameras)
         self.metrics = metrics
         self.on_result = on_result
@@ -176,32 +177,32 @@ class InferenceWorker:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            self._sleep(IDLE_WAIT_S)
             self.heartbeat = time.monotonic()
             self._close_streams(keep=self.cameras)
-            while not self._stop.is_set():
-                cameras = self.cameras  # one snapshot: a reload may replace the list meanwhile
-                plan = self.plan(cameras)
-                if not plan.take:
+            cameras = self.cameras  # one snapshot: a reload may replace the list meanwhile
+            plan = self.plan(cameras)
+            if not plan.take:   # nothing due: until a frame comes
+                self._sleep(IDLE_WAIT_S)
+                continue
+            until = time.monotonic() + plan.wait_s   # at most the first plan's wait (within every budget)
+            while plan.wait_s > 0 and not self._stop.is_set():
+                left = min(plan.wait_s, until - time.monotonic())
+                if left <= 0:
                     break
-                until = time.monotonic() + plan.wait_s   # at most the first plan's wait (within every budget)
-                while plan.wait_s > 0 and not self._stop.is_set():
-                    left = min(plan.wait_s, until - time.monotonic())
-                    if left <= 0:
-                        break
-                    self._sleep(left)   # cameras about to deliver fit the others' budgets: let them join the tick
-                    plan = self.plan(cameras)
+                self._sleep(left)   # cameras due soon fit the others' budgets: let them join the tick
+                plan = self.plan(cameras)
+            self.heartbeat = time.monotonic()
+            self.busy_since = time.monotonic()
+            try:
+                self._tick(cameras, plan)
+            finally:
+                self.busy_since = None
                 self.heartbeat = time.monotonic()
-                self.busy_since = time.monotonic()
-                try:
-                    self._tick(cameras, plan)
-                finally:
-                    self.busy_since = None
-                    self.heartbeat = time.monotonic()
 
     def plan(self, cameras: Sequence[Camera], now: float | None = None) -> Plan:
-        """The scheduler's plan over CAMERAS now; deferred cameras are marked (a frame replaced while deferred is
-        a ``throttled`` drop) and counted."""
+        """The scheduler's plan over CAMERAS now. A camera whose frame it keeps waiting is marked with the reason a
+        replaced frame is dropped for: ``throttled`` (deferred to keep the others within budget: counted in
+        ``frames_deferred_total``) or ``rate`` (not due yet: faster than its rate)."""
         now = time.monotonic() if now is None else now
         views = []
         for cam in cameras:
@@ -210,12 +211,14 @@ class InferenceWorker:
             views.append(CameraView(cam.name, cam.latest_capture(), cam.pending_since, cam.last_capture,
                                     cam.frame_period, budget))
         plan = self.scheduler.plan(now, views)
-        deferred = set(plan.defer)
+        self._views = {v.name: v for v in views}
+        held = {**{n: "rate" for n in plan.early}, **{n: "throttled" for n in plan.defer}}
         for cam in cameras:
-            if cam.name in deferred:
-                if not cam.deferred:
-                    self.metrics.deferred.labels(cam.name).inc()
-                cam.deferred = True
+            reason = held.get(cam.name)
+            if reason == "throttled" and cam.held != "throttled":
+                self.metrics.deferred.labels(cam.name).inc()
+            if reason is not None:
+                cam.held = reason
         return plan
 
     def _tick(self, cameras: Sequence[Camera], plan: Plan) -> None:
@@ -248,7 +251,7 @@ class InferenceWorker:
         self.metrics.pose_calls.inc(report.pose_calls)
         self.metrics.tick_cameras.observe(len(items))
         self.metrics.tick_seconds.observe(report.seconds)
-        self.scheduler.served([cam.name for cam, _ in taken], report.shares(), start)
+        self.scheduler.served([self._views[cam.name] for cam, _ in taken], report.shares(), start)
         for (cam, frame), outcome in zip(taken, report.outcomes):
             if outcome.error is not None:
                 self._error(cam.name, outcome.error)
