@@ -169,3 +169,21 @@ def test_one_call_per_camera_is_the_baseline(pose_path):
     assert report.pose_calls == len(runs.batches) == 4 and runs.batches == [1, 2, 4, 1]
     shares = report.shares()
     assert len(shares) == 4 and sum(shares) == pytest.approx(report.seconds, rel=1e-6)
+
+
+def test_each_camera_is_decoded_with_its_own_intrinsics(pose_path):
+    from rtmw_edge.geometry import Camera
+
+    model = PoseModel(E2E, pose_path, max_persons=4, threads=1)
+    seen = []
+    real = model.pose.postprocess
+
+    def recording(outputs, centers, scales, image_wh, camera=None):
+        seen.append(camera)
+        return real(outputs, centers, scales, image_wh, camera)
+    model.pose.postprocess = recording
+    cams = [Camera(1000.0, 1000.0), None, Camera(600.0, 700.0, 320.0, 240.0)]
+    model.camera = Camera(900.0, 900.0)                          # the default of a stream without its own
+    images = [camera_frames(c, 1)[0] for c in range(3)]
+    CpuCameraBatch(model).tick([TickItem(model.open_stream(camera=cam), im) for cam, im in zip(cams, images)])
+    assert seen == [cams[0], model.camera, cams[2]]
