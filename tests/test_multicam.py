@@ -55,18 +55,39 @@ class Counting:
         return self.fn(x, *args, **kwargs)
 
 
-class Blind:
-    """A pose engine that loses the person in a dark crop (all its SimCC bins 0 → scores 0), as a trained model
-    does when its box holds nobody; item by item, so a batch changes nothing. (The random-weight model scores
-    every crop alike.)"""
+class Sighted:
+    """Makes a pose engine's answer depend on each crop, item by item (a batch changes nothing): the random-weight
+    export answers every crop alike, so without this a crop handed to the wrong camera would go unnoticed. Each
+    item's SimCC bins are rolled by an amount taken from its pixels; a dark crop loses its person (all bins 0 →
+    scores 0), as a trained model does when its box holds nobody."""
 
     def __init__(self, run) -> None:
         self.run = run
 
     def __call__(self, x):
         out = self.run(x)
-        dark = x.reshape(len(x), -1).mean(axis=1) < -1.5        # normalised: black is about -2
-        return {k: np.where(dark.reshape((-1,) + (1,) * (v.ndim - 1)), 0, v).astype(v.dtype) for k, v in out.items()}
+        flat = x.reshape(len(x), -1)
+        shift = (np.abs(flat.mean(axis=1)) * 997).astype(int) + (np.abs(flat[:, ::97]).sum(axis=1) * 31).astype(int)
+        dark = flat.mean(axis=1) < -1.5                          # normalised: black is about -2
+        rolled = {}
+        for k, v in out.items():
+            items = [np.roll(v[i], int(shift[i]) % v.shape[-1], axis=-1) * (0 if dark[i] else 1) for i in range(len(v))]
+            rolled[k] = np.stack(items).astype(v.dtype) if items else v
+        return rolled
+
+
+@pytest.fixture(scope="module")
+def project_detector(tmp_path_factory):
+    """Our own export of RTMDet-nano with the real weights of the shared raw-head graph (dynamic batch)."""
+    pytest.importorskip("torch")
+    from onnx_weights import load_folded_rtmdet
+
+    from rtmw_edge.export import export_onnx
+    from rtmw_edge.models import create_model
+
+    model = create_model("rtmdet-nano-person")
+    load_folded_rtmdet(model, SHARED / "models" / "rtmdet-nano_person_320_rawhead.onnx")
+    return export_onnx("rtmdet-nano-person", tmp_path_factory.mktemp("det") / "det.onnx", model=model, progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -77,9 +98,11 @@ def pose_path(random_export):
 STREAMS = [dict(), dict(track=True, smooth=True), dict(track=True, det_interval=3), dict(det_interval=2)]
 
 
-def test_four_cameras_one_pose_call_per_tick_and_each_camera_as_alone(pose_path):
-    model = PoseModel(E2E, pose_path, max_persons=4, threads=1)
-    model.pose.engine.run = Blind(model.pose.engine.run)
+@pytest.mark.parametrize("detector", ["e2e", "project"])
+def test_four_cameras_one_pose_call_per_tick_and_each_camera_as_alone(pose_path, detector, request):
+    det = E2E if detector == "e2e" else request.getfixturevalue("project_detector")
+    model = PoseModel(det, pose_path, max_persons=4, threads=1)
+    model.pose.engine.run = Sighted(model.pose.engine.run)
     frames = [camera_frames(c) for c in range(4)]
     alone, solo = [], [model.open_stream(**STREAMS[c]) for c in range(4)]
     for c in range(4):
@@ -102,7 +125,10 @@ def test_four_cameras_one_pose_call_per_tick_and_each_camera_as_alone(pose_path)
         assert together[c] == alone[c], f"camera {c}"
     assert [len(p) for p in alone[0][:2]] == [1, 1] and max(len(p) for p in alone[2]) == 4   # 1..5 people (cap 4)
     assert calls == [1, 1, 1, 1, 2, 1, 1]                       # one pose call per tick; frame 4's redo adds one
-    assert detects.batches and set(detects.batches) == {1}      # the e2e graph: one frame per detector call
+    if detector == "e2e":                                       # mmdeploy's graph: one frame per detector call
+        assert detects.batches and set(detects.batches) == {1}
+    else:                                                       # ours: the key frames of a tick in one call
+        assert max(detects.batches) > 1 and len(detects.batches) == len(frames[0]) + 1   # + frame 4's redo
     skip = [s.skip for s in streams if s.skip is not None]
     assert [(s.detector_runs, s.redetections) for s in skip] == [(3, 1), (4, 0)]   # carried boxes, a collapse redone
     assert [(s.skip.detector_runs, s.skip.redetections) for s in solo if s.skip] == [(3, 1), (4, 0)]
@@ -122,12 +148,13 @@ def test_people_beyond_the_engines_batch_take_ceil_calls(pose_path):
     assert [signature(o.result) for o in report.outcomes] == alone
 
 
-def test_a_batching_detector_takes_the_frames_together(random_export):
-    det = random_export("rtmdet-nano-person")
-    model = PoseModel(det, random_export("rtmpose-t-256x192"), max_persons=3, threads=1)
+def test_a_batching_detector_takes_the_frames_together(project_detector, pose_path):
+    model = PoseModel(project_detector, pose_path, max_persons=3, threads=1)
     assert model.detector.max_batch is None                     # our export: dynamic batch
     images = [camera_frames(c, 1)[0] for c in range(4)]
+    images[1] = cv2.resize(images[1], (320, 200))               # frames of other sizes: their own letterbox
     one_by_one = [model.detect(im) for im in images]
+    assert len({d[0].tobytes() for d in one_by_one}) == 4 and min(len(d[0]) for d in one_by_one) >= 1   # real weights
     calls = model.detector.infer = Counting(model.detector.infer)
     together = model.detect_many(images)
     assert calls.batches == [4]
@@ -135,7 +162,7 @@ def test_a_batching_detector_takes_the_frames_together(random_export):
         np.testing.assert_array_equal(a[0], b[0])
         np.testing.assert_array_equal(a[1], b[1])
         assert a[2] == b[2]
-    foreign = PoseModel(E2E, random_export("rtmpose-t-256x192"), threads=1)
+    foreign = PoseModel(E2E, pose_path, threads=1)
     assert foreign.detector.max_batch == 1                      # mmdeploy's e2e RTMDet fails at batch 2
 
 

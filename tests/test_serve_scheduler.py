@@ -67,6 +67,9 @@ def test_a_tick_never_runs_longer_than_the_smallest_budget_of_its_cameras():
     tight = [view("a", 0.99, budget=0.5), view("b", 0.99, budget=0.05), view("c", 0.99, budget=0.5)]
     plan = s.plan(1.0, tight)                    # b's 50 ms budget caps the tick it is in: a + b is 80 ms
     assert plan.take == ["a"] and plan.defer == ["b", "c"]
+    tight = [view("a", 0.99, budget=0.05), view("b", 0.99, budget=0.5)]
+    plan = s.plan(1.0, tight)                    # a's 50 ms cap holds for the cameras after it too
+    assert plan.take == ["a"] and plan.defer == ["b"]
     s = Scheduler()
     serve(s, ["x"], [0.5], 0.0)                  # a camera whose cost exceeds its budget is still served, alone
     plan = s.plan(1.0, [view("a", 0.99), view("x", 0.99)])
@@ -83,7 +86,9 @@ def test_the_tick_waits_for_a_camera_about_to_deliver_but_never_past_the_budgets
     assert plan.wait_s == pytest.approx(0.1 - 0.01 - 0.01)                      # capped: both still fit it
     plan = s.plan(1.060, [view("a", 1.000), view("b", last=0.970)])
     assert plan.wait_s == pytest.approx(0.1 - 0.06 - 0.02)
-    plan = s.plan(1.000, [view("a", 1.000), view("b", last=0.850)])             # b late by more than half a period
+    plan = s.plan(1.000, [view("a", 1.000), view("b", last=0.880)])             # b's frame is 20 ms late
+    assert plan.wait_s == pytest.approx(0.005)                                  # a quarter period's grace: 5 ms
+    plan = s.plan(1.000, [view("a", 1.000), view("b", last=0.850)])             # 50 ms late: stalled
     assert plan.wait_s == 0.0
     plan = s.plan(1.000, [view("a", 1.000, budget=None), view("b", last=0.970)])
     assert plan.wait_s == 0.0                                                   # no budget: nothing to spend

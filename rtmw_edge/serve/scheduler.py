@@ -22,8 +22,9 @@ frame's capture time, since when it has been owed a result, its budget and frame
 - **wait_s**: how long to wait first for cameras due soon, before the admitted frames' budgets would run out
   (DeepStream's ``batched-push-timeout``, bounded by the others' budgets): a camera whose frame is expected
   (last capture + its frame period; a held frame: its due time) within the slack of every admitted frame and
-  within the tick's cap, and not late by more than half a period (a stalled source is never waited for). 0 when
-  nothing is worth waiting for, or when cameras were deferred (the device is full).
+  within the tick's cap is waited for until a quarter period after that, at most — a frame later than that (a
+  stalled source) is never waited for. 0 when nothing is worth waiting for, or when cameras were deferred (the
+  device is full).
 
 Costs are learned per camera (`served`: its share of each tick it was in, `multicam.TickReport.shares`, an
 exponential average); a camera never served yet is assumed to cost one inference (`inference_s`, measured at
@@ -179,10 +180,8 @@ class Scheduler:
             if v.captured is not None:              # faster than its rate: its next frame will be due
                 plan.early.append(v.name)
                 soon.append((max(now, self.earliest(v)), v))
-            elif v.period_s and v.last_capture is not None:
-                arrives = v.last_capture + v.period_s
-                if now - arrives <= v.period_s / 2:   # later than that: stalled, not waited for
-                    soon.append((max(arrives, self.earliest(v)), v))
+            elif v.period_s and v.last_capture is not None:   # its next frame is expected a period after its last
+                soon.append((max(v.last_capture + v.period_s, self.earliest(v)), v))
         ready.sort(key=lambda e: (e[0], order[e[1].name]))
         cap = float("inf")            # the smallest budget among the admitted cameras: the longest tick allowed
         limit = float("inf")          # the earliest deadline (capture + budget) among the admitted frames
@@ -207,6 +206,7 @@ class Scheduler:
             if max(expected - now, 0.0) + used + cost > slack or total + used + cost > min(cap, budget):
                 break                                      # it would not fit the others' budgets, or the tick's
             used += cost
-            until = max(until, expected + v.period_s / 4)  # a quarter period of grace (its frame wakes us anyway)
+            until = max(until, expected + v.period_s / 4)  # a quarter period of grace: a frame later than that
+                                                           # (a stalled source) is never waited for
         plan.wait_s = max(0.0, min(until - now, slack - used))
         return plan
