@@ -133,7 +133,8 @@ class Scheduler:
     def one_camera_s(self) -> float | None:
         """The smallest cost learned for a camera (one camera's share of a tick: about one inference), or None
         before any tick — what a reload checks new budgets against when nothing was measured at start-up."""
-        return min(self.costs.values()) if self.costs else None
+        costs = list(self.costs.values())   # read from another thread (a reload) while the worker updates it
+        return min(costs) if costs else None
 
     def earliest(self, v: CameraView) -> float:
         """The earliest capture time of camera V's next result at its rate: half a period before its schedule

@@ -246,7 +246,13 @@ class InferenceWorker:
             items.append(TickItem(stream, frame.image, frame.seq, frame.wall, frame.mono))
         if not items:
             return
-        report = self._batch.tick(items)
+        try:
+            report = self._batch.tick(items)
+        except Exception as exc:  # a fault of the tick itself (each camera's own errors come in its outcome)
+            for cam, _ in taken:
+                self._error(cam.name, exc)
+            self.completed += len(taken)
+            return
         self.metrics.ticks.inc()
         self.metrics.pose_calls.inc(report.pose_calls)
         self.metrics.tick_cameras.observe(len(items))
