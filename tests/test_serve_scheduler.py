@@ -337,3 +337,29 @@ def test_the_cli_says_a_budget_under_one_inference_in_one_error_line_and_exits_2
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert len(lines) == 1 and "cameras.front.max_latency_ms = 1 is under one inference of the model" in lines[0]
     assert "Traceback" not in proc.stderr
+
+
+def test_a_tick_that_raises_is_counted_on_its_cameras_and_the_loop_goes_on(tmp_path, monkeypatch):
+    from test_serve_support import StubEstimator, config_from, metric, metrics, wait_for
+
+    from rtmw_edge.multicam import StepCameraBatch
+    from rtmw_edge.serve import worker as W
+    from rtmw_edge.serve.daemon import DaemonThread
+
+    class Faulty(StepCameraBatch):
+        ticks = 0
+
+        def tick(self, items):
+            Faulty.ticks += 1
+            if Faulty.ticks <= 2:
+                raise RuntimeError("the batch itself broke")
+            return super().tick(items)
+    monkeypatch.setattr(W, "open_camera_batch", lambda estimator, batched=True: Faulty())
+    cfg = config_from(tmp_path, '[server]\nport = 0\n[cameras.a]\nsource = "a"\n')
+    opener = lambda spec, prefetch=1, loop=False, on_skip=None: LiveSource(**SOURCES[spec])  # noqa: E731
+    with DaemonThread(cfg, estimator=StubEstimator(), opener=opener) as d:
+        wait_for(lambda: metric(metrics(d.port), "rtmw_edge_frames_processed_total", camera="a") >= 3, 20,
+                 what="frames after the faults")
+        samples = metrics(d.port)
+        assert d.daemon.worker.alive()
+    assert metric(samples, "rtmw_edge_inference_errors_total", camera="a") == 2
