@@ -22,9 +22,10 @@ p95 latency under its budget (--budget-ms, default one frame period).
 source that stops sending) and a flooding one (a live source declaring --fps that sends ten times as fast); the
 two cameras' FPS with them over their FPS alone.
 
-The environment goes into the report: CPU, cores, load average before and after each run (this figure means little
-on a busy machine: run it on a quiet one), ONNX Runtime / TensorRT versions, the GPU, and on a Jetson the L4T /
-JetPack release, `nvpmodel -q` and `jetson_clocks --show` (when it finds them; run as root for the latter).
+The environment goes into the report: CPU, cores, the CPU other programs took during each run (from /proc/stat
+less this process: the figures mean little on a busy machine, run it on a quiet one), the load average, the ONNX
+Runtime / TensorRT versions, the GPU, and on a Jetson the L4T / JetPack release, `nvpmodel -q` and
+`jetson_clocks --show` (when it finds them; run as root for the latter).
 Prints a table, writes the JSON report with --out (atomically).
 """
 
@@ -92,6 +93,17 @@ def environment() -> dict:
         env["nvpmodel"] = _run(["nvpmodel", "-q"])
         env["jetson_clocks"] = _run(["jetson_clocks", "--show"])
     return env
+
+
+def cpu_seconds() -> tuple[float, float]:
+    """(busy CPU seconds of the whole machine, CPU seconds of this process) so far: their difference over a run is
+    what other programs took (the measure of a quiet machine; the load average counts this benchmark too)."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    ticks = os.sysconf("SC_CLK_TCK")
+    values = [int(v) for v in fields]
+    busy = sum(values) - values[3] - (values[4] if len(values) > 4 else 0)   # all but idle and iowait
+    own = os.times()
+    return busy / ticks, own.user + own.system
 
 
 # ============================================================================ cameras
@@ -200,9 +212,9 @@ def run_once(estimator, sources: list[str], *, batched: bool, fps: float, budget
                                  for n in names) for r in ("stale", "throttled", "rate", "source", "corrupt")}}
     try:
         time.sleep(warmup)
-        start, first = time.monotonic(), counters()
+        start, first, cpu0 = time.monotonic(), counters(), cpu_seconds()
         time.sleep(seconds)
-        end, last = time.monotonic(), counters()
+        end, last, cpu1 = time.monotonic(), counters(), cpu_seconds()
     finally:
         for cam in cams:
             cam.stop()
@@ -232,6 +244,8 @@ def run_once(estimator, sources: list[str], *, batched: bool, fps: float, budget
             "cameras_per_tick": round((last["tick_cameras"] - first["tick_cameras"]) / ticks, 2) if ticks else None,
             "dropped": {r: int(last["drops"][r] - first["drops"][r]) for r in last["drops"]},
             "load_before": round(load_before, 2), "load_after": round(os.getloadavg()[0], 2),
+            "cpu_cores_used": round((cpu1[1] - cpu0[1]) / span, 2),
+            "other_programs_cores": round(max(0.0, (cpu1[0] - cpu0[0]) - (cpu1[1] - cpu0[1])) / span, 2),
             "per_camera": per_camera}
 
 
@@ -328,13 +342,13 @@ def main(argv: list[str] | None = None) -> int:
         table = Table(title=f"cameras at {args.fps:g} FPS, budget {budget:.0f} ms "
                             f"(one inference: {report['settings']['one_inference_ms']} ms)")
         for col in ("N", "mode", "persons/s", "FPS min/mean", "p50 ms", "p95 ms", "pose calls/tick", "cams/tick",
-                    "dropped", "load"):
+                    "dropped", "others' CPU"):
             table.add_column(col)
         for r in report["runs"]:
             table.add_row(str(r["cameras"]), r["mode"], f"{r['persons_per_s']:.1f}", f"{r['fps_min']:.2f}/"
                           f"{r['fps_mean']:.2f}", str(r["p50_ms"]), str(r["p95_ms"]), str(r["pose_calls_per_tick"]),
                           str(r["cameras_per_tick"]), str(sum(r["dropped"].values())),
-                          f"{r['load_before']}→{r['load_after']}")
+                          f"{r['other_programs_cores']:.2f} cores")
         Console().print(table)
         print(json.dumps({"ratios": report["ratios"], "capacity": report["capacity"],
                           "isolation_fps_ratio": (report["isolation"] or {}).get("fps_ratio")}, indent=2))
