@@ -50,25 +50,27 @@ def test_oldest_due_first_is_round_robin_with_configuration_order_last():
 def test_admission_keeps_every_admitted_frame_within_its_budget():
     s = Scheduler()
     serve(s, ["a", "b", "c"], [0.04, 0.04, 0.04], 0.0)
-    views = [view("a", 1.00), view("b", 1.00), view("c", 1.00)]
-    plan = s.plan(1.01, views)                   # 10 ms old, 100 ms budgets: two cameras of 40 ms fit, not three
+    views = [view("a", 1.00, budget=0.2), view("b", 1.00, budget=0.2), view("c", 1.00, budget=0.2)]
+    plan = s.plan(1.01, views)                   # 200 ms budgets, ticks of 100 ms at most: two cameras of 40 ms fit
     assert plan.take == ["a", "b"] and plan.defer == ["c"] and plan.predicted_s == pytest.approx(0.08)
     assert plan.wait_s == 0.0                    # a full device waits for nobody
     serve(s, ["a", "b"], [0.04, 0.04], 1.01)
-    plan = s.plan(1.10, [view("a", 1.09), view("b", 1.09), view("c", 1.08, owed=1.00)])
+    plan = s.plan(1.10, [view("a", 1.09, budget=0.2), view("b", 1.09, budget=0.2),
+                         view("c", 1.08, owed=1.00, budget=0.2)])
     assert plan.take[0] == "c"                   # the deferred camera is owed the longest: first in the next tick
 
 
-def test_a_tick_never_runs_longer_than_the_smallest_budget_of_its_cameras():
+def test_a_tick_never_runs_longer_than_half_the_smallest_budget_of_its_cameras():
     s = Scheduler()
     serve(s, ["a", "b", "c"], [0.04, 0.04, 0.04], 0.0)
-    late = [view("a", 0.50), view("b", 0.50), view("c", 0.50)]          # frames already past their budgets
-    assert s.plan(1.0, late).take == ["a", "b"]                        # still 80 ms ticks at most
-    tight = [view("a", 0.99, budget=0.5), view("b", 0.99, budget=0.05), view("c", 0.99, budget=0.5)]
-    plan = s.plan(1.0, tight)                    # b's 50 ms budget caps the tick it is in: a + b is 80 ms
+    late = [view(n, 0.50, budget=0.2) for n in "abc"]                   # frames already past their budgets
+    assert s.plan(1.0, late).take == ["a", "b"]                        # still 100 ms ticks at most
+    assert s.plan(1.0, [view(n, 0.99) for n in "abc"]).take == ["a"]   # 100 ms budgets: 50 ms ticks, one camera
+    tight = [view("a", 0.99, budget=0.5), view("b", 0.99, budget=0.1), view("c", 0.99, budget=0.5)]
+    plan = s.plan(1.0, tight)                    # b's 100 ms budget caps the tick it is in at 50: a + b is 80 ms
     assert plan.take == ["a"] and plan.defer == ["b", "c"]
-    tight = [view("a", 0.99, budget=0.05), view("b", 0.99, budget=0.5)]
-    plan = s.plan(1.0, tight)                    # a's 50 ms cap holds for the cameras after it too
+    tight = [view("a", 0.99, budget=0.1), view("b", 0.99, budget=0.5)]
+    plan = s.plan(1.0, tight)                    # a's cap holds for the cameras after it too
     assert plan.take == ["a"] and plan.defer == ["b"]
     s = Scheduler()
     serve(s, ["x"], [0.5], 0.0)                  # a camera whose cost exceeds its budget is still served, alone

@@ -80,7 +80,8 @@ class Camera:
         self._taken = threading.Condition(self._lock)  # notified when inference takes the frame
         self._latest: CapturedFrame | None = None
         self.pending_since: float | None = None  # monotonic: since when a frame has waited for inference
-        self.held: str | None = None  # why the scheduler keeps its frame waiting: a replaced frame's drop reason
+        self.throttled = False  # the scheduler deferred its frame: a replaced frame is a "throttled" drop
+        self.not_before = float("-inf")  # captures before this are above its rate: a replaced one is a "rate" drop
         self.frame_period: float | None = None  # seconds between its frames (None: unknown), once open
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -103,7 +104,7 @@ class Camera:
         with self._lock:
             frame, self._latest = self._latest, None
             self.pending_since = None
-            self.held = None
+            self.throttled = False
             self._taken.notify_all()
         return frame
 
@@ -306,7 +307,9 @@ class Camera:
         self.metrics.captured.labels(self.name).inc()
         with self._lock:
             if self._latest is not None:
-                self.metrics.dropped.labels(self.name, self.held or "stale").inc()
+                old = self._latest.mono
+                reason = "rate" if old < self.not_before else "throttled" if self.throttled else "stale"
+                self.metrics.dropped.labels(self.name, reason).inc()
             elif self.pending_since is None:
                 self.pending_since = frame.mono
             self._latest = frame

@@ -11,14 +11,16 @@ frame's capture time, since when it has been owed a result, its budget and frame
   newer ones (``rate`` drops). Due cameras go oldest-due first: the one owed its turn the longest — since it
   was last served, or, never served yet, since its first waiting frame (`owed_since`; a frame replaced by a
   newer one keeps its place) — which is round-robin when every camera has frames; ties in configuration order;
-- **defer**: due cameras left for a later tick. A tick never runs longer than the smallest budget among its
-  cameras: cameras are admitted in order while the tick's predicted time (Σ predicted costs) stays within the
-  budget of every admitted camera, so a frame that arrives as a tick starts is published within its budget. The
-  first camera in order is always taken (progress; a budget under one camera's cost then means one camera per
-  tick). A deferred camera is first in the next tick (it is owed the longest), so a device that cannot serve
-  every camera at its rate serves them in turn: each camera gets an equal share, and its frames replaced
-  meanwhile are counted as ``throttled`` drops;
-- **early**: cameras holding a frame that is not due yet (their replaced frames are ``rate`` drops);
+- **defer**: due cameras left for a later tick. A tick never runs longer than half the smallest budget among its
+  cameras: cameras are admitted in order while the tick's predicted time (Σ predicted costs) stays within half
+  the budget of every admitted camera, so a frame that arrives just after a tick started — it waits for that
+  tick, then runs in the next — is still published within its budget. The first camera in order is always
+  taken (progress; a budget under twice one camera's cost then means one camera per tick). A deferred camera is
+  first in the next tick (it is owed the longest), so a device that cannot serve every camera at its rate
+  serves them in turn: each camera gets an equal share, and its frames replaced meanwhile are counted as
+  ``throttled`` drops;
+- **early**: cameras holding a frame that is not due yet (a frame captured before a camera's next slot that is
+  replaced is a ``rate`` drop);
 - **wait_s**: how long to wait first for cameras due soon, before the admitted frames' budgets would run out
   (DeepStream's ``batched-push-timeout``, bounded by the others' budgets): a camera whose frame is expected
   (last capture + its frame period; a held frame: its due time) within the slack of every admitted frame and
@@ -184,18 +186,18 @@ class Scheduler:
             elif v.period_s and v.last_capture is not None:   # its next frame is expected a period after its last
                 soon.append((max(v.last_capture + v.period_s, self.earliest(v)), v))
         ready.sort(key=lambda e: (e[0], order[e[1].name]))
-        cap = float("inf")            # the smallest budget among the admitted cameras: the longest tick allowed
+        cap = float("inf")            # half the smallest budget among the admitted cameras: the longest tick allowed
         limit = float("inf")          # the earliest deadline (capture + budget) among the admitted frames
         total = 0.0
         for k, (_, v) in enumerate(ready):
             cost = self.cost(v.name)
             budget = v.budget_s if v.budget_s is not None else float("inf")
-            if plan.take and total + cost > min(cap, budget):
+            if plan.take and total + cost > min(cap, budget / 2):
                 plan.defer = [w.name for _, w in ready[k:]]
                 break
             plan.take.append(v.name)
             total += cost
-            cap, limit = min(cap, budget), min(limit, v.captured + budget)
+            cap, limit = min(cap, budget / 2), min(limit, v.captured + budget)
         plan.predicted_s = total
         slack = limit - now - total
         if plan.defer or not plan.take or slack <= 0 or slack == float("inf"):
@@ -204,7 +206,7 @@ class Scheduler:
         for expected, v in sorted(soon, key=lambda e: e[0]):
             cost = self.cost(v.name)
             budget = v.budget_s if v.budget_s is not None else float("inf")
-            if max(expected - now, 0.0) + used + cost > slack or total + used + cost > min(cap, budget):
+            if max(expected - now, 0.0) + used + cost > slack or total + used + cost > min(cap, budget / 2):
                 break                                      # it would not fit the others' budgets, or the tick's
             used += cost
             until = max(until, expected + v.period_s / 4)  # a quarter period of grace: a frame later than that

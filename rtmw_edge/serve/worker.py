@@ -27,6 +27,7 @@ logged once, with its traceback; `alive()` turns False. `/healthz` and the syste
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import threading
@@ -200,9 +201,9 @@ class InferenceWorker:
                 self.heartbeat = time.monotonic()
 
     def plan(self, cameras: Sequence[Camera], now: float | None = None) -> Plan:
-        """The scheduler's plan over CAMERAS now. A camera whose frame it keeps waiting is marked with the reason a
-        replaced frame is dropped for: ``throttled`` (deferred to keep the others within budget: counted in
-        ``frames_deferred_total``) or ``rate`` (not due yet: faster than its rate)."""
+        """The scheduler's plan over CAMERAS now. A camera whose frame it defers (to keep the others within budget)
+        is marked: a frame replaced meanwhile is a ``throttled`` drop, and the turn is counted in
+        ``frames_deferred_total``."""
         now = time.monotonic() if now is None else now
         views = []
         for cam in cameras:
@@ -212,13 +213,12 @@ class InferenceWorker:
                                     cam.frame_period, budget))
         plan = self.scheduler.plan(now, views)
         self._views = {v.name: v for v in views}
-        held = {**{n: "rate" for n in plan.early}, **{n: "throttled" for n in plan.defer}}
+        deferred = set(plan.defer)
         for cam in cameras:
-            reason = held.get(cam.name)
-            if reason == "throttled" and cam.held != "throttled":
-                self.metrics.deferred.labels(cam.name).inc()
-            if reason is not None:
-                cam.held = reason
+            if cam.name in deferred:
+                if not cam.throttled:
+                    self.metrics.deferred.labels(cam.name).inc()
+                cam.throttled = True
         return plan
 
     def _tick(self, cameras: Sequence[Camera], plan: Plan) -> None:
@@ -257,7 +257,10 @@ class InferenceWorker:
         self.metrics.pose_calls.inc(report.pose_calls)
         self.metrics.tick_cameras.observe(len(items))
         self.metrics.tick_seconds.observe(report.seconds)
-        self.scheduler.served([self._views[cam.name] for cam, _ in taken], report.shares(), start)
+        served = [dataclasses.replace(self._views[cam.name], captured=frame.mono) for cam, frame in taken]
+        self.scheduler.served(served, report.shares(), start)
+        for (cam, _), view in zip(taken, served):   # frames captured before its next slot: above its rate
+            cam.not_before = self.scheduler.earliest(view)
         for (cam, frame), outcome in zip(taken, report.outcomes):
             if outcome.error is not None:
                 self._error(cam.name, outcome.error)
