@@ -277,7 +277,7 @@ def _processed(port: int, names) -> dict[str, float]:
 
 
 def _rates(tmp_path, names, seconds: float = 3.0) -> tuple[dict, dict]:
-    """Frames per second of cameras a and b over SECONDS (after a second of warm-up), with cameras NAMES."""
+    """Frames per second of cameras NAMES over SECONDS (after a second of warm-up), and the metrics."""
     from test_serve_support import StubEstimator, config_from, metrics, wait_for
 
     from rtmw_edge.serve.daemon import DaemonThread
@@ -289,11 +289,11 @@ def _rates(tmp_path, names, seconds: float = 3.0) -> tuple[dict, dict]:
     with DaemonThread(cfg, estimator=StubEstimator(delay=0.005), opener=opener) as d:
         wait_for(lambda: all(v > 0 for v in _processed(d.port, ("a", "b")).values()), 20, what="a and b served")
         time.sleep(1.0)
-        before, t0 = _processed(d.port, ("a", "b")), time.monotonic()
+        before, t0 = _processed(d.port, names), time.monotonic()
         time.sleep(seconds)
-        after, t1 = _processed(d.port, ("a", "b")), time.monotonic()
+        after, t1 = _processed(d.port, names), time.monotonic()
         samples = metrics(d.port)
-    return {n: (after[n] - before[n]) / (t1 - t0) for n in ("a", "b")}, samples
+    return {n: (after[n] - before[n]) / (t1 - t0) for n in names}, samples
 
 
 def test_a_stalled_and_a_flooding_camera_leave_the_others_frame_rate_in_the_daemon(tmp_path):
@@ -305,7 +305,7 @@ def test_a_stalled_and_a_flooding_camera_leave_the_others_frame_rate_in_the_daem
         # 10 FPS sources, 5 ms stub inference: the rate alone is about 10; margins for a machine shared with other runs
         assert alone[n] >= 7.0 and noisy[n] >= 0.8 * alone[n], (alone, noisy)
     assert metric(samples, "rtmw_edge_frames_processed_total", camera="stalled") <= 5
-    assert metric(samples, "rtmw_edge_frames_processed_total", camera="flood") > 30
+    assert 5.0 <= noisy["flood"] <= 12.0, noisy          # sending at 500 FPS, served at its declared 10
     flood_drops = {r: metric(samples, "rtmw_edge_frames_dropped_total", camera="flood", reason=r)
                    for r in ("stale", "rate")}
     assert sum(flood_drops.values()) > 100 and flood_drops["rate"] > 0, flood_drops  # above its 10 FPS: "rate"
