@@ -2,8 +2,9 @@
 under the real daemon, its engines the project's own device engines in CPU mode (the pose model on the PyTorch
 path — the zoo's module the export was made from — and the detector through onnxruntime-gpu's I/O binding),
 deferred on the emulated streams. Two cameras (a video of the shared photos and one of a single photo) give the
-same persons, frame by frame, as the CPU daemon on the same files; every camera has its own GPU stream and
-execution contexts; the GPU stage timings reach /metrics; the honest report says `(cuda-stream)`."""
+same persons, frame by frame, as the CPU daemon on the same files; the worker's ticks run on the camera batch
+(`multicam.GpuStreamBatch`): a lane per camera — its own CUDA stream and detector context — and one batched pose
+side; the lanes' GPU stage timings reach /metrics per camera; the honest report says `(cuda-stream)`."""
 
 from __future__ import annotations
 

@@ -365,3 +365,25 @@ def test_a_tick_that_raises_is_counted_on_its_cameras_and_the_loop_goes_on(tmp_p
         samples = metrics(d.port)
         assert d.daemon.worker.alive()
     assert metric(samples, "rtmw_edge_inference_errors_total", camera="a") == 2
+
+
+def test_a_reload_with_a_budget_under_one_camera_s_cost_is_refused(tmp_path):
+    from test_serve_support import StubEstimator, config_from, metric, metrics, wait_for
+
+    from rtmw_edge.serve.daemon import DaemonThread
+
+    base = '[server]\nport = 0\n[cameras.a]\nsource = "a"\n'
+    cfg = config_from(tmp_path, base)
+    new = {"text": base + "max_latency_ms = 10\n"}
+    opener = lambda spec, prefetch=1, loop=False, on_skip=None: LiveSource(**SOURCES[spec])  # noqa: E731
+    with DaemonThread(cfg, estimator=StubEstimator(delay=0.05), opener=opener,
+                      reloader=lambda: config_from(tmp_path, new["text"])) as d:
+        wait_for(lambda: metric(metrics(d.port), "rtmw_edge_frames_processed_total", camera="a") >= 3, 20,
+                 what="three frames")                    # the scheduler has learned a's cost: about 50 ms
+        assert d.call(d.daemon.reload()) is False        # 10 ms: under one camera's share of a tick
+        assert d.daemon.config.cameras[0].max_latency_ms == 0
+        new["text"] = base + "max_latency_ms = 400\n"
+        assert d.call(d.daemon.reload()) is True
+        samples = metrics(d.port)
+    assert metric(samples, "rtmw_edge_config_reloads_total", result="failed") == 1
+    assert metric(samples, "rtmw_edge_latency_budget_seconds", camera="a") == pytest.approx(0.4)
