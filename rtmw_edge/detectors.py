@@ -332,6 +332,10 @@ class OnnxDetector:
                                 f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
         self._input_dtype = np.float16 if self.session.get_inputs()[0].type == "tensor(float16)" else np.float32
         self._output_names = [o.name for o in self.session.get_outputs()]
+        batch = self.session.get_inputs()[0].shape[0]
+        # frames per call: our own exports take any batch (dynamic axis 0, every output per item); foreign graphs
+        # one (mmdeploy's end-to-end RTMDet fails at batch 2 inside its NMS; the raw heads here are static)
+        self.max_batch = None if self.signature.kind == "project" and not isinstance(batch, int) else 1
 
     # -- the three steps
     def preprocess(self, image_bgr: np.ndarray) -> tuple[np.ndarray, Letterbox]:
@@ -361,6 +365,15 @@ class OnnxDetector:
     def __call__(self, image_bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         tensor, lb = self.preprocess(image_bgr)
         return self.postprocess(self.infer(tensor), lb)
+
+    def detect_batch(self, images: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Several frames in one engine call (at most `max_batch`; None: any number): each frame's (boxes,
+        scores), as `__call__` gives them one by one."""
+        if self.max_batch is not None and len(images) > self.max_batch:
+            raise RtmwEdgeError(f"{self.name} takes at most {self.max_batch} frame(s) per call, got {len(images)}")
+        prepared = [self.preprocess(image) for image in images]
+        outputs = self.infer(np.concatenate([tensor for tensor, _ in prepared]))
+        return [self.postprocess([o[i:i + 1] for o in outputs], lb) for i, (_, lb) in enumerate(prepared)]
 
     def raw_boxes(self, image_bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray, Letterbox]:
         """The detector contract before filtering: person boxes [N,4] in input pixels and scores [N]."""
@@ -428,6 +441,8 @@ class EngineDetector(OnnxDetector):
             int(max_detections)
         self._input_dtype = np.float32
         self._output_names = list(engine.output_names)
+        fixed = engine.input_dims[0] if isinstance(engine.input_dims[0], int) else None
+        self.max_batch = engine.max_batch if self.signature.kind == "project" and fixed is None else 1
 
     def infer(self, tensor: np.ndarray) -> list[np.ndarray]:
         out = self.engine.run(tensor.astype(np.float32, copy=False))

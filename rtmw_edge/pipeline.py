@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from . import geometry as G
-from .backends import Engine, load_engine, run_chunked
+from .backends import Engine, chunk_count, load_engine, run_chunked
 from .backends import onnxruntime as ort_backend
 from .detectors import EngineDetector, OnnxDetector
 from .errors import RtmwEdgeError, UsageError
@@ -102,12 +102,14 @@ class TopDownPose:
                                 "decodes in the graph: re-export with --flip-test (and --decode if wanted)")
         if self.flip_test and self.info.task == "pose3d":
             raise RtmwEdgeError("flip test is not defined for RTMW3D")
+        self.calls = 0   # engine calls so far (a batch of crops larger than the engine's max batch takes several)
 
     def preprocess(self, image: np.ndarray, boxes: np.ndarray):
         info = self.info
         return G.crop_persons(image, boxes, info.input_size, info.mean, info.std, info.swap_rb)
 
     def _run(self, crops: np.ndarray) -> dict[str, np.ndarray]:
+        self.calls += chunk_count(self.engine, len(crops))
         out = run_chunked(self.engine, crops)
         return {self._roles.get(k, k): v for k, v in out.items()} if self._roles else out
 
@@ -295,11 +297,35 @@ class PoseModel:
 
     def detect(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
         """Person boxes (image pixels) and scores, best first, at most `max_persons`; + how many were cut."""
-        boxes, scores = self.detector(image)
+        return self._select(*self.detector(image))
+
+    def _select(self, boxes: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
         keep = G.nms(boxes, scores, self.nms_iou)  # the top-down demo's person NMS (IoU 0.3)
         boxes, scores = boxes[keep], scores[keep]
         dropped = max(0, len(boxes) - self.max_persons)
         return boxes[: self.max_persons], scores[: self.max_persons], dropped
+
+    def detect_many(self, images: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray, int] | Exception]:
+        """`detect` for several frames (a multi-camera tick): frames go through the detector together where its
+        graph takes a batch (our own exports), one call per frame where it does not (foreign graphs: the shared
+        RTMDet end-to-end graph only takes batch 1). Each frame gets its answer, or the exception its own call
+        raised: a batched call that fails is redone frame by frame, so one bad frame fails only itself."""
+        step = getattr(self.detector, "max_batch", 1) or len(images)
+        out: list = []
+        for start in range(0, len(images), max(step, 1)):
+            chunk = images[start:start + step]
+            if len(chunk) > 1:
+                try:
+                    out += [self._select(boxes, scores) for boxes, scores in self.detector.detect_batch(chunk)]
+                    continue
+                except Exception:  # noqa: BLE001 - redone one by one below: the failure lands on its frame
+                    pass
+            for image in chunk:
+                try:
+                    out.append(self.detect(image))
+                except Exception as exc:  # noqa: BLE001 - this frame's failure, reported to its camera
+                    out.append(exc)
+        return out
 
     def infer(self, image: np.ndarray, camera: G.Camera | None = None) -> FrameArrays:
         """One BGR frame → its persons as arrays (detector, then pose), no stream state involved."""

@@ -71,21 +71,24 @@ class SkipFrameDetection:
         need = self.min_keypoints or math.ceil(kpt_scores.shape[1] / 2)
         return (kpt_scores > self.kpt_threshold).sum(axis=1) >= need
 
-    def step(self, image: np.ndarray, detect: Detect, pose: Pose):
-        """One frame: → (boxes, scores, persons cut by max_persons, pose outputs, detector ran?)."""
-        detected = self._since == 0 or self._since >= self.interval or len(self._boxes) == 0
-        if detected:
-            boxes, scores, cut = detect(image)
-        else:
-            boxes, scores, cut = self._boxes, self._scores, 0
-        outputs = pose(image, boxes)
+    def needs_detection(self) -> bool:
+        """Whether the next frame is a key frame (the detector runs): the first frame, `interval` frames after the
+        detector last ran, and every frame while nobody is carried."""
+        return self._since == 0 or self._since >= self.interval or len(self._boxes) == 0
+
+    def carried(self) -> tuple[np.ndarray, np.ndarray, int]:
+        """The boxes carried into the next frame (with their last detection scores), and 0 persons cut."""
+        return self._boxes, self._scores, 0
+
+    def accept(self, image: np.ndarray, boxes: np.ndarray, scores: np.ndarray, outputs, detected: bool) -> bool:
+        """Finish a frame whose pose OUTPUTS were computed on BOXES: False when a carried person collapsed (the
+        frame must be redone from the detector, then accepted with detected=True; nothing is kept), else True
+        after carrying its confident persons into the next frame. `step` is `needs_detection` → boxes → pose →
+        `accept`; a multi-camera tick (`rtmw_edge.multicam`) calls the parts itself to batch many streams."""
         ok = self.confident(outputs[1])
         if not detected and not ok.all():  # a carried person collapsed: redo this frame from the detector
             self.redetections += 1
-            detected = True
-            boxes, scores, cut = detect(image)
-            outputs = pose(image, boxes)
-            ok = self.confident(outputs[1])
+            return False
         self.detector_runs += detected
         self._since = 1 if detected else self._since + 1
         h, w = image.shape[:2]
@@ -95,6 +98,18 @@ class SkipFrameDetection:
         if len(keep) < len(carried):  # two poses on one person: the other person is lost, look again
             self._since = self.interval
         self._boxes, self._scores = carried[keep], np.asarray(box_scores[keep], np.float32)
+        return True
+
+    def step(self, image: np.ndarray, detect: Detect, pose: Pose):
+        """One frame: → (boxes, scores, persons cut by max_persons, pose outputs, detector ran?)."""
+        detected = self.needs_detection()
+        boxes, scores, cut = detect(image) if detected else self.carried()
+        outputs = pose(image, boxes)
+        if not self.accept(image, boxes, scores, outputs, detected):
+            detected = True
+            boxes, scores, cut = detect(image)
+            outputs = pose(image, boxes)
+            self.accept(image, boxes, scores, outputs, detected)
         return boxes, scores, cut, outputs, detected
 
     def _distinct(self, kpts: np.ndarray, kpt_scores: np.ndarray, boxes: np.ndarray, scores: np.ndarray) -> list:

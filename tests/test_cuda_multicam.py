@@ -7,6 +7,7 @@ rules hold (a context per stream, aligned chunks)."""
 from __future__ import annotations
 
 import sys
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -103,3 +104,43 @@ def test_bad_camera_numbers_are_one_line(monkeypatch, random_export):
         batch.tick({5: (frames()[0], 0, 0.0)})
     batch.close()
     model.close()
+
+
+def test_the_streams_batch_finishes_each_camera_on_its_own_stream(monkeypatch, random_export):
+    """`multicam.GpuStreamBatch` (what the daemon's worker runs on the GPU pipeline): over three ticks, each camera's
+    results — tracked, so its own tracker's ids count — equal its own `GpuPoseStream` stepped alone; one pose call
+    per tick; per-camera stage timings from the lanes' CUDA events; the streams' own frame slots never made."""
+    from rtmw_edge.multicam import GpuStreamBatch, TickItem, open_camera_batch
+
+    emu = Emulator(seed=13, policy="lazy").install(monkeypatch)
+    pose_path = random_export("rtmpose-t-256x192")
+    det = OrtDeviceEngine(emu, RAWHEAD, max_batch=1)
+    pose = OrtDeviceEngine(emu, pose_path, max_batch=16)
+    model = P.GpuPoseModel(RAWHEAD, pose_path, det_engine=det, pose_engine=pose, max_persons=4)
+    images = frames()
+    seq = [[images[(c + t) % 4] for t in range(3)] for c in range(3)]      # camera c, tick t
+    alone = []
+    for c in range(3):
+        stream = model.open_stream(track=True)
+        alone.append([stream(im, t, 0.1 * t) for t, im in enumerate(seq[c])])
+        stream.close()
+    streams = [model.open_stream(track=True, profile=True) for _ in range(3)]
+    batch = open_camera_batch(SimpleNamespace(pipeline="cuda-stream", model=model))
+    assert isinstance(batch, GpuStreamBatch)
+    for t in range(3):
+        report = batch.tick([TickItem(streams[c], seq[c][t], t, 0.1 * t) for c in range(3)])
+        assert report.pose_calls == (1 if any(len(alone[c][t].persons) for c in range(3)) else 0)
+        for c in range(3):
+            got, want = report.outcomes[c].result, alone[c][t]
+            assert [p.track_id for p in got.persons] == [p.track_id for p in want.persons]
+            same(SimpleNamespace(boxes=[p.bbox for p in got.persons], keypoints=[p.keypoints for p in got.persons],
+                                 keypoint_scores=[p.keypoint_scores for p in got.persons], dropped=got.dropped_persons,
+                                 width=got.width, height=got.height), want)
+    summary = streams[0].timings.summary()
+    assert {"upload", "letterbox", "detector", "select", "pose_segment"} <= set(summary)
+    assert all(v >= 0 for v in summary.values()) and summary["detector"] > 0
+    assert all(not s.slots for s in streams)                          # the lanes did the work
+    assert len({c.stream for c in det.contexts[-3:]}) == 3             # a detector context per lane
+    batch.close()
+    model.close()
+    assert not any(emu.leaks().values()), emu.leaks()

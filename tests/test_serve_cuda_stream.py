@@ -2,8 +2,9 @@
 under the real daemon, its engines the project's own device engines in CPU mode (the pose model on the PyTorch
 path — the zoo's module the export was made from — and the detector through onnxruntime-gpu's I/O binding),
 deferred on the emulated streams. Two cameras (a video of the shared photos and one of a single photo) give the
-same persons, frame by frame, as the CPU daemon on the same files; every camera has its own GPU stream and
-execution contexts; the GPU stage timings reach /metrics; the honest report says `(cuda-stream)`."""
+same persons, frame by frame, as the CPU daemon on the same files; the worker's ticks run on the camera batch
+(`multicam.GpuStreamBatch`): a lane per camera — its own CUDA stream and detector context — and one batched pose
+side; the lanes' GPU stage timings reach /metrics per camera; the honest report says `(cuda-stream)`."""
 
 from __future__ import annotations
 
@@ -98,7 +99,8 @@ def test_the_daemon_on_the_cuda_stream_pipeline_equals_the_cpu_daemon(tmp_path, 
     estimators = {type(e).__name__ for e in made}
     assert estimators == {"Deferred"} and len(made) == 2                         # one shared model
     contexts = [c for e in made for c in e.contexts]
-    assert len({c.stream for c in contexts}) == 2 and len(contexts) == 4         # each camera: its own stream
+    assert len({c.stream for c in contexts}) == 3 and len(contexts) == 3         # a lane per camera (its stream and
+    assert [len(e.contexts) for e in made] == [2, 1]                              # detector context), one pose side
     stage = [v for (name, labels), v in samples.items() if name == "rtmw_edge_pipeline_stage_median_seconds"
              and dict(labels).get("stage") == "detector"]
     assert len(stage) == 2 and all(v > 0 for v in stage)                         # per camera, from CUDA events

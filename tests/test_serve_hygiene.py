@@ -81,7 +81,7 @@ RANGES = {
     ("mqtt", "port"): (1, 65535, False), ("mqtt", "qos"): (0, 2, False),
     ("mqtt", "keepalive_s"): (5, 65535, False), ("mqtt", "max_queued"): (1, 100000, False),
     ("cameras", "max_fps"): (0, 1000, False), ("cameras", "reconnect_min_s"): (0.01, 3600, False),
-    ("cameras", "reconnect_max_s"): (0.01, 3600, False),
+    ("cameras", "reconnect_max_s"): (0.01, 3600, False), ("cameras", "max_latency_ms"): (1, 60000, True),
 }
 
 

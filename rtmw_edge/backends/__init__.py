@@ -313,13 +313,25 @@ def load_device_engine(path: str | Path, backend: str, device: int = 0, **option
     return row.device_engine(_model_file(path), device=device, **options)
 
 
+def chunk_size(engine: Engine, n: int) -> int:
+    """Items per engine call when `run_chunked` runs N items: the engine's fixed batch, else its max batch, else
+    all N at once."""
+    fixed = engine.input_dims[0] if isinstance(engine.input_dims[0], int) else None
+    return fixed or engine.max_batch or max(n, 1)
+
+
+def chunk_count(engine: Engine, n: int) -> int:
+    """How many engine calls `run_chunked` makes for N items (0 for none)."""
+    return -(-n // chunk_size(engine, n)) if n > 0 else 0
+
+
 def run_chunked(engine: Engine, x: np.ndarray) -> dict[str, np.ndarray]:
     """Run a batch of any size: split at the engine's max (or fixed) batch and concatenate the results.
 
     A fixed-batch graph gets its last chunk zero-padded to the fixed size; the padding is cut off again.
     """
     fixed = engine.input_dims[0] if isinstance(engine.input_dims[0], int) else None
-    step = fixed or engine.max_batch or len(x)
+    step = chunk_size(engine, len(x))
     if len(x) == 0:
         return {}
     if len(x) <= step and (fixed is None or len(x) == fixed):

@@ -34,6 +34,8 @@ from . import kernels as KK
 from . import runtime as R
 from .gpu_pipeline import GpuPoseModel, camera_args, enqueue_detect, grow_frame_buffers, read_count
 
+LANE_MARKS = ("start", "upload", "letterbox", "detector", "select")   # the marks `enqueue_detect` records
+
 
 @dataclass
 class CameraArrays:
@@ -68,6 +70,7 @@ class _Lane:
         self.det_ctx = model.det_engine.create_context(self.stream.handle,
                                                        scratch=self.scratch.ptr if self.scratch else None)
         m = model.max_persons
+        self.marks = {name: R.Event(timing=True) for name in LANE_MARKS} if batch.profile else {}
         self.out = {"header": 0, "boxes": 16, "scores": 16 + 16 * m}
         self.host = R.PinnedBuffer(16 + 20 * m, mapped=model.zero_copy)
         if model.zero_copy:
@@ -81,7 +84,8 @@ class _Lane:
         self.busy = False
 
     def mark(self, name: str) -> None:
-        pass
+        if self.marks:
+            self.marks[name].record(self.stream)
 
     def frame_buffers(self, nbytes: int, zero_copy: bool) -> None:
         grow_frame_buffers(self, nbytes, zero_copy)
@@ -94,7 +98,7 @@ class _Lane:
         for buf in (self.memory, self.scratch, self.frame_dev, self.frame_host, self.host):
             if buf is not None:
                 buf.free()
-        for ev in (self.counted, self.ready):
+        for ev in (self.counted, self.ready, *self.marks.values()):
             ev.close()
         self.stream.close()
 
@@ -103,13 +107,14 @@ class GpuCameraBatch:
     """`cameras` lanes and one batched pose side over a `GpuPoseModel` (see the module docstring)."""
 
     def __init__(self, model: GpuPoseModel, cameras: int, *, blocking_sync: bool | None = None,
-                 camera_intrinsics: dict | None = None) -> None:
+                 camera_intrinsics: dict | None = None, profile: bool = False) -> None:
         if cameras < 1:
             raise RtmwEdgeError("a camera batch needs at least one camera")
         self.model = model
         R.use_device(model.device.index)
         self.blocking_sync = model.device.integrated if blocking_sync is None else bool(blocking_sync)
         self.cameras = int(cameras)
+        self.profile = bool(profile)   # CUDA events per lane stage and around the pose side (`lane_timings`)
         self.intrinsics: dict[int, G.Camera | None] = dict(camera_intrinsics or {})
         k, m = model.num_keypoints, model.max_persons
         pose = model.pose_engine
@@ -135,6 +140,7 @@ class GpuCameraBatch:
         self.plan = KK.SlotPlan(sizes)
         self.stream = R.Stream()
         self.done = R.Event(blocking_sync=self.blocking_sync)
+        self.marks = {name: R.Event(timing=True) for name in ("pose_start", "pose_end")} if self.profile else {}
         self.memory = R.DeviceBuffer(self.plan.total)
         self.ptr = {name: self.memory.ptr + off for name, off in self.plan.offsets().items()}
         scratch_bytes = KK.align(int(getattr(pose, "scratch_bytes", 0) or 0))
@@ -180,7 +186,12 @@ class GpuCameraBatch:
         total = offset
         self.pose_batches = []
         if total:
+            if self.marks:
+                self.marks["pose_start"].record(self.stream)
             self._enqueue_pose(order, counts, offsets, total)
+            if self.marks:
+                self.marks["pose_end"].record(self.stream)
+        self._timed = {cam: counts[cam][0] for cam in order}
         self.done.record(self.stream)
         self.done.synchronize()
         self.ticks += 1
@@ -263,6 +274,19 @@ class GpuCameraBatch:
                 R.copy_dtoh_async(self.host.ptr + self.kpt_bytes, self.out_ptr + self.kpt_bytes, 12 * k * total,
                                   s.handle)
 
+    def lane_timings(self, camera: int) -> dict[str, float]:
+        """Milliseconds of camera CAMERA's stages in the last tick (profile=True; else {}): its lane's upload,
+        letterbox, detector and select, and `pose_segment` — the batched pose side every camera of the tick
+        shared (crops, engine calls, decode, copy back) — when the tick had people."""
+        if not self.profile or camera not in getattr(self, "_timed", {}):
+            return {}
+        marks = self.lanes[camera].marks
+        chain = LANE_MARKS
+        out = {b: marks[a].elapsed_ms(marks[b]) for a, b in zip(chain, chain[1:])}
+        if any(self._timed.values()):
+            out["pose_segment"] = self.marks["pose_start"].elapsed_ms(self.marks["pose_end"])
+        return out
+
     def close(self) -> None:
         if not self.lanes:
             return
@@ -277,7 +301,8 @@ class GpuCameraBatch:
         for buf in (self.memory, self.scratch, self.out_dev, self.host):
             if buf is not None:
                 buf.free()
-        self.done.close()
+        for ev in (self.done, *self.marks.values()):
+            ev.close()
         self.stream.close()
 
     def __enter__(self):

@@ -80,6 +80,9 @@ class Camera:
         self._taken = threading.Condition(self._lock)  # notified when inference takes the frame
         self._latest: CapturedFrame | None = None
         self.pending_since: float | None = None  # monotonic: since when a frame has waited for inference
+        self.throttled = False  # the scheduler deferred its frame: a replaced frame is a "throttled" drop
+        self.not_before = float("-inf")  # captures before this are above its rate: a replaced one is a "rate" drop
+        self.frame_period: float | None = None  # seconds between its frames (None: unknown), once open
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.state = "connecting"
@@ -101,11 +104,25 @@ class Camera:
         with self._lock:
             frame, self._latest = self._latest, None
             self.pending_since = None
+            self.throttled = False
             self._taken.notify_all()
         return frame
 
     def has_frame(self) -> bool:
         return self._latest is not None
+
+    def latest_capture(self) -> float | None:
+        """The monotonic capture time of the frame waiting for inference (None: none), without taking it."""
+        frame = self._latest
+        return None if frame is None else frame.mono
+
+    @property
+    def budget_s(self) -> float | None:
+        """Capture → result published, in seconds: `max_latency_ms`, else one frame period at the camera's rate
+        (None while the rate is unknown: no budget)."""
+        if self.cfg.max_latency_ms:
+            return self.cfg.max_latency_ms / 1000.0
+        return self.frame_period
 
     # -- lifecycle
     def start(self) -> None:
@@ -206,6 +223,13 @@ class Camera:
         own = source.fps or (VIDEO_FPS if source.kind == "video" else STILL_FPS)
         return 1.0 / min(own, cap) if cap else 1.0 / own
 
+    @staticmethod
+    def _declared_period(source: Source) -> float | None:
+        """A live source without `max_fps` runs at the rate it declares, when that is a plausible camera rate
+        (network streams often declare 0 or a clock rate); a file read as fast as inference has none."""
+        fps = source.fps if source.live else None
+        return 1.0 / fps if fps and 1.0 <= fps <= 240.0 else None
+
     def _skipped(self, message: str) -> None:
         """A frame the source could not decode (counted by `_pump` from `Source.skipped`)."""
         report, count = self._skips.ready("skip")
@@ -225,6 +249,7 @@ class Camera:
         """Read SOURCE until it ends, fails or we stop: (outcome, error, delivered any frame)."""
         period = self._period(source)
         live = source.live
+        self.frame_period = period or self._declared_period(source)
         by_consumer = not live and not self.cfg.realtime
         next_due = time.monotonic() if live else max(self._resume_at, time.monotonic())
         dropped_seen = corrupt_seen = 0
@@ -282,7 +307,9 @@ class Camera:
         self.metrics.captured.labels(self.name).inc()
         with self._lock:
             if self._latest is not None:
-                self.metrics.dropped.labels(self.name, "stale").inc()
+                old = self._latest.mono
+                reason = "rate" if old < self.not_before else "throttled" if self.throttled else "stale"
+                self.metrics.dropped.labels(self.name, reason).inc()
             elif self.pending_since is None:
                 self.pending_since = frame.mono
             self._latest = frame

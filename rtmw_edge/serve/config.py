@@ -182,6 +182,8 @@ class CameraConfig:
     loop: bool = _setting(False, "bool")
     realtime: bool = _setting(True, "bool")
     max_fps: float = _setting(0.0, "float", _between(0, 1000))
+    # capture → result published (0 = one frame period at the camera's rate); the scheduler keeps frames within it
+    max_latency_ms: float = _setting(0.0, "float", _off_or_between(1, 60000))
     reconnect_min_s: float = _setting(0.5, "float", _between(0.01, 3600))
     reconnect_max_s: float = _setting(30.0, "float", _between(0.01, 3600))
     focal: str = _setting("", "str", _pair)

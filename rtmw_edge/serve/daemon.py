@@ -48,6 +48,7 @@ from .connections import ConnectionGuard, GuardedSite, LoopErrorReporter, auto_m
 from .hub import Hub
 from .metrics import Metrics
 from .mqtt import MqttPublisher
+from .scheduler import check_budgets, measure_inference
 from .systemd import Notifier
 from .worker import InferenceWorker, Processed
 
@@ -158,6 +159,7 @@ class Daemon:
         self.metrics = Metrics()
         self.estimator = estimator
         self.fallback_reason: str | None = None
+        self.inference_s: float | None = None   # one inference, measured at start when a camera sets a budget
         self.backends: dict[str, str] | None = None
         self._set_build_info()
         self.engines_loaded = False
@@ -304,6 +306,9 @@ class Daemon:
                  fallback, extra={"event": "engines_loaded", "backend": backend, "requested": cfg.model.backend,
                                   "fallback_reason": self.fallback_reason, "det": mask_credentials(cfg.model.det),
                                   "pose": mask_credentials(cfg.model.pose)})
+        if any(c.max_latency_ms for c in cfg.cameras):   # budgets set: each must hold one inference
+            self.inference_s = await _in_thread(lambda: measure_inference(self.estimator), "rtmw-edge-warmup")
+            check_budgets(cfg.cameras, self.inference_s, str(cfg.path or "configuration"))
         self.engines_loaded = True
         if self.mqtt is not None:
             self.mqtt.start()
@@ -311,7 +316,7 @@ class Daemon:
                                        ("beta", cfg.model.smooth_beta)) if v is not None}
         self.worker = InferenceWorker(self.estimator, self.cameras, self.metrics, self._on_result,
                                       track=cfg.model.track, smooth=cfg.model.smooth, smoothing=smoothing,
-                                      det_interval=cfg.model.det_interval)
+                                      det_interval=cfg.model.det_interval, inference_s=self.inference_s)
         self.metrics.watch_pipeline_stages(self.worker.pipeline_timings)
         self.worker.start()
         for cam in self.cameras:
@@ -360,6 +365,14 @@ class Daemon:
         try:
             try:
                 new = self.reloader()
+            except RtmwEdgeError as exc:
+                self.metrics.reloads.labels("failed").inc()
+                log.error("reload failed, keeping the running configuration: %s", exc,
+                          extra={"event": "reload_failed"})
+                return False
+            try:
+                check_budgets(new.cameras, self.inference_s or self.worker.scheduler.one_camera_s(),
+                              str(new.path or "configuration"))
             except RtmwEdgeError as exc:
                 self.metrics.reloads.labels("failed").inc()
                 log.error("reload failed, keeping the running configuration: %s", exc,

@@ -4,8 +4,13 @@ Names (all prefixed ``rtmw_edge_``; counters end in ``_total`` in the exposition
 
 - ``frames_captured_total{camera}``, ``frames_processed_total{camera}``, ``persons_total{camera}``
 - ``frames_dropped_total{camera,reason}``: ``stale`` (a newer frame replaced one that was never processed:
-  inference is slower than the camera), ``source`` (the capture's own queue dropped it), ``rate``
-  (above the camera's ``max_fps``), ``corrupt`` (a frame that could not be decoded, skipped)
+  inference is slower than the camera), ``throttled`` (the same, while the scheduler had left the camera's frame
+  for a later tick to keep the other cameras within their budgets), ``source`` (the capture's own queue dropped
+  it), ``rate`` (above the camera's ``max_fps``), ``corrupt`` (a frame that could not be decoded, skipped)
+- ``latency_budget_seconds{camera}`` (its budget, 0: none), ``frames_over_budget_total{camera}`` (published
+  later than the budget), ``frames_deferred_total{camera}`` (left for a later tick by the scheduler)
+- ``ticks_total``, ``pose_calls_total`` (pose engine calls: per tick, 1 when the people of every camera of the
+  tick fit the engine's batch), ``tick_cameras`` histogram (cameras per tick), ``tick_seconds`` histogram
 - ``fps{camera}``: processed frames per second over the last 5 s (0 when nothing came in that time)
 - ``stage_seconds{camera,stage}`` histogram, stages: ``queue`` (capture → inference start), ``detect``,
   ``pose``, ``inference`` (used instead of detect + pose by estimators without those methods), ``track``,
@@ -53,6 +58,8 @@ FPS_WINDOW_S = 5.0
 STAGE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 LAG_WINDOW_S = 60.0
+TICK_CAMERA_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 32)
+DROP_REASONS = ("stale", "throttled", "source", "rate", "corrupt")
 
 
 class RateMeter:
@@ -121,6 +128,19 @@ class Metrics:
         self.stage = Histogram(f"{p}_stage_seconds", "Latency of each stage of the frame loop",
                                ["camera", "stage"], buckets=STAGE_BUCKETS, registry=r)
         self.camera_up = Gauge(f"{p}_camera_up", "1 while the camera delivers frames", ["camera"], registry=r)
+        self.budget = Gauge(f"{p}_latency_budget_seconds", "The camera's latency budget, capture to published "
+                            "(0: none)", ["camera"], registry=r)
+        self.over_budget = Counter(f"{p}_frames_over_budget", "Frames published later than their camera's budget",
+                                   ["camera"], registry=r)
+        self.deferred = Counter(f"{p}_frames_deferred", "Times the scheduler left a camera's frame for a later "
+                                "tick to keep the others within budget", ["camera"], registry=r)
+        self.ticks = Counter(f"{p}_ticks", "Scheduler ticks (one batched pass over the cameras with a frame)",
+                             registry=r)
+        self.pose_calls = Counter(f"{p}_pose_calls", "Pose engine calls", registry=r)
+        self.tick_cameras = Histogram(f"{p}_tick_cameras", "Cameras per tick", buckets=TICK_CAMERA_BUCKETS,
+                                      registry=r)
+        self.tick_seconds = Histogram(f"{p}_tick_seconds", "Time of one tick (every camera's frame of it)",
+                                      buckets=STAGE_BUCKETS, registry=r)
         self.reconnects = Counter(f"{p}_reconnects", "Attempts to re-open a lost or failed source", ["camera"],
                                   registry=r)
         self.inference_errors = Counter(f"{p}_inference_errors", "Frames whose inference raised", ["camera"],
@@ -165,7 +185,10 @@ class Metrics:
         self.reconnects.labels(name)
         self.inference_errors.labels(name)
         self.camera_up.labels(name).set(0)
-        for reason in ("stale", "source", "rate", "corrupt"):
+        self.budget.labels(name).set(0)
+        self.over_budget.labels(name)
+        self.deferred.labels(name)
+        for reason in DROP_REASONS:
             self.dropped.labels(name, reason)
 
     def watch_pipeline_stages(self, provider: StageTimings) -> None:

@@ -1,5 +1,12 @@
-"""The inference worker: ONE thread that takes the cameras' latest frames in turn (round-robin) through ONE shared
-model (engines loaded once, never called concurrently), each camera on a stream of its own.
+"""The inference worker: ONE thread that runs the cameras' latest frames through ONE shared model (engines
+loaded once, never called concurrently) in *ticks*, each camera on a stream of its own.
+
+A tick (`rtmw_edge.multicam`) takes the newest frame of every camera the scheduler admits
+(`scheduler.Scheduler`: oldest-due first within each camera's latency budget, a bounded wait for cameras about
+to deliver), runs the detector per frame (batched where the detector graph allows) and ONE pose call for the
+people of all those frames, then hands each camera its own `FrameResult`. ``batched=False`` runs each camera's
+own `step` in the tick instead (one detector and one pose call per camera: the baseline of
+`scripts/bench_cameras.py`).
 
 Each camera gets its own stream over the shared estimator (`streams.open_stream`: a `PoseStream` of the CPU
 pipeline or the Triton client, or a stream of the GPU pipeline): its tracker and One-Euro smoother (tracking
@@ -7,19 +14,20 @@ is per camera: one tracker for all would mix people of different cameras), its s
 `det_interval` N > 1 (the detector on every N-th frame of that camera, boxes from that camera's last keypoints
 in between, `rtmw_edge.skipframe`) and its intrinsics (RTMW3D). A camera whose source re-opened continues on a
 reset stream; a camera replaced or removed (SIGHUP) gets a new one and its old stream is closed (by this
-thread: a stream is only ever used by the thread that runs it). Per frame: the stream's `step` (stages timed:
-``detect``/``pose``, or ``inference`` for a one-call estimator, and ``track``) → JSON of the `run` schema plus a
-``camera`` field → `on_result` (MQTT and the web loop). A frame that raises is counted and logged (at most
-every 10 s per camera), never fatal. `stop()` lets the frame in flight finish and be published.
+thread: a stream is only ever used by the thread that runs it). Per frame: stages timed (``detect``/``pose``, or
+``inference`` for a one-call estimator, and ``track``; in a batched tick ``pose`` includes the call the tick's
+cameras share) → JSON of the `run` schema plus a ``camera`` field → `on_result` (MQTT and the web loop). A frame
+that raises is counted and logged (at most every 10 s per camera), never fatal, and fails only its camera.
+`stop()` lets the tick in flight finish and be published.
 
-Liveness (`stalled`): the thread is stalled when one inference call has run longer than the stall time, or
-when a camera's frame has waited that long without being taken. A thread that dies (an exception that is
-not an `Exception`) is logged once, with its traceback; `alive()` turns False. `/healthz` and the systemd
-watchdog use both.
+Liveness (`stalled`): the thread is stalled when one tick has run longer than the stall time, or when a camera's
+frame has waited that long without being taken. A thread that dies (an exception that is not an `Exception`) is
+logged once, with its traceback; `alive()` turns False. `/healthz` and the systemd watchdog use both.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import threading
@@ -29,15 +37,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..multicam import TickItem, open_camera_batch
 from ..results import FrameResult
 from ..streams import open_stream
 from .cameras import Camera, CapturedFrame
 from .logs import Throttle
 from .metrics import Metrics
+from .scheduler import CameraView, Plan, Scheduler
 
 log = logging.getLogger("rtmw_edge.serve.worker")
 
 ERROR_LOG_INTERVAL_S = 10.0
+IDLE_WAIT_S = 0.5          # the loop wakes at least this often (heartbeat, reloads)
 
 
 @dataclass
@@ -61,8 +72,13 @@ class Processed:
 class InferenceWorker:
     def __init__(self, estimator, cameras: Sequence[Camera], metrics: Metrics,
                  on_result: Callable[[Processed], None], *, track: bool = False, smooth: bool = False,
-                 smoothing: dict | None = None, det_interval: int = 1) -> None:
+                 smoothing: dict | None = None, det_interval: int = 1, batched: bool = True,
+                 inference_s: float | None = None) -> None:
         self.estimator = estimator
+        self.batched = bool(batched)   # one pose call per tick (else each camera's own calls)
+        self.scheduler = Scheduler(inference_s)
+        self._batch = None             # made by the inference thread (GPU lanes belong to it)
+        self._views: dict[str, CameraView] = {}   # the cameras as the last plan saw them
         self.cameras = list(cameras)
         self.metrics = metrics
         self.on_result = on_result
@@ -73,7 +89,6 @@ class InferenceWorker:
         self._pending = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._next = 0
         self.heartbeat = time.monotonic()
         self.busy_since: float | None = None
         self.completed = 0  # frames finished (published or failed)
@@ -140,17 +155,6 @@ class InferenceWorker:
         return None
 
     # -- loop
-    def _take_next(self) -> tuple[Camera, CapturedFrame] | None:
-        cameras = self.cameras  # one snapshot: a reload may replace the list meanwhile
-        n = len(cameras)
-        for k in range(n):
-            cam = cameras[(self._next + k) % n]
-            frame = cam.take()
-            if frame is not None:
-                self._next = (self._next + k + 1) % n
-                return cam, frame
-        return None
-
     def _run(self) -> None:
         try:
             self._loop()
@@ -159,29 +163,114 @@ class InferenceWorker:
                          extra={"event": "inference_thread_died"})
         finally:
             self._close_streams(keep=())
+            if self._batch is not None:
+                try:
+                    self._batch.close()
+                except Exception as exc:  # noqa: BLE001 - logged, never fatal
+                    log.warning("closing the camera batch failed: %s: %s", type(exc).__name__, exc)
+
+    def _sleep(self, seconds: float) -> None:
+        """Wait until a grabber stores a frame (or SECONDS pass)."""
+        with self._cond:
+            if not self._pending:
+                self._cond.wait(seconds)
+            self._pending = False
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            with self._cond:
-                if not self._pending:
-                    self._cond.wait(0.5)
-                self._pending = False
             self.heartbeat = time.monotonic()
             self._close_streams(keep=self.cameras)
-            while not self._stop.is_set():
-                item = self._take_next()
-                if item is None:
+            cameras = self.cameras  # one snapshot: a reload may replace the list meanwhile
+            plan = self.plan(cameras)
+            if not plan.take:   # nothing due: until a frame comes
+                self._sleep(IDLE_WAIT_S)
+                continue
+            until = time.monotonic() + plan.wait_s   # at most the first plan's wait (within every budget)
+            while plan.wait_s > 0 and not self._stop.is_set():
+                left = min(plan.wait_s, until - time.monotonic())
+                if left <= 0:
                     break
-                self.busy_since = time.monotonic()
-                try:
-                    self._process(*item)
-                finally:
-                    self.busy_since = None
-                    self.heartbeat = time.monotonic()
-                    self.completed += 1
+                self._sleep(left)   # cameras due soon fit the others' budgets: let them join the tick
+                plan = self.plan(cameras)
+            self.heartbeat = time.monotonic()
+            self.busy_since = time.monotonic()
+            try:
+                self._tick(cameras, plan)
+            finally:
+                self.busy_since = None
+                self.heartbeat = time.monotonic()
+
+    def plan(self, cameras: Sequence[Camera], now: float | None = None) -> Plan:
+        """The scheduler's plan over CAMERAS now. A camera whose frame it defers (to keep the others within budget)
+        is marked: a frame replaced meanwhile is a ``throttled`` drop, and the turn is counted in
+        ``frames_deferred_total``."""
+        now = time.monotonic() if now is None else now
+        views = []
+        for cam in cameras:
+            budget = cam.budget_s
+            self.metrics.budget.labels(cam.name).set(budget or 0.0)
+            views.append(CameraView(cam.name, cam.latest_capture(), cam.pending_since, cam.last_capture,
+                                    cam.frame_period, budget))
+        plan = self.scheduler.plan(now, views)
+        self._views = {v.name: v for v in views}
+        deferred = set(plan.defer)
+        for cam in cameras:
+            if cam.name in deferred:
+                if not cam.throttled:
+                    self.metrics.deferred.labels(cam.name).inc()
+                cam.throttled = True
+        return plan
+
+    def _tick(self, cameras: Sequence[Camera], plan: Plan) -> None:
+        """One tick over the cameras PLAN takes: their frames through the camera batch, then each one published."""
+        if self._batch is None:
+            self._batch = open_camera_batch(self.estimator, batched=self.batched)
+        self._batch.reserve(len(cameras))
+        by_name = {c.name: c for c in cameras}
+        taken: list[tuple[Camera, CapturedFrame]] = []
+        items: list[TickItem] = []
+        start = time.monotonic()
+        for name in plan.take:
+            cam = by_name[name]
+            frame = cam.take()
+            if frame is None:
+                continue
+            self.metrics.stage.labels(cam.name, "queue").observe(start - frame.mono)
+            try:
+                stream = self._stream(cam, frame.generation)
+            except Exception as exc:  # a stream that cannot open fails its camera only
+                self._error(cam.name, exc)
+                self.completed += 1
+                continue
+            taken.append((cam, frame))
+            items.append(TickItem(stream, frame.image, frame.seq, frame.wall, frame.mono))
+        if not items:
+            return
+        try:
+            report = self._batch.tick(items)
+        except Exception as exc:  # a fault of the tick itself (each camera's own errors come in its outcome)
+            for cam, _ in taken:
+                self._error(cam.name, exc)
+            self.completed += len(taken)
+            return
+        self.metrics.ticks.inc()
+        self.metrics.pose_calls.inc(report.pose_calls)
+        self.metrics.tick_cameras.observe(len(items))
+        self.metrics.tick_seconds.observe(report.seconds)
+        served = [dataclasses.replace(self._views[cam.name], captured=frame.mono) for cam, frame in taken]
+        self.scheduler.served(served, report.shares(), start)
+        for (cam, _), view in zip(taken, served):   # frames captured before its next slot: above its rate
+            cam.not_before = self.scheduler.earliest(view)
+        for (cam, frame), outcome in zip(taken, report.outcomes):
+            if outcome.error is not None:
+                self._error(cam.name, outcome.error)
+            else:
+                self._publish(cam, frame, outcome.result)
+            self.completed += 1
 
     def _close_streams(self, keep: Sequence[Camera]) -> None:
         """Close the streams of cameras not in KEEP (removed or replaced by a reload; all of them at the end)."""
+        self.scheduler.forget({c.name for c in keep})
         live = {id(c) for c in keep}
         for name, entry in list(self._streams.items()):
             if id(entry[0]) not in live:
@@ -216,15 +305,8 @@ class InferenceWorker:
         """One frame of CAM on its stream (the tracker's clock: the monotonic capture time)."""
         return self._stream(cam, frame.generation).step(frame.image, frame.seq, frame.wall, clock=frame.mono)
 
-    def _process(self, cam: Camera, frame: CapturedFrame) -> None:
+    def _publish(self, cam: Camera, frame: CapturedFrame, result: FrameResult) -> None:
         stage = self.metrics.stage
-        start = time.monotonic()
-        stage.labels(cam.name, "queue").observe(start - frame.mono)
-        try:
-            result = self._step(cam, frame)
-        except Exception as exc:  # a bad frame or a failing engine: count, log (rate-limited), go on
-            self._error(cam.name, exc)
-            return
         t = time.monotonic()
         result.source = cam.description  # credentials masked
         message = result.to_dict()
@@ -237,6 +319,9 @@ class InferenceWorker:
         end = time.monotonic()
         stage.labels(cam.name, "publish").observe(end - t2)
         stage.labels(cam.name, "total").observe(end - frame.mono)
+        budget = cam.budget_s
+        if budget is not None and end - frame.mono > budget:
+            self.metrics.over_budget.labels(cam.name).inc()
 
     def _error(self, camera: str, exc: BaseException) -> None:
         self.metrics.inference_errors.labels(camera).inc()
