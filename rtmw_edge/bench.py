@@ -28,10 +28,14 @@ import cv2
 import numpy as np
 
 from . import geometry as G
-from .errors import RtmwEdgeError
+from .check import list_images
+from .detectors import OnnxDetector
+from .errors import RtmwEdgeError, require
 from .estimators import open_estimator, pipeline_of
 from .outputs import atomic_path
+from .pipeline import resolve_model
 from .streams import FrameTail
+from .viz import draw_frame
 
 # a confident threshold keeps edge fragments of neighbouring tiles from counting as people
 DET_THRESHOLD = 0.5
@@ -82,10 +86,6 @@ def detected_person_tiles(images_dir: Path, det, tile_wh: tuple[int, int] = (96,
                           min_score: float = DET_THRESHOLD, min_height: int = 64) -> list[np.ndarray]:
     """Person crops from your own photos: the persons the detector finds with a confident score, at least
     MIN_HEIGHT pixels tall, with nobody else inside their tile."""
-    from .check import list_images
-    from .detectors import OnnxDetector
-    from .pipeline import resolve_model
-
     path = resolve_model(det, "det")
     if path.suffix.lower() != ".onnx":
         raise RtmwEdgeError(f"--images finds the people with an ONNX detector, not {path.name}: give --det an .onnx "
@@ -192,8 +192,6 @@ def run_frame(est, jpeg: bytes, clock: StageClock, draw: bool = True) -> int:
     result = FrameTail()(boxes, scores, kpts, kscores, k3d, 0, width=w, height=h)
     lap("decode_keypoints")
     if draw:
-        from .viz import draw_frame
-
         draw_frame(image, result)
         lap("draw")
     return len(result.persons)
@@ -206,8 +204,6 @@ def run_production(est, jpeg: bytes, clock: StageClock, draw: bool = True) -> in
     image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
     result = est(image)
     if draw:
-        from .viz import draw_frame
-
         draw_frame(image, result)
     clock.totals.append(time.perf_counter() - t)
     return len(result.persons)
@@ -273,8 +269,6 @@ def benchmark(configs: list[Config], tiles: list[np.ndarray], persons: list[int]
 
 def plot(report: dict, path: str | Path) -> Path:
     """Stage breakdown (stacked bars per configuration) and frame time vs persons, as one PNG."""
-    from .errors import require
-
     require("matplotlib", "viz")
 
     from matplotlib.backends.backend_agg import FigureCanvasAgg

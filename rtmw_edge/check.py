@@ -21,6 +21,7 @@ Past the tolerances the check fails (the CLI exits 1).
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -28,14 +29,18 @@ import numpy as np
 
 from . import geometry as G
 from . import signals
-from .detectors import OnnxDetector, project_signature
+from .backends import ENGINE_SUFFIXES, load_engine, run_chunked
+from .detectors import EngineDetector, OnnxDetector, UnknownDetectorError, project_signature
+from .downloads import fetch
 from .errors import RtmwEdgeError
+from .export import export_graph
 from .keypoints import KEYPOINT_SETS, OKS_SIGMAS
+from .models import create_model
 from .onnx_meta import CALIBRATION_KEY, read_metadata
+from .pose_models import described_model
+from .sources import IMAGE_SUFFIXES, _list_images
+from .sources import read_image as read
 from .zoo import get_spec
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
-
 
 DET_THRESHOLD, DET_NMS_IOU, DET_MAX = 0.3, 0.6, 100  # the run-time defaults (PoseEstimator)
 
@@ -71,8 +76,6 @@ class CheckReport:
 
 
 def list_images(source: str | Path) -> list[Path]:
-    from .sources import IMAGE_SUFFIXES, _list_images
-
     path = Path(source)
     if path.is_dir():
         files = _list_images(path)
@@ -86,8 +89,6 @@ def list_images(source: str | Path) -> list[Path]:
 
 
 def read_image(path: Path) -> np.ndarray:
-    from .sources import read_image as read
-
     try:
         return read(path)
     except RtmwEdgeError as exc:
@@ -136,9 +137,6 @@ def _torch_runner(meta: dict, checkpoint: Path, trust: bool):
     """The registered PyTorch model with official weights, post-processed like the candidate graph."""
     import torch
 
-    from .export import export_graph
-    from .models import create_model
-
     spec = get_spec(meta["name"])
     model = create_model(spec.name, checkpoint, trust_checkpoint=trust)
     graph, _, _ = export_graph(model, spec, decode=bool(meta.get("decoded")), flip_test=bool(meta.get("flip_test")),
@@ -153,15 +151,19 @@ def _torch_runner(meta: dict, checkpoint: Path, trust: bool):
     return run
 
 
-def _candidate_runner(candidate: Path):
+def _engine(path: Path, stack: ExitStack):
+    """A TensorRT engine for the check, closed when STACK closes (its contexts, stream and buffers are
+    released explicitly, not by the garbage collector)."""
+    engine = load_engine(path, "tensorrt")
+    stack.callback(engine.close)
+    return engine
+
+
+def _candidate_runner(candidate: Path, stack: ExitStack):
     """The pose candidate's runner and metadata: an ONNX (ONNX Runtime, metadata inside) or a TensorRT engine
     (`load_engine`, metadata from the manifest `rtmw-edge build` writes beside it)."""
-    from .backends import ENGINE_SUFFIXES
-
     if candidate.suffix.lower() in ENGINE_SUFFIXES:
-        from .backends import load_engine, run_chunked
-
-        engine = load_engine(candidate, "tensorrt")
+        engine = _engine(candidate, stack)
         if engine.metadata is None:
             raise RtmwEdgeError(f"{candidate} has no manifest with rtmw_edge metadata beside it: build it with "
                                 "`rtmw-edge build MODEL.onnx`")
@@ -177,7 +179,7 @@ def _reference_runner(meta: dict, against: str, trust: bool):
     path = Path(against)
     if path.suffix.lower() == ".onnx":
         ref_meta = read_metadata(path)
-        if ref_meta is None and _open_detector(path, role="probe") is not None:
+        if ref_meta is None and _open_detector(path, role="probe", stack=None) is not None:
             raise RtmwEdgeError(f"{path} is a person detector: it does not describe the same model as the candidate "
                                 f"({meta['name']}, {meta['task']})")
         if ref_meta and (ref_meta.get("task") != meta["task"] or ref_meta.get("input_size") != meta["input_size"]):
@@ -193,7 +195,6 @@ def _reference_checkpoint(meta: dict, against: str) -> tuple[Path, str]:
     path = Path(against)
     if path.suffix.lower() in (".pth", ".pt", ".ckpt") or path.is_file():
         return path, str(path)
-    from .downloads import fetch
 
     spec = get_spec(against)
     if spec.name != meta["name"]:
@@ -213,10 +214,6 @@ def check_model(candidate: str | Path, against: str | Path, images: str | Path, 
                 pose_spec: str | None = None) -> CheckReport:
     """`pose_spec`: the registered model whose settings apply to a foreign pose ONNX (candidate or reference)
     without rtmw_edge metadata or SDK JSON; such graphs are checked through an imported copy."""
-    from contextlib import ExitStack
-
-    from .pose_models import described_model
-
     tol = tolerances or Tolerances()
     candidate = Path(candidate)
     if candidate.is_dir():
@@ -224,11 +221,11 @@ def check_model(candidate: str | Path, against: str | Path, images: str | Path, 
     if not candidate.is_file():
         raise RtmwEdgeError(f"model file not found: {candidate}")
     files = list_images(images)[:max_samples]
-    detector = _open_detector(candidate)
-    if detector is not None:
-        return _check_detector(candidate, detector, str(against), files, tol, trust_checkpoint)
-    with ExitStack() as stack:  # a foreign pose graph (candidate or reference) runs as an imported copy
-        cand_run, meta = _candidate_runner(stack.enter_context(described_model(candidate, pose_spec)))
+    with ExitStack() as stack:  # engines closed at the end; a foreign pose graph runs as an imported copy
+        detector = _open_detector(candidate, stack=stack)
+        if detector is not None:
+            return _check_detector(candidate, detector, str(against), files, tol, trust_checkpoint, stack)
+        cand_run, meta = _candidate_runner(stack.enter_context(described_model(candidate, pose_spec)), stack)
         x = make_inputs(meta, files, max_samples)
         ref_arg = str(against)
         if Path(ref_arg).suffix.lower() == ".onnx":
@@ -279,19 +276,20 @@ def _calibration_info(path: Path) -> dict:
     return {}
 
 
-def _open_detector(path: Path, input_size: tuple[int, int] | None = None, role: str = "candidate"):
+def _open_detector(path: Path, input_size: tuple[int, int] | None = None, role: str = "candidate", *,
+                   stack: ExitStack | None):
     """The detector behind `path` (ONNX of any recognised kind, or an engine of ours) run through the
-    detector contract, or None when `path` is a pose model."""
-    from .backends import ENGINE_SUFFIXES
-    from .detectors import EngineDetector, UnknownDetectorError
-
+    detector contract, or None when `path` is a pose model. An engine is closed with STACK (at once when it is
+    not a detector); without a stack only ONNX files are opened."""
     options = {"score_threshold": DET_THRESHOLD, "nms_iou": DET_NMS_IOU, "max_detections": DET_MAX}
     if path.suffix.lower() in ENGINE_SUFFIXES:
-        from .backends import load_engine
-
+        if stack is None:
+            raise RtmwEdgeError(f"{path.name}: a TensorRT engine cannot be probed here")
         engine = load_engine(path, "tensorrt")
         if not engine.metadata or engine.metadata.get("task") != "detector":
+            engine.close()
             return None
+        stack.callback(engine.close)
         return EngineDetector(engine, **options)
     meta = read_metadata(path)
     if meta is not None and meta.get("task") in ("pose2d", "pose3d"):
@@ -323,14 +321,13 @@ class _TorchDetector(OnnxDetector):
         return [out["boxes"], out["scores"]]
 
 
-def _reference_detector(candidate_meta: dict | None, against: str, input_size, trust: bool):
+def _reference_detector(candidate_meta: dict | None, against: str, input_size, trust: bool, stack: ExitStack):
     path = Path(against)
-    from .backends import ENGINE_SUFFIXES
 
     if path.suffix.lower() == ".onnx" or path.suffix.lower() in ENGINE_SUFFIXES:
         if not path.is_file():
             raise RtmwEdgeError(f"--against: model file not found: {path}")
-        ref = _open_detector(path, input_size, role="reference")
+        ref = _open_detector(path, input_size, role="reference", stack=stack)
         if ref is None:
             raise RtmwEdgeError(f"{path} is a pose model: the candidate is a detector")
         return ref, str(path)
@@ -342,13 +339,13 @@ def _reference_detector(candidate_meta: dict | None, against: str, input_size, t
 
 
 def _check_detector(candidate: Path, cand, against: str, files: list[Path], tol: Tolerances,
-                    trust: bool) -> CheckReport:
+                    trust: bool, stack: ExitStack) -> CheckReport:
     meta = getattr(cand, "engine", None).metadata if hasattr(cand, "engine") else read_metadata(candidate)
     calibrated = _calibration_info(candidate) if candidate.suffix.lower() == ".onnx" else {}
     size = calibrated.get("detector_signature", {}).get("input_size")
     if size is not None and tuple(size) != tuple(cand.signature.input_size):
-        cand = _open_detector(candidate, tuple(size))
-    ref, ref_label = _reference_detector(meta, against, tuple(cand.signature.input_size), trust)
+        cand = _open_detector(candidate, tuple(size), stack=stack)
+    ref, ref_label = _reference_detector(meta, against, tuple(cand.signature.input_size), trust, stack)
     int8 = (meta or calibrated).get("precision") == "int8"
     same_layout = (cand.signature == ref.signature and cand._output_names == ref._output_names)
     report = CheckReport(str(candidate), ref_label, "detector", len(files), int8=int8)

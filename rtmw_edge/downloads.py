@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 
 from rtmw_edge.errors import DownloadError, UsageError
 
+from .outputs import atomic_write_text, commit_file
+
 __all__ = [
     "checkpoints_dir",
     "download",
@@ -122,8 +124,6 @@ def _mismatch(digest: str, sha256: str | None, hash_prefix: str | None) -> str |
 
 
 def _write_sidecar(path: Path, digest: str) -> None:
-    from .outputs import atomic_write_text
-
     atomic_write_text(_sidecar(path), f"{digest}  {path.name}\n")
 
 
@@ -318,7 +318,6 @@ def download(
         raise DownloadError(
             f"sha256 mismatch for {dest.name}: expected {expected}, got {digest}; the file was removed"
         )
-    from .outputs import commit_file
 
     try:
         commit_file(part, dest)

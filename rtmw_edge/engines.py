@@ -26,6 +26,7 @@ from pathlib import Path
 
 from .downloads import sha256_file
 from .errors import RtmwEdgeError
+from .outputs import atomic_write_bytes
 
 MANIFEST_SCHEMA = 1
 BUILDER_SCHEMA = 2                 # bump when the builder's choices change: old engines become stale
@@ -288,8 +289,6 @@ def file_sha256(path: str | Path) -> str:
 
 
 def atomic_write_json(path: str | Path, value) -> None:
-    from .outputs import atomic_write_bytes
-
     atomic_write_bytes(path, (json.dumps(value, indent=2, sort_keys=True) + "\n").encode())
 
 

@@ -24,8 +24,10 @@ from typing import Literal
 
 import numpy as np
 
+from .backends import load_engine
 from .errors import RtmwEdgeError
 from .keypoints import KEYPOINT_SETS, OKS_SIGMAS
+from .results import coco_items
 
 KeypointSetName = Literal["coco", "coco-wholebody"]
 
@@ -235,11 +237,9 @@ def run_eval(ann_path: str | os.PathLike[str], images_dir: str | os.PathLike[str
     """
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
-    from .backends import load_engine
     from .estimators import open_estimator
     from .pipeline import TopDownPose, resolve_model
     from .progress import progress_bar
-    from .results import coco_items
     from .sources import read_image
     from .streams import FrameTail
 
@@ -256,35 +256,41 @@ def run_eval(ann_path: str | os.PathLike[str], images_dir: str | os.PathLike[str
             raise RtmwEdgeError(f"image file not found: {path} (image id {img['id']} of {Path(ann_path).name})")
         files.append((img["id"], path))
 
-    if gt_boxes:
-        estimator = None
-        pose_model = TopDownPose(load_engine(resolve_model(pose, "pose"), backend), flip_test, pose_spec=pose_spec)
-        info = pose_model.info
-    else:
-        estimator = open_estimator(det, pose, backend, flip_test=flip_test, pose_spec=pose_spec)
-        info = estimator.info
-    if info.num_keypoints not in (17, 133):
-        raise RtmwEdgeError(f"{info.name} has {info.num_keypoints} keypoints; evaluation needs a COCO (17) or "
-                            "COCO-WholeBody (133) model")
-    by_image: dict[int, list[dict]] = {}
-    for a in _person_annotations(data):
-        by_image.setdefault(a["image_id"], []).append(a)
+    with contextlib.ExitStack() as stack:   # the engines are closed when the scoring is done
+        if gt_boxes:
+            estimator = None
+            engine = load_engine(resolve_model(pose, "pose"), backend)
+            if hasattr(engine, "close"):
+                stack.callback(engine.close)
+            pose_model = TopDownPose(engine, flip_test, pose_spec=pose_spec)
+            info = pose_model.info
+        else:
+            estimator = open_estimator(det, pose, backend, flip_test=flip_test, pose_spec=pose_spec)
+            if hasattr(estimator, "close"):
+                stack.callback(estimator.close)
+            info = estimator.info
+        if info.num_keypoints not in (17, 133):
+            raise RtmwEdgeError(f"{info.name} has {info.num_keypoints} keypoints; evaluation needs a COCO (17) or "
+                                "COCO-WholeBody (133) model")
+        by_image: dict[int, list[dict]] = {}
+        for a in _person_annotations(data):
+            by_image.setdefault(a["image_id"], []).append(a)
 
-    predictions: list[dict] = []
-    tail = FrameTail()  # no tracking: every photo on its own
-    with progress_bar(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      disable=not progress) as bar:
-        task = bar.add_task(f"eval {Path(ann_path).name}", total=len(files))
-        for image_id, path in files:
-            image = read_image(path)
-            if estimator is None:
-                boxes = _gt_person_boxes(by_image.get(image_id, []))
-                kpts, kpt_scores, _ = pose_model(image, boxes)
-                result = tail(boxes, np.ones(len(boxes), np.float32), kpts, kpt_scores, None, 0,
-                              width=image.shape[1], height=image.shape[0])
-            else:
-                result = estimator(image)
-            predictions += coco_items(result, image_id)
-            bar.advance(task)
+        predictions: list[dict] = []
+        tail = FrameTail()  # no tracking: every photo on its own
+        with progress_bar(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                          TimeElapsedColumn(), disable=not progress) as bar:
+            task = bar.add_task(f"eval {Path(ann_path).name}", total=len(files))
+            for image_id, path in files:
+                image = read_image(path)
+                if estimator is None:
+                    boxes = _gt_person_boxes(by_image.get(image_id, []))
+                    kpts, kpt_scores, _ = pose_model(image, boxes)
+                    result = tail(boxes, np.ones(len(boxes), np.float32), kpts, kpt_scores, None, 0,
+                                  width=image.shape[1], height=image.shape[0])
+                else:
+                    result = estimator(image)
+                predictions += coco_items(result, image_id)
+                bar.advance(task)
     keypoint_set = "coco-wholebody" if info.num_keypoints == 133 and is_wholebody_annotation(data) else "coco"
     return evaluate_predictions(ann_path, predictions, keypoint_set), predictions

@@ -21,7 +21,9 @@ from pathlib import Path
 
 from . import __version__
 from .downloads import sha256_file
-from .errors import RtmwEdgeError, UsageError, require
+from .errors import CheckpointError, RtmwEdgeError, UsageError, require
+from .models import build_model
+from .models.checkpoint import load_checkpoint
 from .onnx_meta import save_model_atomically, write_metadata
 from .outputs import check_output
 from .zoo import ModelSpec, get_spec
@@ -138,8 +140,6 @@ def build_weights(spec: ModelSpec, *, checkpoint: str | Path | None = None, seed
     """The model an export starts from: the architecture initialised under `seed` (the caller's random state
     is left as it was), then the checkpoint's weights when one is given; eval mode, float32."""
     torch = require("torch", "export")
-    from .models import build_model
-    from .models.checkpoint import load_checkpoint
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -359,8 +359,6 @@ def export_onnx(name: str, output: str | Path, *, checkpoint: str | Path | None 
         raise UsageError(f"--topk must be at least 1, not {topk}")
     output = check_output(output, option="-o", inputs=[checkpoint])
     if checkpoint is not None and not Path(checkpoint).is_file():
-        from .errors import CheckpointError
-
         what = "is a folder, not a checkpoint file" if Path(checkpoint).is_dir() else "not found"
         raise CheckpointError(f"checkpoint {checkpoint} {what}")
 

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .cuda.multicam import GpuCameraBatch
 from .detectors import as_bgr_uint8
 from .results import FrameResult, Person
 from .streams import PoseStream
@@ -287,8 +288,6 @@ class GpuStreamBatch:
         self.lanes = max(self.lanes, int(cameras))
 
     def _lanes(self, n: int, profile: bool):
-        from .cuda.multicam import GpuCameraBatch
-
         n = max(n, self.lanes)
         if self.batch is None or self.batch.cameras < n or self.profile != profile:
             if self.batch is not None:

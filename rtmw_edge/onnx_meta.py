@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 
 from .errors import RtmwEdgeError
+from .outputs import atomic_path
 
 METADATA_KEY = "rtmw_edge"
 # what `calibrate` records in the INT8 copy of a foreign graph (one without project metadata): adding project
@@ -66,8 +67,6 @@ def read_metadata(model_or_path) -> dict | None:
 def save_model_atomically(model, output: str | Path) -> Path:
     """Write an onnx.ModelProto under a temporary name and rename it: never a half-written model file."""
     import onnx
-
-    from .outputs import atomic_path
 
     with atomic_path(output) as tmp:
         onnx.save(model, str(tmp))

@@ -21,14 +21,18 @@ from pathlib import Path
 
 import numpy as np
 
+from . import export
 from . import geometry as G
 from .backends import Engine, chunk_count, load_engine, run_chunked
 from .backends import onnxruntime as ort_backend
 from .detectors import EngineDetector, OnnxDetector
-from .errors import RtmwEdgeError, UsageError
+from .downloads import fetch, home_dir
+from .errors import CheckpointError, DownloadError, RtmwEdgeError, UsageError
 from .export import DECODED_OUTPUTS, POSE_OUTPUTS
+from .pose_models import pose_metadata, sdk_files, sdk_model_file
 from .results import FrameResult
 from .streams import FrameArrays, PoseStream
+from .zoo import get_spec
 
 log = logging.getLogger("rtmw_edge")
 # what every "no checkpoint" error adds: the way on without a network
@@ -67,7 +71,6 @@ def pose_info(engine: Engine, pose_spec: str | None = None) -> PoseModelInfo:
         if not hasattr(engine, "session"):
             raise RtmwEdgeError(f"{engine.path.name} has no rtmw_edge metadata (engines built by `rtmw-edge build` "
                                 "carry it in their manifest)")
-        from .pose_models import pose_metadata
 
         meta = pose_metadata(engine.path, pose_spec, session=engine.session)  # type: ignore[attr-defined]
     if meta.get("task") not in ("pose2d", "pose3d"):
@@ -155,8 +158,6 @@ def _registered(spec: str | Path, role: str, option: str | None = None):
     option = option or f"--{role}"
     path = Path(spec)
     if path.is_dir():
-        from .pose_models import sdk_files
-
         if sdk_files(path):
             return None
         raise RtmwEdgeError(f"{option} {path} is a folder without mmdeploy SDK JSON: give a model file "
@@ -165,7 +166,6 @@ def _registered(spec: str | Path, role: str, option: str | None = None):
         if not path.is_file():
             raise RtmwEdgeError(f"{role} model file not found: {path}")
         return None
-    from .zoo import get_spec
 
     model = get_spec(str(spec))  # UnknownModelError lists close names
     if role == "pose" and not model.is_pose:
@@ -191,11 +191,8 @@ def resolve_model(spec: str | Path, role: str) -> Path:
     model = _registered(spec, role)
     if model is None:
         if Path(spec).is_dir():  # an mmdeploy SDK folder (end2end.onnx + pipeline.json/deploy.json/detail.json)
-            from .pose_models import sdk_model_file
-
             return sdk_model_file(spec)
         return Path(spec)
-    from .downloads import fetch, home_dir
 
     cached = home_dir() / "onnx" / f"{model.name}.onnx"
     if cached.is_file():
@@ -203,14 +200,12 @@ def resolve_model(spec: str | Path, role: str) -> Path:
     place = (f"place the official file from {model.checkpoint_url} there (`rtmw-edge models download {model.name}` "
              "fetches it)")
     checkpoint = fetch(model.checkpoint_url, hash_prefix=model.hash_prefix, advice=f"delete it and {place}")
-    from .errors import CheckpointError
-    from .export import export_onnx
 
     cached.parent.mkdir(parents=True, exist_ok=True)
     log.info("exporting %s to %s (once)", model.name, cached)
     _note(f"exporting {model.name} from its checkpoint to {cached} (once; later runs reuse it) …")
     try:
-        return export_onnx(model.name, cached, checkpoint=checkpoint)
+        return export.export_onnx(model.name, cached, checkpoint=checkpoint)
     except CheckpointError as exc:
         raise CheckpointError(f"{exc}; delete it and {place}, or give {('--det', '--pose')[role == 'pose']} an "
                               "ONNX file") from None
@@ -226,8 +221,6 @@ def _note(text: str) -> None:
 def resolve_models(det: str | Path, pose: str | Path) -> tuple[Path, Path]:
     """`resolve_model` for the detector and the pose model together: both are checked before anything is
     downloaded, and when checkpoints cannot be downloaded (offline) one error names every missing file."""
-    from .errors import DownloadError
-
     check_models(det, pose)
     paths, missing = [], []
     for spec, role in ((det, "det"), (pose, "pose")):
@@ -294,6 +287,19 @@ class PoseModel:
     @property
     def info(self) -> PoseModelInfo:
         return self.pose.info
+
+    def close(self) -> None:
+        """Release the engines (a TensorRT engine's contexts, stream and buffers; ONNX Runtime sessions need
+        nothing) — explicitly, not at the garbage collector's whim. Idempotent."""
+        for engine in (getattr(self.detector, "engine", None), getattr(self.pose, "engine", None)):
+            if engine is not None and hasattr(engine, "close"):
+                engine.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def detect(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
         """Person boxes (image pixels) and scores, best first, at most `max_persons`; + how many were cut."""

@@ -44,11 +44,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import __version__
+from .backends.onnxruntime import session_options
 from .detectors import _FLOAT_TYPES, _load, _value_infos
+from .downloads import sha256_file
+from .engines import onnx_precision
 from .errors import RtmwEdgeError, UsageError
 from .export import POSE_OUTPUTS as SIMCC_ROLES  # the names our exports give the SimCC outputs
 from .keypoints import KEYPOINT_SETS
-from .onnx_meta import read_metadata
+from .onnx_meta import read_metadata, save_model_atomically, write_metadata
+from .outputs import check_output
+from .zoo import get_spec
 
 log = logging.getLogger("rtmw_edge")
 
@@ -166,8 +171,6 @@ def _dummy_run_shapes(path_or_model, model, input_name: str, names: list[str], b
 
     if session is None:
         import onnxruntime as ort
-
-        from .backends.onnxruntime import session_options
 
         source = str(path_or_model) if isinstance(path_or_model, (str, Path)) else model.SerializeToString()
         try:
@@ -306,8 +309,6 @@ def read_sdk_settings(folder: Path) -> PoseSettings | None:
 
 def spec_settings(name: str) -> PoseSettings:
     """Pose settings of a registered model (`--pose-spec NAME`)."""
-    from .zoo import get_spec
-
     spec = get_spec(name)  # UnknownModelError lists close names
     if not spec.is_pose:
         raise UsageError(f"--pose-spec {name}: {name} is a detector; name a pose model (see `rtmw-edge models "
@@ -354,8 +355,6 @@ def pose_metadata(path_or_model, pose_spec: str | None = None, *, session=None, 
 
 
 def _metadata(model, sig: PoseSignature, s: PoseSettings, where: str) -> dict:
-    from .engines import onnx_precision
-
     hint = f"--pose-spec {s.name}" if s.source == "pose-spec" else "the SDK's pipeline.json"
     # a --pose-spec that does not fit the graph is a usage error (exit 2, before any frame), as a missing one is;
     # SDK JSON that does not fit its own graph is a broken input (exit 1)
@@ -406,10 +405,6 @@ def import_pose_model(source: str | Path, output: str | Path, pose_spec: str | N
     """Write a copy of a foreign pose graph with the toolkit's metadata (outputs renamed to simcc_x/y/z);
     the source is only read. Returns the metadata written."""
     import onnx
-
-    from .downloads import sha256_file
-    from .onnx_meta import save_model_atomically, write_metadata
-    from .outputs import check_output
 
     source, output = Path(source), Path(output)
     if source.is_dir():

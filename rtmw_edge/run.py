@@ -38,8 +38,14 @@ from . import geometry as G
 from . import signals
 from .backends import backend_names, backend_pipeline
 from .errors import ReaderGone, RtmwEdgeError, Terminated, UsageError
+from .estimators import open_estimator
+from .evaluate import load_annotations
 from .outputs import Stream, atomic_output, atomic_path, check_output, commit_file, temp_beside
+from .pipeline import resolve_models
 from .results import FrameResult, coco_items
+from .sources import open_source
+from .triton.client import parse_url
+from .viz import draw_frame, plot_3d
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 VIDEO_CODECS = {".mp4": "mp4v", ".avi": "MJPG", ".mkv": "mp4v"}
@@ -151,8 +157,6 @@ def validate_options(opts: RunOptions) -> None:
     if opts.backend == "triton" and not opts.triton_url:
         raise UsageError("--backend triton needs --triton-url HOST:PORT (gRPC; http://HOST:PORT for HTTP)")
     if opts.triton_url is not None:
-        from .triton.client import parse_url
-
         parse_url(opts.triton_url)
         if (opts.det, opts.pose) != (RunOptions.det, RunOptions.pose):
             raise UsageError("with --backend triton the server's repository decides the models: drop --det/--pose "
@@ -227,8 +231,6 @@ class ImageIds:
         self.by_name: dict[str, int] = {}
         self.ann = ann
         if ann is not None:
-            from .evaluate import load_annotations
-
             for image in load_annotations(ann)["images"]:
                 self.by_name[Path(str(image.get("file_name", ""))).name] = int(image["id"])
 
@@ -329,10 +331,7 @@ def run_source(opts: RunOptions, console=None) -> RunSummary:
     stop the run cleanly: the summary comes back with `interrupted` set (the CLI exits 130 / 143)."""
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
-    from .estimators import open_estimator
-    from .pipeline import resolve_models
     from .progress import progress_bar
-    from .sources import open_source
 
     validate_options(opts)
     opts = plan_outputs(opts)
@@ -348,6 +347,7 @@ def run_source(opts: RunOptions, console=None) -> RunSummary:
 
     source = open_source(opts.source, loop=opts.loop, skip_bad=not opts.strict, on_skip=warn)
     stream = None
+    estimator = None
     pictures = None
     coco: list[dict] = []
     last_3d: FrameResult | None = None
@@ -410,8 +410,6 @@ def run_source(opts: RunOptions, console=None) -> RunSummary:
                 if hint is not None:
                     hint(result, warn)
                 if pictures or opts.show:
-                    from .viz import draw_frame
-
                     drawn = draw_frame(frame.image, result, kpt_threshold=opts.kpt_threshold)
                     if pictures:
                         pictures.write(drawn, frame.name)
@@ -430,6 +428,8 @@ def run_source(opts: RunOptions, console=None) -> RunSummary:
         source.close()
         if stream is not None:
             stream.close()
+        if estimator is not None and hasattr(estimator, "close"):
+            estimator.close()     # engines, CUDA streams and contexts released in order, not by the GC
         if pictures is not None:
             pictures.close(keep=failure is None)
         summary.seconds = time.perf_counter() - start
@@ -439,7 +439,6 @@ def run_source(opts: RunOptions, console=None) -> RunSummary:
     if opts.plot_3d is not None and summary.interrupted is None:
         if last_3d is None:
             raise RtmwEdgeError("--plot-3d: no person was found, nothing to plot")
-        from .viz import plot_3d
 
         plot_3d(last_3d, opts.plot_3d)
     return summary

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
+from . import export
 from .backends.tensorrt import build_engine, import_tensorrt
 from .engines import TIMING_CACHE_NAME
-from .errors import RtmwEdgeError
+from .errors import RtmwEdgeError, require
 
 
 def _synthetic_images(folder: Path, count: int = 3) -> Path:
@@ -48,8 +49,6 @@ def selftest(workdir: str | Path, *, images: str | Path | None = None, models=SE
     from rich.console import Console
 
     from .check import Tolerances, check_model
-    from .errors import require
-    from .export import export_onnx
 
     console = console or Console(stderr=True)
     trt = import_tensorrt()  # fail fast, before the slow exports
@@ -63,7 +62,7 @@ def selftest(workdir: str | Path, *, images: str | Path | None = None, models=SE
         row = {"model": name, "passed": False}
         rows.append(row)
         try:
-            onnx_path = export_onnx(name, workdir / f"{name}.onnx", random_init=True, progress=False)
+            onnx_path = export.export_onnx(name, workdir / f"{name}.onnx", random_init=True, progress=False)
             result = build_engine(onnx_path, workdir / f"{name}.engine", timing_cache=workdir / TIMING_CACHE_NAME,
                                   console=console, progress=progress, force=True)
             row.update(build_path=result.plan.path.name, precision=result.plan.path.precision,

@@ -38,6 +38,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import inspect
+import itertools
 import random
 import re
 import threading
@@ -65,6 +66,8 @@ def real_bindings():
         _real_rt, _real_drv = runtime, driver
     return _real_rt, _real_drv
 
+
+_HANDLE_BASES = itertools.count(0x7000, 0x1000000)
 
 class EmulationError(BaseException):
     """A CUDA rule the code under test broke (an unordered access, a read of freed memory, ...). A BaseException,
@@ -233,7 +236,8 @@ class Emulator:
         self.functions: dict[int, str] = {}
         self.records: list[tuple[int, int, bool, Op]] = []   # shadow accesses not yet ordered before the host
         self.host: dict = {}
-        self._next = 0x7000
+        self._next = next(_HANDLE_BASES)      # handles unique across emulators: a stale object's destroy
+                                              # (a garbage-collected engine of an earlier test) names no live one
         self._seq = 0
         self._lanes = 0
         self._synthetic = SYNTHETIC_BASE
@@ -977,9 +981,16 @@ class Deferred:
         self.emu, self.engine = emu, engine
         self.contexts: list = []
         self.batches: list[int] = []
+        self.closed = False
 
     def __getattr__(self, name):
         return getattr(self.__dict__["engine"], name)
+
+    def close(self) -> None:
+        """The engine's own close; `closed` tells a test that its owner released it."""
+        self.closed = True
+        if hasattr(self.engine, "close"):
+            self.engine.close()
 
     def create_context(self, stream: int, scratch: int | None = None):
         ctx = _DeferredContext(self, self.engine.create_context(int(stream)), int(stream))

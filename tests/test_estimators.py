@@ -550,3 +550,41 @@ def test_readme_first_python_example_is_the_three_line_estimator():
     assert any("= open_estimator(" in line for line in code) and any("estimator(" in line for line in code[2:])
     names = re.findall(r"from rtmw_edge import (\w+)", block)
     assert all(hasattr(rtmw_edge, n) for n in names)
+
+
+# ------------------------------------------------------------------------------------------ lifetimes
+def test_run_and_eval_close_the_estimator_they_opened(onnx_pair, tmp_path, monkeypatch):
+    """Engines (a TensorRT engine's contexts, CUDA stream and buffers; a GPU pipeline's streams) are released by
+    the command that opened them, in order — not left to the garbage collector at exit."""
+    import rtmw_edge.run as run_module
+    from rtmw_edge.evaluate import run_eval
+
+    opened = []
+
+    def recording(*args, **kwargs):
+        estimator = E.open_estimator.__wrapped__(*args, **kwargs)
+        closed = estimator.close
+        estimator.close = lambda: (opened.append("closed"), closed())
+        opened.append("opened")
+        return estimator
+    recording.__wrapped__ = E.open_estimator
+    monkeypatch.setattr(E, "open_estimator", recording)
+    monkeypatch.setattr(run_module, "open_estimator", recording)
+    photo = SHARED / "images" / "000000000785.jpg"
+    assert main(["run", str(photo), "--det", str(onnx_pair["det"]), "--pose", str(onnx_pair["pose"]), "--backend",
+                 "onnxruntime", "--threads", "1", "--out", str(tmp_path / "o.jsonl")]) == 0
+    assert opened == ["opened", "closed"]
+    opened.clear()
+    run_eval(SHARED / "images" / "test_coco_wholebody.json", SHARED / "images", onnx_pair["pose"],
+             det=onnx_pair["det"], backend="onnxruntime", progress=False)
+    assert opened == ["opened", "closed"]
+
+
+def test_a_cpu_model_closes_the_engines_it_holds():
+    closed = []
+    engine = lambda name: SimpleNamespace(close=lambda: closed.append(name))  # noqa: E731
+    model = PoseModel.__new__(PoseModel)
+    model.detector, model.pose = SimpleNamespace(engine=engine("det")), SimpleNamespace(engine=engine("pose"))
+    with model:
+        pass
+    assert closed == ["det", "pose"]

@@ -104,6 +104,8 @@ def test_the_daemon_on_the_cuda_stream_pipeline_equals_the_cpu_daemon(tmp_path, 
     stage = [v for (name, labels), v in samples.items() if name == "rtmw_edge_pipeline_stage_median_seconds"
              and dict(labels).get("stage") == "detector"]
     assert len(stage) == 2 and all(v > 0 for v in stage)                         # per camera, from CUDA events
+    assert set(emu.leaks().values()) == {0}, emu.leaks()   # the stopped daemon closed its streams and model: every
+    assert all(e.closed for e in made)                     # CUDA stream, event, graph, buffer and engine released
     cpu_report, cpu, _ = run_daemon(tmp_path / "cpu", "onnxruntime", pose, videos, per_camera=6)
     assert cpu_report["active"] == "onnxruntime (cpu)"
     pairs, compared = [], 0

@@ -28,7 +28,13 @@ from typing import Protocol
 
 import numpy as np
 
+from ..cuda.runtime import device_available
 from ..errors import MissingDependencyError, RtmwEdgeError, UsageError
+from . import tensorrt as trt_backend  # light: TensorRT itself is imported by import_tensorrt only
+from .device import HostEngine
+from .onnxruntime import OrtEngine
+from .onnxruntime_gpu import OrtGpuEngine
+from .torch_cuda import TorchCudaEngine
 
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 PIPELINES = ("cpu", "cuda-stream", "remote")
@@ -108,7 +114,6 @@ def _gpu_missing() -> list[str]:
     """What the CUDA-stream pipeline lacks here, before any engine: cuda-python and a usable CUDA GPU."""
     if not (_present("cuda.bindings") or _present("cuda.cudart")):
         return [f"cuda-python is not installed ({_GPU_EXTRA})"]
-    from ..cuda.runtime import device_available
 
     ok, why = device_available(0)
     return [] if ok else [f"no CUDA GPU ({why})"]
@@ -121,8 +126,6 @@ def _probe_onnxruntime() -> tuple[str | None, list[str]]:
 
 
 def _probe_tensorrt() -> tuple[str | None, list[str]]:
-    from . import tensorrt as trt_backend  # light: TensorRT itself is imported by import_tensorrt only
-
     try:
         version = str(trt_backend.import_tensorrt().__version__)
     except MissingDependencyError as exc:
@@ -180,24 +183,19 @@ def _is_engine_file(path: Path) -> bool:
 def _onnxruntime_host(path: Path, **options) -> Engine:
     if _is_engine_file(path):
         raise RtmwEdgeError(f"{path.name} is a TensorRT engine: use --backend tensorrt (or auto)")
-    from .onnxruntime import OrtEngine
 
     return OrtEngine(path, **options)
 
 
 def _tensorrt_host(path: Path, **options) -> Engine:
-    from .tensorrt import TensorRTEngine, import_tensorrt
-
-    import_tensorrt()  # one clear line when TensorRT is missing
+    trt_backend.import_tensorrt()  # one clear line when TensorRT is missing
     if not _is_engine_file(path):
         raise RtmwEdgeError(f"--backend tensorrt runs built engines: `rtmw-edge build {path}` first, then "
                             f"pass engines/{path.stem}.engine")
-    return TensorRTEngine(path, **options)
+    return trt_backend.TensorRTEngine(path, **options)
 
 
 def _tensorrt_device(path: Path, device: int = 0, **options):
-    from . import tensorrt as trt_backend
-
     trt_backend.import_tensorrt()
     if not _is_engine_file(path):
         raise RtmwEdgeError(f"--backend tensorrt runs built engines: `rtmw-edge build {path}` first")
@@ -208,8 +206,6 @@ def _torch_cuda_host(path: Path, **options) -> Engine:
     """The zoo's PyTorch model an export was made from, on the GPU, behind the host interface."""
     if _is_engine_file(path):
         raise RtmwEdgeError(f"{path.name} is a TensorRT engine: use --backend tensorrt (or auto)")
-    from .device import HostEngine
-    from .torch_cuda import TorchCudaEngine
 
     options.pop("threads", None)  # an ONNX Runtime setting
     return HostEngine(TorchCudaEngine(path, **options))
@@ -218,7 +214,6 @@ def _torch_cuda_host(path: Path, **options) -> Engine:
 def _torch_cuda_device(path: Path, device: int = 0, **options):
     if path.suffix.lower() != ".onnx":
         raise RtmwEdgeError(f"--backend torch-cuda runs exported .onnx models, not {path.name}")
-    from .torch_cuda import TorchCudaEngine
 
     return TorchCudaEngine(path, device=device, **options)
 
@@ -226,15 +221,12 @@ def _torch_cuda_device(path: Path, device: int = 0, **options):
 def _onnxruntime_gpu_device(path: Path, device: int = 0, **options):
     if path.suffix.lower() != ".onnx":
         raise RtmwEdgeError(f"--backend onnxruntime-gpu runs .onnx models, not {path.name}")
-    from .onnxruntime_gpu import OrtGpuEngine
 
     options.pop("allow_tf32", None)  # a PyTorch setting
     return OrtGpuEngine(path, device=device, **options)
 
 
 def _onnxruntime_gpu_host(path: Path, **options) -> Engine:
-    from .device import HostEngine
-
     options.pop("threads", None)
     return HostEngine(_onnxruntime_gpu_device(path, **options))
 

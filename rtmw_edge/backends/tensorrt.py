@@ -28,7 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import signals
+from .. import __version__, signals
+from ..cuda import runtime as R
 from ..engines import (
     DEFAULT_CONTEXTS,
     DEFAULT_WORKSPACE,
@@ -62,6 +63,7 @@ from ..engines import (
     select_build_path,
 )
 from ..errors import MissingDependencyError, RtmwEdgeError
+from ..onnx_meta import read_metadata
 from ..outputs import atomic_write_bytes
 
 _JETSON_TRT = "sudo apt install python3-libnvinfer (JetPack 6 ships TensorRT 10.3)"
@@ -254,8 +256,6 @@ def plan_build(onnx_path: str | Path, output: str | Path | None = None, *, batch
     JSON beside it (`pose_models.pose_metadata`); the manifest carries it like an export's metadata."""
     import onnx
 
-    from ..onnx_meta import read_metadata
-
     onnx_path = Path(onnx_path)
     if not onnx_path.is_file():
         raise EngineError(f"ONNX file not found: {onnx_path}")
@@ -368,7 +368,6 @@ def build_engine(onnx_path: str | Path, output: str | Path | None = None, *, bat
     from rich.console import Console
     from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
 
-    from .. import __version__
     from ..progress import progress_bar
 
     console = console or Console(stderr=True)
@@ -551,8 +550,6 @@ class TensorRTEngine:
     graph_capturable = True
 
     def __init__(self, path: str | Path, *, device: int = 0, check_machine: bool = True, **_options) -> None:
-        from ..cuda import runtime as R
-
         trt = import_tensorrt()
         self._trt = trt
         self.path = Path(path)
@@ -683,8 +680,6 @@ class TensorRTEngine:
     # host Engine ----------------------------------------------------------------------------------------
     def _host_state(self, batch: int) -> dict:
         """run()'s own stream, context and buffers: device buffers and pinned staging for `batch` items."""
-        from ..cuda import runtime as R
-
         R.use_device(self.device)
         state = self._host
         if state is None:
@@ -706,8 +701,6 @@ class TensorRTEngine:
     def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """Host arrays in and out: stage `x` in pinned memory, copy to the GPU, run, copy every output back
         into pinned memory, wait, return copies (pinned staging: the copies are truly asynchronous DMA)."""
-        from ..cuda import runtime as R
-
         x = np.ascontiguousarray(x, dtype=self._dtypes[self.input_name])
         if x.ndim != len(self.input_dims) or tuple(x.shape[1:]) != tuple(self.input_dims[1:]):
             raise EngineError(f"{self.path.name} takes input {list(self.input_dims)}, got {list(x.shape)}")

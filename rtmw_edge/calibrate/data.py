@@ -34,10 +34,15 @@ import cv2
 import numpy as np
 
 from .. import __version__
+from ..backends import load_engine
+from ..detectors import OnnxDetector, UnknownDetectorError, inspect_detector
 from ..downloads import sha256_file
 from ..errors import RtmwEdgeError, UsageError
+from ..geometry import BBOX_PADDING
 from ..onnx_meta import read_metadata
 from ..outputs import atomic_output, atomic_write_text
+from ..pipeline import PoseEstimator, TopDownPose, pose_info
+from ..sources import ImageSource, open_source, read_image
 
 DATA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -75,9 +80,6 @@ class ModelInputs:
 
 def describe_model(path: str | Path) -> ModelInputs:
     """Detector or pose model, and its preprocessing (metadata, else recognised from the graph)."""
-    from ..detectors import UnknownDetectorError, inspect_detector
-    from ..geometry import BBOX_PADDING
-
     path = Path(path)
     if path.is_dir():
         raise RtmwEdgeError(f"{path} is a folder: give the model's .onnx file")
@@ -99,8 +101,6 @@ def describe_model(path: str | Path) -> ModelInputs:
             if "pose model" not in str(exc):
                 raise RtmwEdgeError(f"{path.name} is neither a person detector nor a SimCC pose model this "
                                     f"toolkit knows: {exc}") from None
-    from ..backends import load_engine
-    from ..pipeline import pose_info
 
     engine = load_engine(path, "onnxruntime", threads=1)
     info = pose_info(engine)
@@ -159,8 +159,6 @@ class Unit:
 
 
 def _image_paths(folder: Path) -> list[Path]:
-    from ..sources import ImageSource, open_source
-
     src = open_source(folder)
     if not isinstance(src, ImageSource) or src.kind not in ("folder", "image"):
         raise RtmwEdgeError(f"{folder} is not an image file or a folder of images")
@@ -452,21 +450,16 @@ class SampleMaker:
         self.top_down = None
         self.detector = None
         if inputs.task == "detector":
-            from ..detectors import OnnxDetector
-
             self.detector = OnnxDetector(model_path)
             self.detector.signature = replace(self.detector.signature, input_size=tuple(inputs.input_size),
                                               mean=tuple(inputs.mean), std=tuple(inputs.std),
                                               swap_rb=inputs.swap_rb, pad_value=int(inputs.pad_value or 0))
             return
-        from ..pipeline import PoseEstimator, TopDownPose
 
         if det is not None:
             self.estimator = PoseEstimator(det, model_path, backend="onnxruntime", det_threshold=det_threshold)
             self.top_down = self.estimator.pose
         else:
-            from ..backends import load_engine
-
             self.top_down = TopDownPose(load_engine(model_path, "onnxruntime", threads=1))
         self.top_down.info = replace(self.top_down.info, input_size=tuple(inputs.input_size), mean=tuple(inputs.mean),
                                      std=tuple(inputs.std), swap_rb=inputs.swap_rb)
@@ -493,13 +486,10 @@ def _units_images(units: list[Unit], video: Path | None, wanted: set[int] | None
                   ) -> Iterator[tuple[int, np.ndarray]]:
     """(unit index, BGR image) in unit order; a video is decoded once, front to back."""
     if video is None:
-        from ..sources import read_image
-
         for i, u in enumerate(units):
             if wanted is None or i in wanted:
                 yield i, read_image(u.path)
         return
-    from ..sources import open_source
 
     by_frame = {u.frame: i for i, u in enumerate(units) if wanted is None or i in wanted}
     if not by_frame:

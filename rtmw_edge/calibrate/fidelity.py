@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import geometry as G
+from ..detectors import OnnxDetector
 from ..keypoints import KEYPOINT_SETS, OKS_SIGMAS
 
 SCORE_MARGIN = 0.05
@@ -104,8 +105,6 @@ class DetectorJudge:
     and scores them with `detection_fidelity`."""
 
     def __init__(self, model_path, threshold: float = 0.3) -> None:
-        from ..detectors import OnnxDetector
-
         self.threshold = threshold
         self.ref = OnnxDetector(model_path, score_threshold=threshold)
         self.low = OnnxDetector(model_path, score_threshold=LOW_THRESHOLD)

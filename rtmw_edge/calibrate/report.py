@@ -14,8 +14,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ..backends.onnxruntime import OrtEngine
+from ..detectors import OnnxDetector
 from ..errors import RtmwEdgeError
 from ..outputs import atomic_output
+from ..pipeline import TopDownPose
 from .fidelity import LOW_THRESHOLD, SCORE_MARGIN, Target, detection_fidelity, keypoint_fidelity
 
 DETECTOR_VARIANTS = ("original", "flip", "crop-left", "crop-right", "scale0.6", "scale1.5")
@@ -33,8 +36,6 @@ def detector_variants(image: np.ndarray) -> list[tuple[str, np.ndarray]]:
 def evaluate_detector(fp32_path: Path, int8_model, images: list[tuple[str, np.ndarray]],
                       threshold: float = 0.3) -> dict:
     """Fidelity of `int8_model` (path or ModelProto) against `fp32_path` on the images and their variants."""
-    from ..detectors import OnnxDetector
-
     ref = OnnxDetector(fp32_path, score_threshold=threshold)
     cand = OnnxDetector(int8_model, score_threshold=min(LOW_THRESHOLD, threshold - SCORE_MARGIN))
     r, c, frames = [], [], []
@@ -53,9 +54,6 @@ def evaluate_detector(fp32_path: Path, int8_model, images: list[tuple[str, np.nd
 def evaluate_pose(fp32_path: Path, int8_model, units: list[tuple[str, np.ndarray, np.ndarray]],
                   keypoint_set: str | None) -> dict:
     """Fidelity in image pixels on `units` = (name, image, person boxes [N,4]) and their mirror images."""
-    from ..backends.onnxruntime import OrtEngine
-    from ..pipeline import TopDownPose
-
     ref = TopDownPose(OrtEngine(fp32_path))
     cand_path = int8_model
     cand = TopDownPose(OrtEngine(cand_path))

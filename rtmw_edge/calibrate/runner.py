@@ -19,16 +19,20 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
-from ..downloads import sha256_file
+from ..detectors import UnknownDetectorError, inspect_detector
+from ..downloads import home_dir, sha256_file
 from ..errors import RtmwEdgeError, UsageError
 from ..onnx_meta import CALIBRATION_KEY, METADATA_KEY, read_metadata, save_model_atomically, write_metadata
 from ..outputs import atomic_path, atomic_write_text, check_output
+from ..pipeline import PoseEstimator
+from ..pose_models import described_model
 from .data import (
     CalibrationCache,
     DataConfig,
     ModelInputs,
     Source,
     Unit,
+    _units_images,
     build_calibration_set,
     describe_model,
     split_units,
@@ -49,6 +53,8 @@ from .quantize import (
     validate_qdq,
 )
 from .ranges import METHODS, RangeCollector
+from .report import evaluate_detector, evaluate_pose, write_report
+from .sensitivity import SwitchableModel, frontier, layer_sensitivity
 
 STATS_FILE = "statistics.npz"
 SENSITIVITY_FILE = "sensitivity.json"
@@ -95,8 +101,6 @@ class CalibrateResult:
 def default_cache(model: Path) -> Path:
     """$RTMW_EDGE_HOME/calibration/<model stem>: the cache is hundreds of MB (crops as float32 tensors), so it does
     not land in whatever folder the command runs in; `--cache` chooses another."""
-    from ..downloads import home_dir
-
     return home_dir() / "calibration" / Path(model).stem
 
 
@@ -182,8 +186,6 @@ def calibrate(opts: CalibrateOptions, progress: Progress | None = None,
     the INT8 graph comes out self-describing."""
     from dataclasses import replace
 
-    from ..pose_models import described_model
-
     model_path = Path(opts.model)
     _check_options(opts, model_path, Path(opts.output))
     with described_model(model_path, opts.pose_spec) as described:
@@ -258,8 +260,6 @@ def _calibrate(opts: CalibrateOptions, progress: Progress | None = None,
     if problems:  # a bug, not a user error: refuse to write a graph TensorRT would mis-build
         raise RtmwEdgeError(f"the Q/DQ graph is not well formed ({len(problems)} problem(s)): {problems[0]}")
     if inputs.task == "detector":  # the runtime must still recognise it as the same detector
-        from ..detectors import UnknownDetectorError, inspect_detector
-
         try:
             kind = inspect_detector(qmodel).kind
         except UnknownDetectorError as exc:
@@ -301,7 +301,6 @@ def _calibrate(opts: CalibrateOptions, progress: Progress | None = None,
         "frontier": [s.to_dict() for s in frontier_rows] if frontier_rows else None,
         "sensitivity": sensitivity_rows,
     }
-    from .report import write_report
 
     paths = [write_report(cache.folder / "report.md", result)]
     if opts.report is not None:
@@ -365,8 +364,6 @@ def _validation(cache: CalibrationCache, n: int) -> np.ndarray:
 
 def _auto_exclude(fp32, layers, candidates, user_float, full, amax, inputs: ModelInputs, model_path: Path,
                   cache: CalibrationCache, manifest: dict, opts: CalibrateOptions, progress: Progress, say):
-    from .sensitivity import SwitchableModel, frontier, layer_sensitivity
-
     x = _validation(cache, opts.val_num)
     switch = SwitchableModel(fp32, full, amax, threads=opts.threads,
                              max_batch=1 if inputs.task == "detector" else None)
@@ -450,8 +447,6 @@ def _write_model(qmodel, model_path: Path, output: Path, calib_info: dict, quant
 
 def _held_out_fidelity(model_path: Path, output: Path, inputs: ModelInputs, eval_units: list[Unit],
                        opts: CalibrateOptions, say) -> dict | None:
-    from .report import evaluate_detector, evaluate_pose
-
     if not eval_units:
         say("no held-out images: fidelity not measured (use --holdout or --eval-images)")
         return None
@@ -460,8 +455,6 @@ def _held_out_fidelity(model_path: Path, output: Path, inputs: ModelInputs, eval
         return evaluate_detector(model_path, output, images)
     det = None
     if opts.det is not None:
-        from ..pipeline import PoseEstimator
-
         det = PoseEstimator(opts.det, model_path, backend="onnxruntime", det_threshold=opts.det_threshold)
     units = []
     for unit, (name, image) in zip(eval_units, images):
@@ -477,8 +470,6 @@ def _held_out_fidelity(model_path: Path, output: Path, inputs: ModelInputs, eval
 
 
 def _load_units(units: list[Unit], source: Source):
-    from .data import _units_images
-
     for i, image in _units_images(units, source.video):
         yield units[i].id, image
 

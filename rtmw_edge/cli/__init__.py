@@ -25,10 +25,22 @@ import typer  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from .. import __version__, native_stderr  # noqa: E402
+from .. import __version__, export, native_stderr  # noqa: E402
 from ..backends import backend_names, backends_of  # noqa: E402
-from ..errors import RtmwEdgeError  # noqa: E402
-from ..zoo import POSE_SPEC_HELP  # noqa: E402
+from ..downloads import checkpoints_dir, fetch
+from ..errors import (
+    ReaderGone,
+    RtmwEdgeError,  # noqa: E402
+    Terminated,
+    UsageError,
+)
+from ..evaluate import METRICS, evaluate_predictions, run_eval
+from ..outputs import atomic_output, check_output
+from ..zoo import (
+    POSE_SPEC_HELP,  # noqa: E402
+    get_spec,
+    list_models,
+)
 
 app = typer.Typer(help="Real-time whole-body pose estimation (RTMW / RTMW3D / RTMPose) on NVIDIA edge devices.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -74,9 +86,6 @@ def _headline_ap(spec) -> str:
 def models_list(task: str | None = typer.Option(None, help="Only pose2d, pose3d, detector or pose."),
                 as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
     """Table of registered models: task, keypoints, input size, parameters, published AP."""
-    from ..errors import UsageError
-    from ..zoo import get_spec, list_models
-
     if task is not None and task not in TASKS:
         raise UsageError(f"--task must be one of {', '.join(TASKS)}, not {task!r}")
     specs = [get_spec(n) for n in list_models(task)]
@@ -97,9 +106,6 @@ def models_list(task: str | None = typer.Option(None, help="Only pose2d, pose3d,
 @models_app.command("info")
 def models_info(name: str = typer.Argument(..., help="Registered model name.")) -> None:
     """Everything the registry knows about one model (JSON)."""
-    from ..downloads import checkpoints_dir
-    from ..zoo import get_spec
-
     spec = get_spec(name)
     info = spec.as_dict()
     info.pop("keypoint_names", None)
@@ -114,10 +120,6 @@ def models_download(name: str = typer.Argument(..., help="Registered model name.
                     directory: Path | None = typer.Option(None, "--dir", help="Where to keep it "
                                                              "(default: $RTMW_EDGE_HOME/checkpoints).")) -> None:
     """Download the official checkpoint (resumable, hash-checked) into the cache."""
-    from ..downloads import checkpoints_dir, fetch
-    from ..outputs import check_output
-    from ..zoo import get_spec
-
     spec = get_spec(name)
     folder = check_output(directory or checkpoints_dir(), option="--dir", kind="dir")
     path = fetch(spec.checkpoint_url, directory=folder, sha256=sha256, hash_prefix=spec.hash_prefix)
@@ -160,14 +162,11 @@ def export_cmd(name: str = typer.Argument(..., help="Registered model name (see 
                trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint",
                                                      help="Allow any pickled object in it.")) -> None:
     """Export a registered model to a self-describing ONNX graph for ONNX Runtime and TensorRT."""
-    from ..errors import UsageError
-    from ..export import export_onnx
-
     if batch != "dynamic":
         if not batch.isdigit():
             raise UsageError(f"--batch must be 'dynamic' or a positive integer, not {batch!r}")
         batch = int(batch)
-    path = export_onnx(name, output, checkpoint=checkpoint, random_init=random_init, opset=opset, batch=batch,
+    path = export.export_onnx(name, output, checkpoint=checkpoint, random_init=random_init, opset=opset, batch=batch,
                        decode=decode, flip_test=flip_test, precision=precision, simplify=not no_simplify,
                        topk=topk, nms=nms, trust_checkpoint=trust_checkpoint)
     out.print(f"{name} → {path}")
@@ -190,8 +189,6 @@ def check_cmd(candidate: Path = typer.Argument(..., help="The converted model (.
               pose_spec: str | None = POSE_SPEC_OPTION) -> None:
     """Compare a converted model with its reference on real photos; exit 3 past the tolerances (a verdict)."""
     from ..check import Tolerances, check_model
-    from ..errors import UsageError
-    from ..outputs import atomic_output, check_output
 
     if max_samples < 1:
         raise UsageError(f"--max-samples must be at least 1, not {max_samples}")
@@ -305,10 +302,6 @@ def eval_cmd(ann: Path = typer.Option(..., "--ann", help="COCO / COCO-WholeBody 
     tensorrt, torch-cuda, onnxruntime-gpu: the CUDA-stream pipeline; auto: the CUDA-stream pipeline when a GPU
     and TensorRT engines are there, else the CPU one. With --gt-boxes: the CPU pipeline's pose stage (crops,
     pose model, SimCC decode) on the backend's host engine, the only one that takes boxes from outside."""
-    from ..errors import UsageError
-    from ..evaluate import METRICS, evaluate_predictions, run_eval
-    from ..outputs import atomic_output, check_output
-
     out_json = check_output(out_json, option="--out", inputs=[ann, images, pose, det, predictions])
     if predictions is not None:
         extra = [flag for flag, given in (("--pose", pose), ("--det", det), ("--gt-boxes", gt_boxes),
@@ -362,8 +355,6 @@ def bench_cmd(det: str = typer.Option("rtmdet-nano-person", "--det", help="Detec
               plot_out: Path | None = typer.Option(None, "--plot", help="Write the stage/person plot as PNG.")) -> None:
     """Per-stage latency (p50/p90/p99), end-to-end FPS and the cost of each extra person."""
     from ..bench import Config, benchmark, detected_person_tiles, person_tiles, plot
-    from ..errors import UsageError
-    from ..outputs import atomic_output, check_output
 
     try:
         counts = sorted({int(v) for v in persons.split(",")})
@@ -457,8 +448,6 @@ def main(argv: list[str] | None = None) -> int:
     triton serve — end with 0 on either)."""
     import typer.core
     from rich.markup import escape
-
-    from ..errors import ReaderGone, Terminated
 
     click = getattr(typer.core, "_click", None) or typer.core.click  # typer ≥ 0.22 vendors click as _click
     err = Console(stderr=True)

@@ -6,7 +6,10 @@ from pathlib import Path
 
 import typer
 
+from ..engines import format_bytes
 from ..errors import UsageError
+from ..native_stderr import captured
+from ..progress import progress_bar
 from ..zoo import POSE_SPEC_HELP
 
 EXIT_TARGET_MISSED = 3  # the INT8 model and report are written, but the fidelity target was not met
@@ -73,9 +76,6 @@ def calibrate_cmd(
     from ..calibrate.ranges import METHODS
     from ..calibrate.report import next_steps
     from ..calibrate.runner import CalibrateOptions, calibrate
-    from ..engines import format_bytes
-    from ..native_stderr import captured
-    from ..progress import progress_bar
 
     if method not in METHODS:
         raise UsageError(f"--method must be one of {', '.join(METHODS)}, not {method!r}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 
 import typer
@@ -18,6 +19,14 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from .. import selftest as selftest_module
+from ..backends import availability, backend_names
+from ..backends import tensorrt as trt_backend
+from ..backends.tensorrt import build_engine, check_engine, probe_environment
+from ..engines import EngineError, default_engine_path, install_hints, manifest_path, parse_batch, parse_contexts
+from ..errors import UsageError
+from ..onnx_meta import read_metadata
+from ..outputs import check_output
 from ..zoo import POSE_SPEC_HELP
 
 EXIT_STALE = 3
@@ -46,12 +55,6 @@ def build_cmd(onnx: Path = typer.Argument(..., help="The ONNX to build (from `rt
                                                   "serves at once (one optimization profile each; the GPU "
                                                   "pipeline uses 2 per camera stream). Default 4.")) -> None:
     """Build a TensorRT engine from an ONNX (cached: skipped when a matching engine exists)."""
-    from ..backends.tensorrt import build_engine, check_engine
-    from ..engines import EngineError, default_engine_path, manifest_path, parse_batch
-    from ..errors import UsageError
-    from ..onnx_meta import read_metadata
-    from ..outputs import check_output
-
     try:
         parse_batch(batch)
     except EngineError as exc:
@@ -65,8 +68,6 @@ def build_cmd(onnx: Path = typer.Argument(..., help="The ONNX to build (from `rt
         if timing_cache is not None and not no_timing_cache:
             check_output(timing_cache, option="--timing-cache", inputs=[onnx], others=[engine])
     if contexts is not None:
-        from ..engines import parse_contexts
-
         try:
             parse_contexts(contexts)
         except EngineError as exc:
@@ -91,12 +92,6 @@ def doctor_cmd(as_json: bool = typer.Option(False, "--json", help="Machine-reada
     Driver, CUDA, GPUs, TensorRT, cuda-python, ONNX Runtime providers, NVRTC, cameras, built engines, and every
     --backend of the backend table: its pipeline and whether it can run here (its version, or why not)."""
     try:
-        from dataclasses import asdict
-
-        from ..backends import availability, backend_names
-        from ..backends.tensorrt import probe_environment
-        from ..engines import install_hints
-
         env = probe_environment(engines)
         env["missing"] = install_hints(env)
         env["backends"] = [asdict(availability(name)) for name in backend_names()]
@@ -155,19 +150,16 @@ def selftest_cmd(workdir: Path | None = typer.Option(None, "--workdir", help="Ke
 
     Exports rtmpose-t and rtmdet-nano (random weights), builds their engines on this GPU and compares them
     with ONNX Runtime through `check`. Exit 0 when every engine matches, 3 (a verdict) otherwise."""
-    from ..backends.tensorrt import import_tensorrt
     from ..check import list_images, read_image
-    from ..outputs import check_output
-    from ..selftest import selftest
 
     if images is not None:
         for path in list_images(images):  # unreadable photos: one line now, not after the builds
             read_image(path)
     workdir = check_output(workdir, option="--workdir", inputs=[images], kind="dir")
-    import_tensorrt()  # one clear line and exit 1 when TensorRT is missing
+    trt_backend.import_tensorrt()  # one clear line and exit 1 when TensorRT is missing
     folder = workdir or Path(tempfile.mkdtemp(prefix="rtmw-edge-selftest-"))
     try:
-        rows = selftest(folder, images=images, console=out)
+        rows = selftest_module.selftest(folder, images=images, console=out)
     finally:
         if workdir is None:
             shutil.rmtree(folder, ignore_errors=True)

@@ -9,6 +9,8 @@ from pathlib import Path
 import typer
 
 from .. import signals
+from ..errors import RtmwEdgeError, require
+from ..ports import check_ports_free
 
 
 def register(app: typer.Typer) -> None:
@@ -22,15 +24,12 @@ def register(app: typer.Typer) -> None:
                   insecure: bool = typer.Option(False, "--insecure", help="Allow listening beyond loopback "
                                                 "without a token (anyone on the network can connect).")) -> None:
         """Run the pose daemon: cameras → pose → WebSocket, HTTP, MQTT, /metrics (stop: SIGTERM/Ctrl-C)."""
-        from ..errors import require
         from ..serve.config import check_sources, load_config
 
         settings = load_config(config, insecure=insecure)
         check_sources(settings)  # a camera file that is not there: one line, with --check too
         m = settings.model
         if not check:  # a taken port: one line before any model is loaded
-            from ..ports import check_ports_free
-
             check_ports_free(settings.server.host, {"port": settings.server.port},
                              " (another rtmw-edge serve?): stop it, or choose another [server] port")
         with _config_keys():  # messages name the configuration's keys, not run's options
@@ -63,8 +62,6 @@ _OPTION_KEYS = ((re.compile(r"--pose-spec\b"), "[model] pose_spec"), (re.compile
 @contextlib.contextmanager
 def _config_keys():
     """Errors of the model code name `run`'s options (--pose-spec ...); the daemon has configuration keys."""
-    from ..errors import RtmwEdgeError
-
     try:
         yield
     except RtmwEdgeError as exc:

@@ -10,8 +10,13 @@ from rich.console import Console
 from rich.table import Table
 
 from .. import signals
+from ..errors import RtmwEdgeError, UsageError
+from ..outputs import check_output
+from ..ports import check_ports_free
 from ..progress import status
 from ..triton import DET_MODEL, PIPELINE_MODEL, POSE_MODEL
+from ..triton.repository import export_repository, preferred_batch_sizes
+from ..triton.server import TritonServer, TritonServerError, ensure_server_env
 from ..zoo import POSE_SPEC_HELP
 
 out = Console(width=max(Console().width, 110))
@@ -43,8 +48,6 @@ def export_cmd(det: str = typer.Option(..., "--det", help="Detector: .onnx, .eng
                force: bool = typer.Option(False, "--force", help="Replace an existing repository."),
                pose_spec: str | None = typer.Option(None, "--pose-spec", help=POSE_SPEC_HELP)) -> None:
     """Write a Triton model repository: detector + pose models and the BLS pipeline model."""
-    from ..triton.repository import export_repository, preferred_batch_sizes
-
     result = export_repository(det, pose, output, cpu=cpu, pose_batch=pose_batch, flip_test=flip_test,
                                det_threshold=det_threshold, nms_iou=nms_iou, max_persons=max_persons,
                                pipeline_name=name, instances=instances, queue_delay_us=queue_delay_us,
@@ -86,11 +89,6 @@ def serve_cmd(repository: Path = typer.Option(..., "--repository", help="Model r
               log: Path | None = typer.Option(None, "--log", help="Server log file (default: a temporary file)."),
               check_every: float = typer.Option(5.0, "--check-every", help="Seconds between health checks.")) -> None:
     """Run tritonserver (from the nvidia-pytriton wheel) on a repository, with health checks; stop: Ctrl-C/SIGTERM."""
-    from ..errors import RtmwEdgeError, UsageError
-    from ..outputs import check_output
-    from ..ports import check_ports_free
-    from ..triton.server import TritonServer, TritonServerError
-
     ports = (grpc_port, http_port, metrics_port)
     if min(ports) < 0 or max(ports) > 65535:
         raise UsageError(f"ports must be in 0..65535 (0: a free one), not {', '.join(map(str, ports))}")
@@ -136,8 +134,6 @@ def serve_cmd(repository: Path = typer.Option(..., "--repository", help="Model r
 
 def _server_env(python: Path | None):
     """The cached server venv; building it (about a minute, once) shows each step under a spinner."""
-    from ..triton.server import ensure_server_env
-
     with status(out, "checking the Triton server environment …") as spinner:
         def step(text: str) -> None:
             out.print(text, highlight=False, markup=False)

@@ -38,9 +38,15 @@ from pathlib import Path
 import numpy as np
 
 from .. import geometry as G
+from ..backends import availability, load_device_engine
+from ..detectors import as_bgr_uint8, inspect_detector
 from ..errors import RtmwEdgeError, UsageError
+from ..export import POSE_OUTPUTS
+from ..pipeline import pose_info, resolve_model
+from ..pose_models import pose_metadata
 from ..results import FrameResult, Person
 from ..streams import FrameTail
+from ..zoo import DET_MEAN_BGR, DET_STD_BGR
 from . import kernels as KK
 from . import runtime as R
 
@@ -93,8 +99,6 @@ class DeviceFrame:
 def detector_config(engine, path: Path | None = None) -> DetectorConfig:
     """Read the detector contract from the engine's metadata (project exports) or, for an ONNX without it,
     from `detectors.inspect_detector` (RTMDet raw head); anything else is refused in one line."""
-    from ..zoo import DET_MEAN_BGR, DET_STD_BGR
-
     name = getattr(engine, "name", None) or (path.name if path else "detector")
     meta = engine.metadata
     if meta is not None and meta.get("task") in ("pose2d", "pose3d"):
@@ -118,8 +122,6 @@ def detector_config(engine, path: Path | None = None) -> DetectorConfig:
     if len(outs) == 3 and all(len(s) == 4 and s[3] == 5 for s in outs.values()):
         kind = "rtmdet-rawhead"
         if path is not None and path.suffix.lower() == ".onnx":
-            from ..detectors import inspect_detector
-
             kind = inspect_detector(path).kind
         if kind == "rtmdet-rawhead":
             shape = engine.input_shape(1)
@@ -128,8 +130,6 @@ def detector_config(engine, path: Path | None = None) -> DetectorConfig:
             return DetectorConfig(kind, (shape[3], shape[2]), DET_MEAN_BGR, DET_STD_BGR, levels=levels)
     kind = "unknown"
     if path is not None and path.suffix.lower() == ".onnx":
-        from ..detectors import inspect_detector
-
         kind = inspect_detector(path).kind  # raises UnknownDetectorError for unrecognised graphs
     raise RtmwEdgeError(f"{name}: detector kind '{kind}' runs on the CPU pipeline only (--backend onnxruntime); "
                         f"the GPU pipeline takes the project's exported detectors (`rtmw-edge export "
@@ -166,9 +166,6 @@ class GpuPoseModel:
                  match_cpu_rounding: bool = False, allow_tf32: bool = False, det_engine=None, pose_engine=None,
                  det_nms_iou: float = 0.6, det_max_detections: int = 1000, pose_spec: str | None = None,
                  threads: int | None = None) -> None:
-        from ..backends import availability, load_device_engine
-        from ..pipeline import pose_info, resolve_model
-
         if max_persons < 1:
             raise RtmwEdgeError("--max-persons must be at least 1")
         if not 0.0 <= det_threshold <= 1.0:
@@ -197,9 +194,6 @@ class GpuPoseModel:
         self.det_engine, self.pose_engine = det_engine, pose_engine
         self.det = detector_config(det_engine, det_path)
         if pose_engine.metadata is None and pose_path is not None and pose_path.suffix.lower() == ".onnx":
-            from ..export import POSE_OUTPUTS
-            from ..pose_models import pose_metadata
-
             meta = pose_metadata(pose_path, pose_spec)  # a foreign pose ONNX: --pose-spec or its SDK JSON
             if meta["outputs"] != list(POSE_OUTPUTS[:len(meta["outputs"])]):
                 raise RtmwEdgeError(f"{pose_path.name}: outputs {meta['outputs']}; the GPU pipeline reads simcc_x/"
@@ -267,22 +261,37 @@ class GpuPoseModel:
         self._own_engines = []
 
 
-def grow_frame_buffers(holder, nbytes: int, zero_copy: bool) -> None:
-    """Grow a slot's or lane's frame buffers (`frame_host`, `frame_dev`) to NBYTES (at least 1080p; cudaFree and
-    cudaMalloc synchronise, so grow rarely). Zero-copy: one mapped pinned buffer the kernels read directly;
-    otherwise pinned staging + a device copy."""
-    nbytes = max(nbytes, FRAME_RESERVE)
-    if holder.frame_host is None or holder.frame_host.nbytes < nbytes:
-        if holder.frame_host is not None:
-            holder.frame_host.free()
-        holder.frame_host = R.PinnedBuffer(nbytes, mapped=zero_copy)
-    if not zero_copy and (holder.frame_dev is None or holder.frame_dev.nbytes < nbytes):
-        if holder.frame_dev is not None:
-            holder.frame_dev.free()
-        holder.frame_dev = R.DeviceBuffer(nbytes)
+class StreamHolder:
+    """What a GPU pipeline's slot (`_Slot`) and a camera lane (`multicam._Lane`) share: a stream with optional
+    timing marks, and frame buffers that grow on demand. Subclasses set `stream`, `marks`, `frame_host` and
+    `frame_dev`."""
+
+    stream: R.Stream
+    marks: dict
+    frame_host: R.PinnedBuffer | None
+    frame_dev: R.DeviceBuffer | None
+
+    def mark(self, name: str) -> None:
+        """Record the timing event NAME on this stream (profiling only)."""
+        if self.marks:
+            self.marks[name].record(self.stream)
+
+    def frame_buffers(self, nbytes: int, zero_copy: bool) -> None:
+        """Grow the frame buffers (`frame_host`, `frame_dev`) to NBYTES (at least 1080p; cudaFree and cudaMalloc
+        synchronise, so grow rarely). Zero-copy: one mapped pinned buffer the kernels read directly; otherwise
+        pinned staging + a device copy."""
+        nbytes = max(nbytes, FRAME_RESERVE)
+        if self.frame_host is None or self.frame_host.nbytes < nbytes:
+            if self.frame_host is not None:
+                self.frame_host.free()
+            self.frame_host = R.PinnedBuffer(nbytes, mapped=zero_copy)
+        if not zero_copy and (self.frame_dev is None or self.frame_dev.nbytes < nbytes):
+            if self.frame_dev is not None:
+                self.frame_dev.free()
+            self.frame_dev = R.DeviceBuffer(nbytes)
 
 
-class _Slot:
+class _Slot(StreamHolder):
     """One frame in flight: its stream, events, device buffers, pinned host buffers and one execution context
     per engine — bound to this slot's stream only, sharing the slot's scratch block (they run one after the
     other on it)."""
@@ -324,13 +333,6 @@ class _Slot:
         self.busy = False
         self.graphed = False                        # this frame's pose segment ran as a graph replay
 
-    def mark(self, name: str) -> None:
-        if self.marks:
-            self.marks[name].record(self.stream)
-
-    def frame_buffers(self, nbytes: int, zero_copy: bool) -> None:
-        grow_frame_buffers(self, nbytes, zero_copy)
-
     def close(self) -> None:
         self.stream.synchronize()
         self.graphs.close()
@@ -368,8 +370,6 @@ def enqueue_detect(model: GpuPoseModel, slot, item, *, copy_boxes: bool = False)
             s.wait(slot.ready)
         index, timestamp = item.index, item.timestamp
     else:
-        from ..detectors import as_bgr_uint8
-
         image, index, timestamp = item
         image = as_bgr_uint8(image)
         h, w = image.shape[:2]

@@ -32,7 +32,7 @@ from .. import geometry as G
 from ..errors import RtmwEdgeError
 from . import kernels as KK
 from . import runtime as R
-from .gpu_pipeline import GpuPoseModel, camera_args, enqueue_detect, grow_frame_buffers, read_count
+from .gpu_pipeline import GpuPoseModel, StreamHolder, camera_args, enqueue_detect, read_count
 
 LANE_MARKS = ("start", "upload", "letterbox", "detector", "select")   # the marks `enqueue_detect` records
 
@@ -53,7 +53,7 @@ class CameraArrays:
     height: int
 
 
-class _Lane:
+class _Lane(StreamHolder):
     """One camera's detector side (the frame-slot fields `enqueue_detect` uses, without any pose context)."""
 
     def __init__(self, batch: GpuCameraBatch, index: int) -> None:
@@ -82,13 +82,6 @@ class _Lane:
         self.frame_host: R.PinnedBuffer | None = None
         self.meta: dict = {}
         self.busy = False
-
-    def mark(self, name: str) -> None:
-        if self.marks:
-            self.marks[name].record(self.stream)
-
-    def frame_buffers(self, nbytes: int, zero_copy: bool) -> None:
-        grow_frame_buffers(self, nbytes, zero_copy)
 
     def close(self) -> None:
         self.stream.synchronize()

@@ -20,6 +20,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..downloads import home_dir
 from ..errors import MissingDependencyError, RtmwEdgeError
 
 KERNEL_DIR = Path(__file__).resolve().parent.parent / "kernels"
@@ -143,8 +144,6 @@ def cache_key(source: str, options: tuple[str, ...], version: tuple[int, int], k
 
 
 def cache_dir() -> Path:
-    from ..downloads import home_dir
-
     return home_dir() / "kernels"
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import MissingDependencyError, RtmwEdgeError
+from . import nvrtc
 
 GPU_HINT = "pip install 'rtmw-edge[gpu]'"
 
@@ -380,8 +381,6 @@ class KernelModules:
     """The project's kernels compiled for one device (NVRTC, cached on disk) and loaded in its context."""
 
     def __init__(self, device: Device) -> None:
-        from . import nvrtc
-
         driver, _ = cuda_modules()
         self.device = device
         kind, arch = nvrtc.choose_target(device.capability, nvrtc.supported_archs())

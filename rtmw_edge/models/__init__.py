@@ -8,7 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..errors import require
 from ..zoo import ModelSpec, get_spec, list_models
+from .checkpoint import load_checkpoint
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
@@ -23,8 +25,6 @@ def get_model_config(name: str) -> ModelSpec:
 
 def build_model(spec: ModelSpec) -> nn.Module:
     """The architecture of `spec` with freshly initialised weights (train mode, no checkpoint)."""
-    from ..errors import require
-
     require("torch", "export")
     from .cspnext import CSPNeXt, CSPNeXtPAFPN, stage_channels
     from .heads import RTMCCHead, RTMW3DHead, RTMWHead
@@ -56,8 +56,6 @@ def create_model(name: str, checkpoint: str | Path | None = None, *, trust_check
     spec = get_spec(name)
     model = build_model(spec)
     if checkpoint is not None:
-        from .checkpoint import load_checkpoint
-
         report = load_checkpoint(model, checkpoint, model_name=name, trust=trust_checkpoint)
         if report.ignored:
             import logging

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import RtmwEdgeError
+from ..run import camera_from_options
 from ..sources import Source, mask_credentials, open_source
 from .config import CameraConfig
 from .logs import Throttle
@@ -67,8 +68,6 @@ class Camera:
 
     def __init__(self, cfg: CameraConfig, metrics: Metrics, wake: Callable[[], None], *,
                  opener: Callable[..., Source] = open_source) -> None:
-        from ..run import camera_from_options
-
         self.cfg = cfg
         self.name = cfg.name
         self.metrics = metrics

@@ -42,8 +42,9 @@ from pathlib import Path
 from typing import Any
 
 from ..backends import backend_names, backend_pipeline
-from ..errors import RtmwEdgeError, UsageError
+from ..errors import RtmwEdgeError, UsageError, require
 from ..sources import mask_credentials
+from ..triton.client import parse_url
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -436,8 +437,6 @@ def _validate(config: DaemonConfig, where: str) -> None:
         raise ConfigError(f"{where}: model.backend = \"triton\" and model.triton_url (HOST:PORT of the Triton server) "
                           "go together")
     if model.triton_url:
-        from ..triton.client import parse_url
-
         try:
             parse_url(model.triton_url)
         except RtmwEdgeError as exc:
@@ -496,8 +495,6 @@ def load_config(path: str | os.PathLike[str] | None, env: Mapping[str, str] | No
     config = DaemonConfig()
     where = "configuration"
     if path is not None and tomllib is None:  # pragma: no cover - Python 3.10 without the extra
-        from ..errors import require
-
         require("tomli", "serve")
     if path is not None:
         file = Path(path).expanduser()

@@ -38,14 +38,16 @@ from aiohttp import web
 
 from .. import __version__
 from .. import signals as stop_signals
+from ..engines import read_manifest
 from ..errors import RtmwEdgeError
 from ..estimators import active_backends, backend_summary, open_estimator
 from ..sources import mask_credentials, open_source
 from .app import AccessLogger, WebContext, make_app
 from .cameras import Camera
 from .config import DaemonConfig, ModelConfig, is_loopback
-from .connections import ConnectionGuard, GuardedSite, LoopErrorReporter, auto_max_connections
+from .connections import ConnectionGuard, GuardedSite, LoopErrorReporter, auto_max_connections, raise_open_file_limit
 from .hub import Hub
+from .logs import setup_logging
 from .metrics import Metrics
 from .mqtt import MqttPublisher
 from .scheduler import check_budgets, measure_inference
@@ -94,8 +96,6 @@ def _onnx_fallback(model: str, configured: str) -> str | None:
     """The ONNX Runtime stand-in for `model`: the configured one, the model itself when it is already an ONNX
     file or a registered name, or the ONNX an engine was built from (read from its manifest)."""
     from pathlib import Path
-
-    from ..engines import read_manifest
 
     if configured:
         return configured
@@ -158,6 +158,7 @@ class Daemon:
         self.config = config
         self.metrics = Metrics()
         self.estimator = estimator
+        self._owns_estimator = False   # an estimator handed in belongs to the caller
         self.fallback_reason: str | None = None
         self.inference_s: float | None = None   # one inference, measured at start when a camera sets a budget
         self.backends: dict[str, str] | None = None
@@ -295,6 +296,7 @@ class Daemon:
             t = time.monotonic()
             self.estimator, self.fallback_reason = await _in_thread(lambda: build_estimator(cfg.model),
                                                                     "rtmw-edge-load")
+            self._owns_estimator = True
             loaded_in = time.monotonic() - t
         else:
             loaded_in = 0.0
@@ -467,6 +469,12 @@ class Daemon:
                 log.warning("the frame in flight did not finish within the stop budget",
                             extra={"event": "stop_overrun"})
         self._flush()  # the frame finished during shutdown still reaches the clients
+        if self._owns_estimator and not (self.worker is not None and self.worker.alive()):
+            self._owns_estimator = False   # engines, CUDA streams and contexts released in order, not by the GC
+            try:
+                self.estimator.close()
+            except Exception as exc:  # noqa: BLE001 - shutdown goes on; the reason is logged
+                log.warning("closing the model failed: %s: %s", type(exc).__name__, exc)
         if self.mqtt is not None:
             await _in_thread(lambda: self.mqtt.stop(left(0.3)), "rtmw-edge-mqtt-close")
         if self.hub is not None:
@@ -536,9 +544,6 @@ def run_daemon(config: DaemonConfig, *, estimator=None, exit_process: bool = Tru
     second on a loaded machine, and the stop must complete within 2 s of the signal. Logs and stdio are
     flushed first; the daemon has no other state to save.
     """
-    from .connections import raise_open_file_limit
-    from .logs import setup_logging
-
     before, after = raise_open_file_limit() if exit_process else (None, None)
     logs = setup_logging(config.log.level, config.log.format, secrets=config.secrets(), capture_native=exit_process)
     if before != after:

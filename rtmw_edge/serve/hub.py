@@ -25,6 +25,7 @@ from typing import Any
 import cv2
 from aiohttp import WSCloseCode, web
 
+from ..viz import draw_frame
 from .config import ServerConfig
 from .metrics import Metrics
 from .worker import Processed
@@ -260,8 +261,6 @@ class Hub:
         return None
 
     def _encode(self, p: Processed) -> bytes:
-        from ..viz import draw_frame
-
         image = draw_frame(p.image, p.result, kpt_threshold=self.kpt_threshold)
         width = self.cfg.preview_width
         if width and image.shape[1] > width:

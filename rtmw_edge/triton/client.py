@@ -28,8 +28,10 @@ from ..backends import availability
 from ..detectors import as_bgr_uint8
 from ..errors import RtmwEdgeError, UsageError, require
 from ..results import FrameResult
+from ..sources import mask_credentials
 from ..streams import FrameArrays, FrameTail, PoseStream
 from . import PIPELINE_MODEL
+from .repository import PIPELINE_PARAMETER, load_pipeline_parameters
 
 DEFAULT_PORTS = {"grpc": 8001, "http": 8000}
 ENCODINGS = ("raw", "jpeg", "png")
@@ -58,8 +60,6 @@ class TritonUrl:
     @property
     def shown(self) -> str:
         """The address as messages show it: user:password@host → user:***@host."""
-        from ..sources import mask_credentials
-
         return mask_credentials(f"{self.protocol}://{self.address}").split("://", 1)[1]
 
     def hide(self, text: str) -> str:
@@ -72,8 +72,6 @@ class TritonUrl:
 
 def parse_url(url: str) -> TritonUrl:
     """'host:port' / 'grpc://host:port' → gRPC; 'http://host:port' → HTTP (default ports 8001 / 8000)."""
-    from ..sources import mask_credentials
-
     text = str(url).strip()
     shown = mask_credentials(text)  # what the messages show: no password
     protocol = "grpc"
@@ -179,8 +177,6 @@ class TritonPoseEstimator:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _wait_ready(self, ready_timeout: float):
-        from .repository import PIPELINE_PARAMETER, load_pipeline_parameters
-
         self._with_retries("health check", self._client.is_server_live)
         deadline = time.monotonic() + ready_timeout
         while not self._with_retries("model readiness", self._client.is_model_ready, self.model):

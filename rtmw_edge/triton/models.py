@@ -29,8 +29,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..detectors import as_bgr_uint8
+from ..backends.onnxruntime import OrtEngine
+from ..detectors import EngineDetector, as_bgr_uint8
 from ..errors import RtmwEdgeError
+from ..geometry import Camera
+from ..pipeline import PoseModel, TopDownPose
+from .repository import PIPELINE_PARAMETER, load_pipeline_parameters
 
 
 def _pb():
@@ -113,10 +117,6 @@ class PipelineModel:
     """Frame → persons with the toolkit's pipeline (see the module doc)."""
 
     def initialize(self, args: dict) -> None:
-        from ..detectors import EngineDetector
-        from ..pipeline import PoseModel, TopDownPose
-        from .repository import PIPELINE_PARAMETER, load_pipeline_parameters
-
         _quiet_capsule_release()
         _, params = _parameters(args)
         self.params = load_pipeline_parameters(params[PIPELINE_PARAMETER])
@@ -143,8 +143,6 @@ class PipelineModel:
 
     def _configure(self, request) -> None:
         """Per-request options (one request at a time per instance, so setting them here is safe)."""
-        from ..geometry import Camera
-
         p, est = self.params, self.estimator
         threshold, persons, camera = (_input(request, n) for n in ("det_threshold", "max_persons", "camera"))
         threshold = p["det_threshold"] if threshold is None else float(threshold.reshape(-1)[0])
@@ -188,8 +186,6 @@ class OnnxRuntimeModel:
     """A detector or pose ONNX with ONNX Runtime inside the Python backend (CPU servers)."""
 
     def initialize(self, args: dict) -> None:
-        from ..backends.onnxruntime import OrtEngine
-
         _quiet_capsule_release()
         config, params = _parameters(args)
         folder = Path(args["model_repository"]) / str(args["model_version"])

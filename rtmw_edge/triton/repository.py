@@ -32,7 +32,10 @@ from types import SimpleNamespace
 
 from .. import __version__
 from ..backends import ENGINE_SUFFIXES
+from ..backends.onnxruntime import OrtEngine
+from ..engines import DEFAULT_POSE_BATCH, EngineError, file_sha256, manifest_path, parse_batch, read_manifest
 from ..errors import OutputPathError, RtmwEdgeError, UsageError
+from ..onnx_meta import read_metadata
 from ..outputs import atomic_dir, check_output
 from . import DET_MODEL, PIPELINE_MODEL, POSE_MODEL
 
@@ -112,8 +115,6 @@ def _role_flag(role: str) -> str:
 def _onnx_model_file(path: Path, role: str, pose_batch: tuple[int, int, int] | None,
                      pose_spec: str | None = None) -> ModelFile:
     from ..detectors import UnknownDetectorError, _load, inspect_detector
-    from ..engines import DEFAULT_POSE_BATCH
-    from ..onnx_meta import read_metadata
 
     model, _ = _load(path)  # one line for an unreadable / empty file
     initializers = {i.name for i in model.graph.initializer}
@@ -137,7 +138,6 @@ def _onnx_model_file(path: Path, role: str, pose_batch: tuple[int, int, int] | N
         return mf
     if meta is not None and meta.get("task") == "detector":
         raise TritonExportError(f"--pose {path} is a detector ({meta.get('name')}), not a pose model: check --pose")
-    from ..backends.onnxruntime import OrtEngine
     from ..pipeline import pose_info
 
     mf.info = pose_info(OrtEngine(path, threads=1), pose_spec)  # foreign graphs: --pose-spec or the SDK JSON
@@ -157,7 +157,6 @@ def _pose_title(info) -> str:
 
 def _engine_model_file(path: Path, role: str, pose_batch) -> ModelFile:
     from ..detectors import project_signature
-    from ..engines import EngineError, file_sha256, manifest_path, read_manifest
     from ..pipeline import pose_info
 
     if pose_batch is not None and role == "pose":
@@ -389,7 +388,6 @@ def export_repository(det: str | Path, pose: str | Path, output: str | Path, *, 
     Checks the options, then `output` (rtmw_edge.outputs: never over an input; an existing non-empty folder only
     with `force`), then every input; writes atomically (`atomic_dir`: a temporary folder beside `output`,
     renamed into place at the end)."""
-    from ..engines import EngineError, parse_batch
     from ..pipeline import TopDownPose
 
     if instances < 1 or max_persons < 1 or queue_delay_us < 0 or threads < 0:

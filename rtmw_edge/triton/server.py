@@ -38,7 +38,10 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+import rtmw_edge
+
 from .. import signals
+from ..downloads import home_dir
 from ..errors import RtmwEdgeError
 
 PYTRITON = "nvidia-pytriton==0.7.0"
@@ -147,16 +150,12 @@ def _run(cmd: list[str], what: str, log, timeout: float = 900.0) -> None:
 
 
 def env_root() -> Path:
-    from ..downloads import home_dir
-
     return home_dir() / "triton"
 
 
 def ensure_server_env(python: str | Path | None = None, *, log=None) -> ServerEnv:
     """The cached server venv (built on first use; see the module doc). `log(text)` reports the steps."""
     import fcntl
-
-    import rtmw_edge
 
     log = log or (lambda text: None)
     python = Path(python or os.environ.get("RTMW_EDGE_TRITON_PYTHON") or DEFAULT_PYTHON)

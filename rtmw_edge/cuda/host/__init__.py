@@ -36,8 +36,10 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from ...downloads import home_dir
 from ...errors import RtmwEdgeError
 from ..kernels import SIGNATURES
+from ..nvrtc import KERNEL_DIR, KERNEL_FILES
 
 SHIM_DIR = Path(__file__).resolve().parent
 SHIM_FILES = ("cuda_host.h", "launch.cpp")
@@ -72,8 +74,6 @@ def compiler() -> str:
 
 def project_sources() -> dict[Path, tuple[str, ...]]:
     """Every project kernel file → the kernels it defines (from kernels.SIGNATURES)."""
-    from ..nvrtc import KERNEL_DIR, KERNEL_FILES
-
     return {KERNEL_DIR / name: tuple(k for k, (src, _) in SIGNATURES.items() if src == name) for name in KERNEL_FILES}
 
 
@@ -118,8 +118,6 @@ def library_key(sources: dict[Path, tuple[str, ...]], flags: tuple[str, ...], cx
 
 
 def cache_dir() -> Path:
-    from ...downloads import home_dir
-
     return home_dir() / "host-kernels"
 
 
