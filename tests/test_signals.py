@@ -483,13 +483,13 @@ def test_the_handler_only_sets_a_flag_and_work_raises_once(installed):
 def test_the_cli_ignores_stop_signals_once_it_returns_on_one(installed, monkeypatch, capsys):
     """The interpreter resets Python-level handlers to the default action while it finalises: a process ending on a
     stop would die by a second signal then (another exit code, or a traceback). So main leaves them ignored."""
-    from rtmw_edge import cli, zoo
+    from rtmw_edge import cli
 
     def stopped(task=None):
         os.kill(os.getpid(), signal.SIGINT)
         installed.wait(5.0)
         installed.check()
 
-    monkeypatch.setattr(zoo, "list_models", stopped)
+    monkeypatch.setattr(cli, "list_models", stopped)     # the command's work, stopped by a signal
     assert cli.main(["models", "list"]) == 130
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
