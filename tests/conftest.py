@@ -2,12 +2,33 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 # /work/shared next to the checkout: official key lists, reference facts, real detector weights and photos.
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+def coco_persons(ann_path: Path) -> dict[str, list[dict]]:
+    """The ground-truth persons of a COCO keypoint file, by photo file name: the non-crowd person annotations
+    with at least one labelled keypoint (the rule every test that counts or matches persons uses). A photo
+    without such persons maps to an empty list."""
+    data = json.loads(Path(ann_path).read_text())
+    names = {im["id"]: im["file_name"] for im in data["images"]}
+    persons: dict[str, list[dict]] = {name: [] for name in names.values()}
+    for ann in data["annotations"]:
+        if ann.get("category_id", 1) == 1 and not ann.get("iscrowd", 0) and ann.get("num_keypoints", 0) > 0:
+            persons[names[ann["image_id"]]].append(ann)
+    return persons
+
+
+def xyxy(persons: list[dict]):
+    """Their COCO [x, y, w, h] boxes as an (n, 4) float32 array of [x1, y1, x2, y2]."""
+    import numpy as np
+
+    return np.array([[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in persons)], np.float32).reshape(-1, 4)
 
 
 @pytest.fixture(scope="session")

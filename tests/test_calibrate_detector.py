@@ -13,12 +13,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from pathlib import Path
 
 import cv2
 import numpy as np
 import onnx
 import pytest
+from conftest import SHARED
 
 from rtmw_edge.calibrate import data as D
 from rtmw_edge.calibrate.quantize import find_layers, int8_mac_share, prepare_model, validate_qdq
@@ -27,9 +27,6 @@ from rtmw_edge.detectors import OnnxDetector
 from rtmw_edge.onnx_meta import CALIBRATION_KEY
 from rtmw_edge.sources import read_image
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-if not (SHARED / "models").is_dir():
-    SHARED = Path("/work/shared")
 RAW = SHARED / "models" / "rtmdet-nano_person_320_rawhead.onnx"
 IMAGES = SHARED / "images"
 CALIB = ("000000000785.jpg", "000000040083.jpg", "human-pose.jpg")

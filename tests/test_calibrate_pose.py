@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
+from conftest import SHARED
 
 from rtmw_edge.backends.onnxruntime import OrtEngine
 from rtmw_edge.calibrate import data as D
@@ -23,9 +23,6 @@ from rtmw_edge.onnx_meta import read_metadata, write_metadata
 from rtmw_edge.pipeline import PoseEstimator, TopDownPose
 from rtmw_edge.sources import read_image
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-if not (SHARED / "images").is_dir():
-    SHARED = Path("/work/shared")
 IMAGES = SHARED / "images"
 ANN = IMAGES / "test_coco_wholebody.json"
 DET = SHARED / "models" / "rtmdet-nano_person_320_rawhead.onnx"

@@ -11,13 +11,13 @@ weights) into a raw-head graph [1,H,W,5] NHWC: after our decode + NMS its boxes 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import cv2
 import numpy as np
 import onnx
 import pytest
+from conftest import SHARED, coco_persons, xyxy
 from onnx import TensorProto, helper
 
 from rtmw_edge.detectors import DetectorSignature, OnnxDetector, UnknownDetectorError, inspect_detector
@@ -25,9 +25,6 @@ from rtmw_edge.errors import RtmwEdgeError
 from rtmw_edge.geometry import box_iou
 from rtmw_edge.onnx_meta import write_metadata
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-if not (SHARED / "models").is_dir():
-    SHARED = Path("/work/shared")
 MODELS, IMAGES = SHARED / "models", SHARED / "images"
 RTMDET_RAW = MODELS / "rtmdet-nano_person_320_rawhead.onnx"
 RTMDET_E2E = MODELS / "rtmdet-nano_person_e2e_dyn.onnx"
@@ -40,17 +37,8 @@ MIN_MATCHED = {RTMDET_RAW: 12, RTMDET_E2E: 12, YOLOX_E2E: 12, YOLOX_RAW: 11}
 pytestmark = pytest.mark.skipif(not MODELS.is_dir(), reason="shared/models not available")
 
 
-def _gt() -> dict[str, np.ndarray]:
-    coco = json.loads((IMAGES / "test_coco.json").read_text())
-    out = {}
-    for im in coco["images"]:
-        boxes = [a["bbox"] for a in coco["annotations"] if a["image_id"] == im["id"] and a["category_id"] == 1
-                 and not a.get("iscrowd", 0) and a.get("num_keypoints", 0) > 0]
-        out[im["file_name"]] = np.array([[x, y, x + w, y + h] for x, y, w, h in boxes], np.float32)
-    return out
-
-
-GT = _gt() if MODELS.is_dir() else {}
+GT = {name: xyxy(persons) for name, persons in coco_persons(IMAGES / "test_coco.json").items()} \
+    if MODELS.is_dir() else {}
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import io
-import json
 import os
 import warnings
 from pathlib import Path
@@ -32,7 +31,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from conftest import SHARED
+from conftest import SHARED, coco_persons, xyxy
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
@@ -593,16 +592,6 @@ def test_fp16_export(name: str, store: Store) -> None:
 
 
 # ------------------------------------------------------------------ 5. detector with real weights
-def _gt_persons() -> dict[str, np.ndarray]:
-    coco = json.loads(COCO.read_text())
-    out = {}
-    for im in coco["images"]:
-        boxes = [a["bbox"] for a in coco["annotations"] if a["image_id"] == im["id"] and a["category_id"] == 1
-                 and not a.get("iscrowd", 0) and a.get("num_keypoints", 0) > 0]
-        out[im["file_name"]] = np.array([[x, y, x + w, y + h] for x, y, w, h in boxes], np.float32)
-    return out
-
-
 @pytest.fixture(scope="module")
 def real_rtmdet(store: Store):
     if not RTMDET_RAW.is_file() or not COCO.is_file():
@@ -624,8 +613,8 @@ def real_rtmdet(store: Store):
 def photos():
     import cv2
 
-    gt = _gt_persons()
-    return {name: (cv2.imread(str(COCO.parent / name)), boxes) for name, boxes in gt.items()}
+    gt = coco_persons(COCO)
+    return {name: (cv2.imread(str(COCO.parent / name)), xyxy(persons)) for name, persons in gt.items()}
 
 
 def test_real_rtmdet_export_finds_every_person(real_rtmdet, photos) -> None:

@@ -7,7 +7,7 @@ import json
 import cv2
 import numpy as np
 import pytest
-from conftest import SHARED
+from conftest import SHARED, coco_persons
 
 from rtmw_edge import geometry as G
 from rtmw_edge.backends import run_chunked
@@ -22,17 +22,7 @@ DETECTORS = {"rawhead": SHARED / "models" / "rtmdet-nano_person_320_rawhead.onnx
              "e2e": SHARED / "models" / "rtmdet-nano_person_e2e_dyn.onnx"}
 
 
-def _gt_counts() -> dict[str, int]:
-    data = json.loads((IMAGES / "test_coco.json").read_text())
-    names = {im["id"]: im["file_name"] for im in data["images"]}
-    counts = dict.fromkeys(names.values(), 0)
-    for ann in data["annotations"]:
-        if not ann.get("iscrowd") and ann.get("num_keypoints", 0) > 0:
-            counts[names[ann["image_id"]]] += 1
-    return counts
-
-
-GT_COUNTS = _gt_counts()
+GT_COUNTS = {name: len(persons) for name, persons in coco_persons(IMAGES / "test_coco.json").items()}
 
 
 @pytest.fixture(scope="module")

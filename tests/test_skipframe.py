@@ -17,7 +17,7 @@ import math
 import cv2
 import numpy as np
 import pytest
-from conftest import SHARED
+from conftest import SHARED, coco_persons
 
 from rtmw_edge import geometry as G
 from rtmw_edge.cli import main
@@ -114,11 +114,8 @@ def test_detector_on_key_frames_and_when_a_person_collapses():
 
 # ------------------------------------------------------------------------------------------ the video
 def _annotations():
-    data = json.loads((SHARED / "images" / "test_coco.json").read_text())
-    image_id = next(im["id"] for im in data["images"] if im["file_name"] == PHOTO)
-    people = [np.asarray(a["keypoints"], np.float32).reshape(17, 3) for a in data["annotations"]
-              if a["image_id"] == image_id and not a.get("iscrowd") and a["num_keypoints"] > 0]
-    return np.stack(people)
+    people = coco_persons(SHARED / "images" / "test_coco.json")[PHOTO]
+    return np.stack([np.asarray(a["keypoints"], np.float32).reshape(17, 3) for a in people])
 
 
 def _camera(t: int, size: tuple[int, int]) -> np.ndarray:

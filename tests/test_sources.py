@@ -15,11 +15,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import SHARED
 
 from rtmw_edge.errors import RtmwEdgeError
 from rtmw_edge.sources import Frame, decode_image, open_source, read_image
 
-IMAGES = Path("/work/shared/images")
+IMAGES = SHARED / "images"
 PHOTO = IMAGES / "000000000785.jpg"
 FPS = 12.5
 N_FRAMES = 10

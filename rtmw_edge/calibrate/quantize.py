@@ -342,6 +342,18 @@ def toposort(graph) -> None:
     graph.node.extend(nodes)
 
 
+def dequantized_inputs(node, producers: dict):
+    """Each input of `node` that a DequantizeLinear makes: (input index, the DQ node, the float tensor its
+    QuantizeLinear reads — None where the DQ reads a constant, i.e. a quantised weight). `producers` maps a
+    tensor name to the node that makes it."""
+    for k, name in enumerate(node.input):
+        dq = producers.get(name)
+        if dq is None or dq.op_type != "DequantizeLinear":
+            continue
+        q = producers.get(dq.input[0])
+        yield k, dq, (q.input[0] if q is not None and q.op_type == "QuantizeLinear" else None)
+
+
 def _restore_float_consumers(model, quantized_nodes: set[str]) -> None:
     """ONNX Runtime shares one Q/DQ pair per tensor among *all* its consumers; give every consumer that is
     not quantised (an excluded conv, a SiLU, a float Add) the float tensor back, and drop the pairs that
@@ -351,13 +363,9 @@ def _restore_float_consumers(model, quantized_nodes: set[str]) -> None:
     for node in model.graph.node:
         if node.name in quantized_nodes or node.op_type in ("QuantizeLinear", "DequantizeLinear"):
             continue
-        for k, name in enumerate(node.input):
-            dq = producers.get(name)
-            if dq is None or dq.op_type != "DequantizeLinear":
-                continue
-            q = producers.get(dq.input[0])
-            if q is not None and q.op_type == "QuantizeLinear":
-                node.input[k] = q.input[0]
+        for k, _dq, before_q in dequantized_inputs(node, producers):
+            if before_q is not None:
+                node.input[k] = before_q
     outputs = {o.name for o in model.graph.output}
     while True:  # remove Q/DQ nodes without consumers (a DQ first, then its Q)
         used = {i for n in model.graph.node for i in n.input} | outputs

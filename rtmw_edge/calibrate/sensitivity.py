@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ..errors import RtmwEdgeError
-from .quantize import Layer, Placement, int8_mac_share, quantize_qdq, toposort
+from .quantize import Layer, Placement, dequantized_inputs, int8_mac_share, quantize_qdq, toposort
 
 MASK_INPUT = "rtmw_edge_qmask"
 
@@ -79,13 +79,10 @@ def _make_switchable(qmodel, units: list[str], float_model):
         graph.initializer.append(numpy_helper.from_array(np.array([k], np.int64), idx))
         m = f"{MASK_INPUT}_m{k}"
         new_nodes.append(helper.make_node("Gather", [MASK_INPUT, idx], [m], name=f"{m}_gather"))
-        for j, name in enumerate(node.input):
-            dq = producers.get(name)
-            if dq is None or dq.op_type != "DequantizeLinear":
-                continue
-            q = producers.get(dq.input[0])
-            if q is not None and q.op_type == "QuantizeLinear":
-                fp = q.input[0]  # activation: the float tensor before Q
+        for j, dq, before_q in dequantized_inputs(node, producers):
+            name = node.input[j]
+            if before_q is not None:
+                fp = before_q  # activation: the float tensor before Q
             elif dq.input[0] in inits and unit in float_nodes and j == 1:  # the weight: the float original
                 fp = float_nodes[unit].input[1]
                 if fp not in inits:
