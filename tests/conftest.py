@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 # /work/shared next to the checkout: official key lists, reference facts, real detector weights and photos.
@@ -24,10 +25,8 @@ def coco_persons(ann_path: Path) -> dict[str, list[dict]]:
     return persons
 
 
-def xyxy(persons: list[dict]):
+def xyxy(persons: list[dict]) -> np.ndarray:
     """Their COCO [x, y, w, h] boxes as an (n, 4) float32 array of [x1, y1, x2, y2]."""
-    import numpy as np
-
     return np.array([[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in persons)], np.float32).reshape(-1, 4)
 
 

@@ -37,8 +37,8 @@ MIN_MATCHED = {RTMDET_RAW: 12, RTMDET_E2E: 12, YOLOX_E2E: 12, YOLOX_RAW: 11}
 pytestmark = pytest.mark.skipif(not MODELS.is_dir(), reason="shared/models not available")
 
 
-GT = {name: xyxy(persons) for name, persons in coco_persons(IMAGES / "test_coco.json").items()} \
-    if MODELS.is_dir() else {}
+GT = ({name: xyxy(persons) for name, persons in coco_persons(IMAGES / "test_coco.json").items()}
+      if MODELS.is_dir() else {})
 
 
 @pytest.fixture(scope="module")
